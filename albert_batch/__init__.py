@@ -1,0 +1,45 @@
+"""albert-batch: batch ALBERT classification and NER on Ray Data, Parquet in, Hive-partitioned Parquet out.
+
+The public surface is small::
+
+    from albert_batch import RunConfig, run
+    summary = run(RunConfig(input="s3://corpus/reviews/", output="s3://results/reviews/",
+                            classifier_model="models/sentiment", ner_model="models/ner"))
+
+Importing this package has no side effects and does not import torch or ray.
+"""
+
+from albert_batch.config import Precision, ResourceConfig, RunConfig, Task
+from albert_batch.errors import (
+    AlbertBatchError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+    NotFound,
+    PermissionDenied,
+    PublishError,
+    StorageError,
+    Transient,
+)
+from albert_batch.runner import RunSummary, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlbertBatchError",
+    "ConfigError",
+    "InputError",
+    "ModelLoadError",
+    "NotFound",
+    "PermissionDenied",
+    "Precision",
+    "PublishError",
+    "ResourceConfig",
+    "RunConfig",
+    "RunSummary",
+    "StorageError",
+    "Task",
+    "Transient",
+    "__version__",
+    "run",
+]

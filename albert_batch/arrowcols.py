@@ -1,0 +1,23 @@
+"""Moving per-row numpy arrays in and out of Arrow list columns without per-element Python work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+
+def to_list_array(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([np.size(a) for a in arrays], out=offsets[1:])
+    dtype = value_type.to_pandas_dtype()
+    values = np.concatenate([np.asarray(a, dtype=dtype).ravel() for a in arrays]) if arrays else np.empty(0, dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+def from_list_array(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    offsets = column.offsets.to_numpy()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    base = offsets[0]
+    return [values[offsets[i] - base : offsets[i + 1] - base] for i in range(len(column))]

@@ -1,0 +1,272 @@
+"""Typed, validated settings for a batch run. YAML files, command-line flags and Airflow all build the
+same frozen `RunConfig`; every check happens at construction, with a message that names the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from albert_batch.errors import ConfigError
+from albert_batch.storage import Location
+
+
+class Task(StrEnum):
+    CLASSIFY = "classify"
+    NER = "ner"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+PARTITION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+COLUMN = re.compile(r"^[^\x00-\x1f\x7f]+$")
+RESERVED_PARTITION_KEYS = {"id", "label", "score", "scores", "truncated", "model", "run_id", "processed_at",
+                           "entities", "reason"}
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def today_partition() -> tuple[tuple[str, str], ...]:
+    return (("dt", dt.datetime.now(dt.UTC).date().isoformat()),)
+
+
+def _parse_partition(value: Any) -> tuple[tuple[str, str], ...]:
+    """Accept ``["k=v", ...]``, ``"k=v"``, a mapping or pairs; validate keys and values."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), _scalar_text(v)) for k, v in value.items()]
+    else:
+        items = [value] if isinstance(value, str) else list(value)
+        pairs = []
+        for item in items:
+            if isinstance(item, str):
+                key, sep, val = item.partition("=")
+                if not sep:
+                    raise ConfigError(f"partition {item!r} must look like KEY=VALUE, e.g. dt=2026-11-28")
+                pairs.append((key.strip(), val))
+            else:
+                key, val = item
+                pairs.append((str(key), _scalar_text(val)))
+    if not pairs:
+        raise ConfigError("partition must name at least one KEY=VALUE")
+    seen = set()
+    for key, val in pairs:
+        if not PARTITION_KEY.match(key):
+            raise ConfigError(f"partition key {key!r} must be letters, digits and underscores, not starting with a digit")
+        if key.lower() in RESERVED_PARTITION_KEYS:
+            raise ConfigError(f"partition key {key!r} is an output column name; choose another key")
+        if key in seen:
+            raise ConfigError(f"partition key {key!r} is given twice")
+        seen.add(key)
+        if not val:
+            raise ConfigError(f"partition {key}= has an empty value")
+        bad = [c for c in val if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+        if "/" in val or "\\" in val or ".." in val or "=" in val or bad:
+            raise ConfigError(
+                f"partition value for {key!r} must not contain '/', '\\', '..', '=' or control characters"
+            )
+        if val != val.strip():
+            raise ConfigError(f"partition value for {key!r} must not start or end with spaces")
+    return tuple(pairs)
+
+
+def _scalar_text(value: Any) -> str:
+    # YAML turns 2026-11-28 into a date; partition values are always text.
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _parse_tasks(value: Any) -> tuple[Task, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    tasks = []
+    for item in items:
+        name = str(item).strip().lower()
+        if not name:
+            continue
+        try:
+            task = Task(name)
+        except ValueError:
+            raise ConfigError(f"unknown task {name!r}; choose from {', '.join(t.value for t in Task)}") from None
+        if task not in tasks:
+            tasks.append(task)
+    if not tasks:
+        raise ConfigError("tasks is empty; choose classify, ner or both")
+    return tuple(tasks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceConfig:
+    """How the model stage is laid out on the cluster. ``None`` means: derive from the cluster's resources."""
+
+    model_actors: int | None = None
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float | None = None
+    tokenizer_actors: int | None = None
+    batch_size: int = 256
+    max_tokens_per_forward: int = 2048
+    ner_window_overlap: int = 128
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = float if f.name.startswith("num_") else int
+            if value is None or isinstance(value, kind) and not isinstance(value, bool):
+                continue
+            try:
+                object.__setattr__(self, f.name, kind(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"resources.{f.name} must be a number, not {value!r}") from None
+        if self.model_actors is not None and self.model_actors < 1:
+            raise ConfigError("resources.model_actors must be at least 1")
+        if self.tokenizer_actors is not None and self.tokenizer_actors < 1:
+            raise ConfigError("resources.tokenizer_actors must be at least 1")
+        if self.num_gpus_per_actor < 0 or (self.num_gpus_per_actor > 1 and self.num_gpus_per_actor % 1):
+            raise ConfigError("resources.num_gpus_per_actor must be a fraction of one GPU (0 < x <= 1) or whole GPUs")
+        if self.num_cpus_per_actor is not None and self.num_cpus_per_actor <= 0:
+            raise ConfigError("resources.num_cpus_per_actor must be positive")
+        if self.batch_size < 1:
+            raise ConfigError("resources.batch_size must be at least 1")
+        if self.max_tokens_per_forward < 512:
+            raise ConfigError("resources.max_tokens_per_forward must be at least 512 (one full-length sequence)")
+        if not 0 <= self.ner_window_overlap <= 256:
+            raise ConfigError("resources.ner_window_overlap must be between 0 and 256 tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one batch run needs. Build it directly, or with `RunConfig.from_sources`."""
+
+    input: str
+    output: str
+    tasks: tuple[Task, ...] = (Task.CLASSIFY, Task.NER)
+    classifier_model: str | None = None
+    ner_model: str | None = None
+    text_column: str = "text"
+    id_column: str = "id"
+    partition: tuple[tuple[str, str], ...] = field(default_factory=today_partition)
+    precision: Precision = Precision.AUTO
+    run_id: str = field(default_factory=new_run_id)
+    ray_address: str | None = None
+    allow_pickle_weights: bool = False
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "tasks", _parse_tasks(self.tasks))
+        set_(self, "partition", _parse_partition(self.partition))
+        try:
+            set_(self, "precision", Precision(str(self.precision).lower()))
+        except ValueError:
+            raise ConfigError(
+                f"precision {self.precision!r} is not one of {', '.join(p.value for p in Precision)}"
+            ) from None
+        if isinstance(self.resources, Mapping):
+            set_(self, "resources", _build(ResourceConfig, self.resources, "resources"))
+        input_loc = Location.parse(self.input, what="input")
+        output_loc = Location.parse(self.output, what="output")
+        if input_loc.contains(output_loc):
+            raise ConfigError(f"output {output_loc} is the input location or inside it; choose a separate output")
+        for name in ("text_column", "id_column"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not COLUMN.match(value):
+                raise ConfigError(f"{name} must be a non-empty column name")
+        if self.text_column == self.id_column:
+            raise ConfigError("text_column and id_column must be different columns")
+        if Task.CLASSIFY in self.tasks and not self.classifier_model:
+            raise ConfigError("tasks include classify but no classifier_model (--classifier-model) is set")
+        if Task.NER in self.tasks and not self.ner_model:
+            raise ConfigError("tasks include ner but no ner_model (--ner-model) is set")
+        if not RUN_ID.match(str(self.run_id)):
+            raise ConfigError("run_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if self.precision is Precision.FP16 and self.resources.num_gpus_per_actor == 0:
+            raise ConfigError("precision fp16 needs GPU actors (resources.num_gpus_per_actor > 0); on CPUs use bf16 or fp32")
+        if self.ray_address is not None and not str(self.ray_address).strip():
+            raise ConfigError("ray_address is empty; leave it out for an embedded local Ray")
+
+    @property
+    def input_location(self) -> Location:
+        return Location.parse(self.input, what="input")
+
+    @property
+    def output_location(self) -> Location:
+        return Location.parse(self.output, what="output")
+
+    @property
+    def partition_path(self) -> str:
+        """The Hive partition folder, e.g. ``dt=2026-11-28``."""
+        return "/".join(f"{k}={v}" for k, v in self.partition)
+
+    def model_for(self, task: Task) -> str:
+        uri = self.classifier_model if task is Task.CLASSIFY else self.ner_model
+        assert uri is not None  # guaranteed by __post_init__
+        return uri
+
+    @classmethod
+    def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> RunConfig:
+        """Settings from a YAML file (if any), then ``overrides`` (e.g. command-line flags) on top.
+
+        Overrides that are ``None`` are ignored, so unset flags never hide the file's values."""
+        settings: dict[str, Any] = {}
+        if config_file is not None:
+            settings = load_yaml(config_file)
+        resources = dict(settings.pop("resources", None) or {})
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key == "resources":
+                resources.update(value)
+            else:
+                settings[key] = value
+        if resources:
+            settings["resources"] = resources
+        return _build(cls, settings, "config")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _build(cls: type, settings: Mapping[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ConfigError(f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if settings.get(name) in (None, "")]
+    if missing:
+        raise ConfigError(f"missing required {where} setting(s): {', '.join(missing)}")
+    try:
+        return cls(**settings)
+    except TypeError as err:
+        raise ConfigError(f"invalid {where}: {err}") from err

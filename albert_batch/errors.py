@@ -1,0 +1,55 @@
+"""The one error hierarchy of albert-batch.
+
+    AlbertBatchError                 base of everything this library raises on purpose
+    ├── ConfigError                  settings are missing, malformed or contradict each other
+    ├── InputError                   the input corpus cannot be used (columns, types, unreadable files)
+    ├── ModelLoadError               a model cannot be found, is incomplete or is not the expected ALBERT head
+    ├── StorageError                 reading or writing a location failed
+    │   ├── NotFound
+    │   ├── PermissionDenied
+    │   └── Transient                worth retrying (throttling, timeouts, connection resets)
+    └── PublishError                 results could not be published atomically; nothing half-written is visible
+
+Every message names the thing that is wrong (the column, the file, the setting) and never contains a
+secret. Backend errors are translated in `albert_batch.storage` and re-raised with ``raise ... from err``.
+The CLI maps ConfigError, InputError and ModelLoadError to exit code 2 (nothing was done) and any other
+error to exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class AlbertBatchError(Exception):
+    """Base class of all errors raised by albert-batch."""
+
+
+class ConfigError(AlbertBatchError, ValueError):
+    """A setting is missing, malformed or contradicts another."""
+
+
+class InputError(AlbertBatchError):
+    """The input corpus cannot be processed as asked."""
+
+
+class ModelLoadError(AlbertBatchError):
+    """A model location does not hold a usable ALBERT model for the task."""
+
+
+class StorageError(AlbertBatchError):
+    """An operation on a storage location failed."""
+
+
+class NotFound(StorageError):
+    """The location does not exist."""
+
+
+class PermissionDenied(StorageError):
+    """The credentials in use may not access the location."""
+
+
+class Transient(StorageError):
+    """A failure that may succeed when retried."""
+
+
+class PublishError(AlbertBatchError):
+    """Results could not be published; the partitions keep their previous contents."""

@@ -1,0 +1,96 @@
+"""Checking an input corpus before any work: which Parquet files, how many rows, and whether the id and
+text columns exist with usable types. Every file's footer is read, so an unreadable file is named up
+front and the row count that the run must account for is exact."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from albert_batch import storage
+from albert_batch.errors import AlbertBatchError, InputError, NotFound
+from albert_batch.storage import Location
+
+IGNORED_PREFIXES = ("_", ".")
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    location: Location
+    files: tuple[str, ...]
+    num_rows: int
+    id_type: pa.DataType
+
+    @property
+    def uris(self) -> list[str]:
+        return [Location(self.location.scheme, f).uri for f in self.files]
+
+
+def _data_files(loc: Location) -> list[str]:
+    try:
+        found = storage.info(loc)
+    except NotFound as err:
+        raise InputError(f"input {loc} does not exist") from err
+    if found.type == pafs.FileType.NotFound:
+        raise InputError(f"input {loc} does not exist")
+    if found.type == pafs.FileType.File:
+        return [loc.path]
+    files = []
+    for f in storage.list_files(loc):
+        relative = f.path[len(loc.path.rstrip("/")) + 1 :]
+        if not any(part.startswith(IGNORED_PREFIXES) for part in relative.split("/")):
+            files.append(f.path)
+    if not files:
+        raise InputError(f"input {loc} holds no Parquet files")
+    return files
+
+
+def _read_footer(loc: Location, path: str) -> tuple[pa.Schema, int]:
+    uri = Location(loc.scheme, path).uri
+    try:
+        with loc.filesystem.open_input_file(path) as fh:
+            metadata = pq.read_metadata(fh)
+        return metadata.schema.to_arrow_schema(), metadata.num_rows
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
+        raise InputError(f"cannot read Parquet file {uri}: {err}") from err
+
+
+def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
+    """List and check the input; raise InputError naming the file or column at fault."""
+    try:
+        files = _data_files(loc)
+    except InputError:
+        raise
+    except AlbertBatchError as err:
+        raise InputError(f"cannot list input {loc}: {err}") from err
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        footers = list(pool.map(lambda p: _read_footer(loc, p), files))
+    id_types: dict[pa.DataType, str] = {}
+    for path, (schema, _) in zip(files, footers, strict=True):
+        uri = Location(loc.scheme, path).uri
+        for role, column in (("id", id_column), ("text", text_column)):
+            if column not in schema.names:
+                raise InputError(
+                    f"input file {uri} has no {role} column {column!r}; available columns: {', '.join(schema.names)}"
+                )
+        text_type = schema.field(text_column).type
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_string_view(text_type)):
+            raise InputError(f"text column {column_desc(text_column, text_type)} in {uri} is not a string column")
+        id_type = schema.field(id_column).type
+        if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+            raise InputError(
+                f"id column {column_desc(id_column, id_type)} in {uri} must be an integer or string column"
+            )
+        id_types.setdefault(id_type, uri)
+    if len(id_types) > 1:
+        found = "; ".join(f"{t} in {u}" for t, u in id_types.items())
+        raise InputError(f"id column {id_column!r} has different types across files: {found}")
+    return InputPlan(location=loc, files=tuple(files), num_rows=sum(n for _, n in footers), id_type=next(iter(id_types)))
+
+
+def column_desc(name: str, arrow_type: pa.DataType) -> str:
+    return f"{name!r} ({arrow_type})"

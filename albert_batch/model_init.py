@@ -1,0 +1,95 @@
+"""Building ALBERT models from scratch, offline: a SentencePiece tokenizer trained on your texts and an
+``AlbertConfig``-shaped model with fresh weights, saved as a Hugging Face folder (safetensors)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from albert_batch.config import Task
+
+log = logging.getLogger(__name__)
+
+# Factorised embeddings (E) and one shared layer group, as in the ALBERT paper.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"embedding_size": 32, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 128},
+    "base": {"embedding_size": 128, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072},
+}
+MAX_LENGTH = 512
+
+
+def train_tokenizer(texts: Iterable[str], folder: str | Path, *, vocab_size: int = 8000) -> Path:
+    """Train a SentencePiece unigram model on ``texts`` and save it as an ALBERT tokenizer in ``folder``."""
+    import sentencepiece as spm
+    from transformers import AlbertTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=(t for t in texts if t and t.strip()),
+        model_prefix=str(folder / "spiece"),
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        pad_id=0,
+        unk_id=1,
+        bos_id=-1,
+        eos_id=-1,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        num_threads=2,
+        minloglevel=2,
+    )
+    (folder / "spiece.vocab").unlink(missing_ok=True)
+    # model_max_length matters: without it, truncation=True silently does nothing.
+    AlbertTokenizer.from_pretrained(str(folder), model_max_length=MAX_LENGTH).save_pretrained(str(folder))
+    return folder
+
+
+def init_model(
+    folder: str | Path,
+    task: Task,
+    labels: Sequence[str],
+    *,
+    texts: Iterable[str] | None = None,
+    size: str = "tiny",
+    seed: int = 0,
+    vocab_size: int = 8000,
+    initializer_range: float = 0.02,
+) -> Path:
+    """Write an untrained ALBERT model for ``task`` with ``labels`` into ``folder``.
+
+    The tokenizer is trained on ``texts`` unless ``folder`` already holds one."""
+    import torch
+    from transformers import AlbertConfig, AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
+
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
+    folder = Path(folder)
+    if not (folder / "spiece.model").exists():
+        if texts is None:
+            raise ValueError("texts are needed to train a tokenizer")
+        train_tokenizer(texts, folder, vocab_size=vocab_size)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    config = AlbertConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_LENGTH,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
+        classifier_dropout_prob=0.1,
+        **SIZES[size],
+    )
+    torch.manual_seed(seed)
+    cls = AlbertForSequenceClassification if task is Task.CLASSIFY else AlbertForTokenClassification
+    model = cls(config)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    log.info("initialised %s %s model with %d labels in %s", size, task.value, len(labels), folder)
+    return folder

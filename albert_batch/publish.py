@@ -1,0 +1,93 @@
+"""Atomic publication of a run's partitions.
+
+A run writes every file into ``OUTPUT/_staging/<run_id>/`` (consumers skip ``_`` folders). When all
+rows are written and accounted for, it writes ``_COMMIT.json`` there — the point of no return — and then,
+for each table's partition: removes ``_SUCCESS``, removes the partition's old data files, moves the new
+files in, writes ``_manifest.json`` and finally ``_SUCCESS``. Consumers read a partition only when
+``_SUCCESS`` exists, so they see either the old complete partition or the new one.
+
+Every step is idempotent, so a run killed after its commit is finished by the next run on the same
+output root (`recover`); a run killed before its commit leaves the partitions as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from albert_batch import storage
+from albert_batch.errors import AlbertBatchError, PublishError
+from albert_batch.storage import Location
+
+log = logging.getLogger(__name__)
+
+STAGING = "_staging"
+COMMIT = "_COMMIT.json"
+MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
+
+
+def staging_location(output: Location, run_id: str) -> Location:
+    return output.child(STAGING, run_id)
+
+
+def publish(output: Location, run_id: str, partition_path: str, files: dict[str, list[str]], manifests: dict[str, dict[str, Any]]) -> None:
+    """Commit the staged files of ``run_id`` and publish one partition per table."""
+    staging = staging_location(output, run_id)
+    commit = {"run_id": run_id, "partition_path": partition_path, "files": files, "manifests": manifests}
+    try:
+        storage.write_bytes(staging.child(COMMIT), json.dumps(commit, indent=2, default=str).encode())
+        _apply(output, staging, commit)
+    except AlbertBatchError as err:
+        raise PublishError(
+            f"publishing run {run_id} to {output} failed: {err}. Completed partitions are intact; an interrupted "
+            f"one has no {SUCCESS} and is finished by the next run on this output"
+        ) from err
+
+
+def _apply(output: Location, staging: Location, commit: dict[str, Any]) -> None:
+    for table, names in commit["files"].items():
+        target = output.child(table, commit["partition_path"])
+        storage.delete_file(target.child(SUCCESS))
+        keep = set(names)
+        for old in storage.list_files(target, recursive=False):
+            if old.base_name not in keep and old.base_name != SUCCESS:
+                storage.delete_file(Location(target.scheme, old.path))
+        for name in names:
+            staged = staging.child(table, name)
+            if storage.exists(staged):
+                storage.move(staged, target.child(name))
+            elif not storage.exists(target.child(name)):
+                raise PublishError(f"staged file {staged} vanished before it was published")
+        storage.write_bytes(target.child(MANIFEST), json.dumps(commit["manifests"][table], indent=2, default=str).encode())
+        storage.write_bytes(target.child(SUCCESS), b"")
+        log.info("published %s", target)
+    storage.delete_dir(staging)
+
+
+def recover(output: Location) -> list[str]:
+    """Finish publications that were committed but interrupted; report abandoned staging folders."""
+    finished = []
+    for staging in storage.list_dirs(output.child(STAGING)):
+        commit_file = staging.child(COMMIT)
+        if not storage.exists(commit_file):
+            log.warning(
+                "staging folder %s belongs to a run that stopped before committing (or is still running); "
+                "it is ignored, and safe to delete once that run is gone",
+                staging,
+            )
+            continue
+        commit = json.loads(storage.read_bytes(commit_file))
+        log.warning("finishing the interrupted publication of run %s", commit["run_id"])
+        _apply(output, staging, commit)
+        finished.append(commit["run_id"])
+    return finished
+
+
+def discard(output: Location, run_id: str) -> None:
+    """Remove a failed run's staging folder (best effort: a leftover folder is harmless)."""
+    try:
+        storage.delete_dir(staging_location(output, run_id))
+    except AlbertBatchError as err:
+        log.warning("could not remove staging folder of run %s: %s", run_id, err)

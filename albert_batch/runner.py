@@ -1,0 +1,289 @@
+"""One batch run, end to end: check inputs and models, stream read -> tokenize -> model -> write on Ray
+Data, check that every input row is accounted for, then publish each partition atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from albert_batch import models, publish, storage
+from albert_batch.config import RunConfig, Task
+from albert_batch.errors import AlbertBatchError, PublishError
+from albert_batch.inputs import InputPlan, plan_input
+from albert_batch.models import ModelInfo
+from albert_batch.output import REJECTS, TASK_TABLES, StagingSink, parquet_bytes, schema, tables_for
+from albert_batch.stages import ModelStage, TokenizeStage
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_FILE = 100_000
+VERSIONED_PACKAGES = ("albert-batch", "ray", "transformers", "torch", "tokenizers", "pyarrow")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run did; the same figures are in every partition's ``_manifest.json``."""
+
+    run_id: str
+    output: str
+    partitions: dict[str, str]
+    input_rows: int
+    accepted_rows: int
+    rejected_rows: int
+    rejects_by_reason: dict[str, int]
+    label_counts: dict[str, int]
+    sample_entities: list[dict[str, Any]]
+    seconds: float
+    precision: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.input_rows / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class StageSizing:
+    model_actors: int
+    cpus_per_model_actor: float
+    gpus_per_model_actor: float
+    torch_threads: int
+    tokenizer_actors: int
+    cpus_per_tokenizer_actor: float
+
+
+def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
+    """Derive the stage layout from the cluster's resources; settings in ``config.resources`` win.
+
+    Ray Data's list, read and write tasks each ask for a whole logical CPU, so the actors' reservations
+    leave one CPU free or the pipeline would deadlock. Logical reservations only schedule: a CPU model
+    actor still runs torch on its full share of the cores.
+    CPU clusters: one model actor per 8 CPUs; one tokenizer actor per model actor (more on big nodes).
+    GPU clusters: one actor per ``num_gpus_per_actor`` share of each GPU, one CPU each, and two
+    tokenizer actors per model actor to keep the GPUs fed."""
+    res = config.resources
+    cpus = max(1.0, float(cluster.get("CPU", os.cpu_count() or 1)))
+    gpus = float(cluster.get("GPU", 0.0))
+    spare = max(0.5, cpus - 1.0)  # what the actors may reserve between them
+    if res.num_gpus_per_actor > 0:
+        if gpus == 0:
+            log.warning("num_gpus_per_actor is set but the cluster reports no GPU; actors will wait for one")
+        actors = res.model_actors or max(1, int(gpus // res.num_gpus_per_actor))
+        tokenizers = res.tokenizer_actors or max(1, min(actors * 2, int(spare // 2)))
+        cpus_per_actor = res.num_cpus_per_actor or min(1.0, spare / (actors + tokenizers))
+        threads = max(1, int(cpus_per_actor))
+    else:
+        actors = res.model_actors or max(1, int(cpus // 8))
+        tokenizers = res.tokenizer_actors or max(1, min(actors * 2, int(cpus // 8)))
+        threads = max(1, int(cpus // actors))
+        cpus_per_actor = res.num_cpus_per_actor or spare * 0.75 / actors
+    cpus_per_tokenizer = max(0.05, (spare - cpus_per_actor * actors) / tokenizers) if spare > cpus_per_actor * actors else 0.1
+    return StageSizing(
+        model_actors=actors,
+        cpus_per_model_actor=round(cpus_per_actor, 3),
+        gpus_per_model_actor=res.num_gpus_per_actor,
+        torch_threads=threads,
+        tokenizer_actors=tokenizers,
+        cpus_per_tokenizer_actor=round(cpus_per_tokenizer, 3),
+    )
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join ``address`` (``auto`` or ``host:port``), or — when absent and no ``RAY_ADDRESS`` is set, as it is
+    inside ``ray job submit`` — start an embedded local Ray. Returns True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Run one batch job; return its summary once every partition is published.
+
+    Raises ConfigError, InputError or ModelLoadError before any work when settings, input or models are
+    unusable, and PublishError (or another AlbertBatchError) when the run fails; a failed run publishes
+    nothing it did not finish."""
+    started = time.monotonic()
+    started_at = dt.datetime.now(dt.UTC)
+    output = config.output_location
+    plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column)
+    infos = {
+        task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
+        for task in config.tasks
+    }
+    log.info("input %s: %d rows in %d files", plan.location, plan.num_rows, len(plan.files))
+    started_ray = connect_ray(config.ray_address)
+    try:
+        publish.recover(output)
+        timings: dict[str, float] = {"checks_s": round(time.monotonic() - started, 3)}
+        phase = time.monotonic()
+        report = _process(config, plan, infos)
+        timings["process_s"] = round(time.monotonic() - phase, 3)
+        phase = time.monotonic()
+        summary = _publish(config, plan, infos, report, timings, started, started_at)
+        log.info("published run %s in %.1fs", config.run_id, time.monotonic() - phase)
+        return summary
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -> dict[str, Any]:
+    import ray
+    import ray.data
+
+    sizing = size_stages(config, ray.cluster_resources())
+    log.info("stage sizing: %s", sizing)
+    model_uris = {task: info.uri for task, info in infos.items()}
+    output = config.output_location
+    sink = StagingSink(
+        staging=publish.staging_location(output, config.run_id),
+        run_id=config.run_id,
+        models=model_uris,
+        id_type=plan.id_type,
+        rows_per_file=ROWS_PER_FILE,
+    )
+    try:
+        ds = ray.data.read_parquet(
+            plan.uris if plan.location.scheme == "s3" else list(plan.files),
+            filesystem=plan.location.filesystem,
+            columns=[config.id_column, config.text_column],
+            partitioning=None,
+            file_extensions=None,  # every listed file is data: never drop one for its name
+        )
+        if (config.id_column, config.text_column) != ("id", "text"):
+            ds = ds.rename_columns({config.id_column: "id", config.text_column: "text"})
+        ds = ds.map_batches(
+            TokenizeStage,
+            fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights},
+            batch_format="pyarrow",
+            batch_size=config.resources.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
+            num_cpus=sizing.cpus_per_tokenizer_actor,
+        )
+        ds = ds.map_batches(
+            ModelStage,
+            fn_constructor_kwargs={
+                "model_uris": model_uris,
+                "precision": config.precision,
+                "use_gpu": sizing.gpus_per_model_actor > 0,
+                "torch_threads": sizing.torch_threads,
+                "max_tokens_per_forward": config.resources.max_tokens_per_forward,
+                "window_overlap": config.resources.ner_window_overlap,
+                "allow_pickle_weights": config.allow_pickle_weights,
+            },
+            batch_format="pyarrow",
+            batch_size=config.resources.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=sizing.model_actors),
+            num_cpus=sizing.cpus_per_model_actor,
+            num_gpus=sizing.gpus_per_model_actor or None,
+        )
+        ds.write_datasink(sink)
+    except AlbertBatchError:
+        publish.discard(output, config.run_id)
+        raise
+    except Exception as err:  # Ray wraps worker failures in its own types; report the root cause
+        publish.discard(output, config.run_id)
+        raise AlbertBatchError(f"run {config.run_id} failed while processing {plan.location}: {_root_cause(err)}") from err
+    assert sink.result is not None
+    return sink.result
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"
+
+
+def _publish(
+    config: RunConfig,
+    plan: InputPlan,
+    infos: dict[Task, ModelInfo],
+    report: dict[str, Any],
+    timings: dict[str, float],
+    started: float,
+    started_at: dt.datetime,
+) -> RunSummary:
+    output = config.output_location
+    rows: Counter = report["rows"]
+    rejected = rows.get(REJECTS, 0)
+    accepted = plan.num_rows - rejected
+    for task in config.tasks:
+        table = TASK_TABLES[task]
+        if rows.get(table, 0) + rejected != plan.num_rows:
+            publish.discard(output, config.run_id)
+            raise PublishError(
+                f"row accounting failed for {table}: {plan.num_rows} input rows but {rows.get(table, 0)} results "
+                f"and {rejected} rejects; nothing was published"
+            )
+    files = {table: sorted(report["files"].get(table, [])) for table in tables_for(config.tasks)}
+    staging = publish.staging_location(output, config.run_id)
+    for table, names in files.items():
+        if not names:  # an empty partition still carries the schema for consumers
+            name = f"part-{config.run_id}-empty.parquet"
+            storage.write_bytes(staging.child(table, name), parquet_bytes(schema(table, plan.id_type).empty_table()))
+            names.append(name)
+    seconds = time.monotonic() - started
+    timings["total_s"] = round(seconds, 3)
+    partition = dict(config.partition)
+    model_entries = {task.value: info.manifest_entry() for task, info in infos.items()}
+    base_manifest = {
+        "run_id": config.run_id,
+        "partition": partition,
+        "tasks": [t.value for t in config.tasks],
+        "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows},
+        "models": model_entries,
+        "precision": config.precision.value,
+        "counts": {"input_rows": plan.num_rows, "accepted_rows": accepted, "rejected_rows": rejected,
+                   **{f"{table}_rows": rows.get(table, 0) for table in files}},
+        "rejects_by_reason": dict(report["rejects"]),
+        "label_counts": dict(report["labels"]),
+        "started_at": started_at.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "timings": timings,
+        "versions": versions(),
+    }
+    manifests = {table: {**base_manifest, "table": table, "rows": rows.get(table, 0), "files": names}
+                 for table, names in files.items()}
+    publish.publish(output, config.run_id, config.partition_path, files, manifests)
+    return RunSummary(
+        run_id=config.run_id,
+        output=output.uri,
+        partitions={table: output.child(table, config.partition_path).uri for table in files},
+        input_rows=plan.num_rows,
+        accepted_rows=accepted,
+        rejected_rows=rejected,
+        rejects_by_reason=dict(report["rejects"]),
+        label_counts=dict(report["labels"]),
+        sample_entities=report["samples"],
+        seconds=seconds,
+        precision=config.precision.value,
+        models=model_entries,
+    )

@@ -1,0 +1,157 @@
+"""Ray-shaped callables for the two middle stages of a run. Each loads what it needs once, in
+``__init__`` (once per actor), and maps an Arrow batch to an Arrow batch; both can be called directly
+on a small table, without a cluster.
+
+    TokenizeStage  id, text  ->  id, text, reject_reason, <task>.<feature>...      (CPU)
+    ModelStage     ...       ->  id, reject_reason, <task>.<result>..., processed_at (GPU or CPU)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from albert_batch import models
+from albert_batch.arrowcols import from_list_array, to_list_array
+from albert_batch.config import Precision, Task
+from albert_batch.predictors import Predictor, build_predictor
+
+SCORES_TYPE = pa.map_(pa.string(), pa.float64())
+ENTITY_TYPE = pa.struct(
+    [("label", pa.string()), ("text", pa.string()), ("start", pa.int32()), ("end", pa.int32()), ("score", pa.float64())]
+)
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+# Feature columns of the tokenizer stage: name -> Arrow value type (list columns) or scalar type.
+FEATURE_TYPES: dict[Task, dict[str, pa.DataType]] = {
+    Task.CLASSIFY: {"input_ids": pa.list_(pa.int32()), "truncated": pa.bool_()},
+    Task.NER: {"input_ids": pa.list_(pa.int32()), "offsets": pa.list_(pa.int32()), "special": pa.list_(pa.bool_())},
+}
+
+
+class RejectReason(StrEnum):
+    NULL_ID = "null_id"
+    NULL_TEXT = "null_text"
+    BLANK_TEXT = "blank_text"
+
+
+def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> list[str | None]:
+    """Why each row cannot be processed, or None when it can."""
+    id_null = pc.is_null(ids).to_pylist()
+    reasons: list[str | None] = []
+    for missing_id, text in zip(id_null, texts, strict=True):
+        if missing_id:
+            reasons.append(RejectReason.NULL_ID.value)
+        elif text is None:
+            reasons.append(RejectReason.NULL_TEXT.value)
+        elif not text.strip():
+            reasons.append(RejectReason.BLANK_TEXT.value)
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def _load_predictors(model_uris: dict[Task, str], **kwargs: Any) -> dict[Task, Predictor]:
+    allow_pickle = kwargs.get("allow_pickle_weights", False)
+    return {
+        task: build_predictor(
+            models.inspect(uri, task, allow_pickle_weights=allow_pickle, hash_weights=False), **kwargs
+        )
+        for task, uri in model_uris.items()
+    }
+
+
+def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
+    """Place results of the accepted rows back at their row positions; other rows get ``fill``."""
+    out = [fill] * size
+    for position, value in zip(np.flatnonzero(accepted), values, strict=True):
+        out[position] = value
+    return out
+
+
+class TokenizeStage:
+    """Validates rows (rejecting null or blank ones with a reason) and tokenizes the accepted texts."""
+
+    def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False):
+        self.predictors = _load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = batch.column("id")
+        texts = batch.column("text").cast(pa.large_string()).to_pylist()
+        reasons = reject_reasons(ids, texts)
+        accepted = np.array([r is None for r in reasons], dtype=bool)
+        accepted_texts = [t for t, ok in zip(texts, accepted, strict=True) if ok]
+        columns: dict[str, pa.Array] = {
+            "id": ids,
+            "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
+            "reject_reason": pa.array(reasons, pa.string()),
+        }
+        for task, predictor in self.predictors.items():
+            features = predictor.preprocess(accepted_texts) if accepted_texts else {}
+            for name, arrow_type in FEATURE_TYPES[task].items():
+                if pa.types.is_list(arrow_type):
+                    values = _scatter(features.get(name, []), accepted, len(texts), np.empty(0))
+                    columns[f"{task}.{name}"] = to_list_array(values, arrow_type.value_type)
+                else:
+                    values = _scatter([v.item() for v in features.get(name, [])], accepted, len(texts), None)
+                    columns[f"{task}.{name}"] = pa.array(values, arrow_type)
+        return pa.table(columns)
+
+
+class ModelStage:
+    """Runs each task's model on the accepted rows of a tokenized batch and adds the result columns."""
+
+    def __init__(
+        self,
+        *,
+        model_uris: dict[Task, str],
+        precision: Precision,
+        use_gpu: bool,
+        torch_threads: int | None,
+        max_tokens_per_forward: int,
+        window_overlap: int,
+        allow_pickle_weights: bool = False,
+    ):
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.predictors = _load_predictors(
+            model_uris,
+            precision=precision,
+            use_gpu=use_gpu,
+            max_tokens_per_forward=max_tokens_per_forward,
+            window_overlap=window_overlap,
+            allow_pickle_weights=allow_pickle_weights,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        size = batch.num_rows
+        accepted = pc.is_null(batch.column("reject_reason")).to_numpy(zero_copy_only=False)
+        texts = [t for t, ok in zip(batch.column("text").to_pylist(), accepted, strict=True) if ok]
+        columns: dict[str, pa.Array] = {"id": batch.column("id"), "reject_reason": batch.column("reject_reason")}
+        for task, predictor in self.predictors.items():
+            features = {}
+            for name, arrow_type in FEATURE_TYPES[task].items():
+                column = batch.column(f"{task}.{name}").filter(pa.array(accepted))
+                if pa.types.is_list(arrow_type):
+                    values = from_list_array(column)
+                    features[name] = [v.reshape(-1, 2) for v in values] if name == "offsets" else values
+                else:
+                    features[name] = list(column.to_numpy(zero_copy_only=False))
+            results = predictor.predict(texts, features) if texts else []
+            if task is Task.CLASSIFY:
+                for key, arrow_type in (("label", pa.string()), ("score", pa.float64()), ("truncated", pa.bool_())):
+                    columns[f"{task}.{key}"] = pa.array(_scatter([r[key] for r in results], accepted, size, None), arrow_type)
+                scores = _scatter([list(r["scores"].items()) for r in results], accepted, size, None)
+                columns[f"{task}.scores"] = pa.array(scores, SCORES_TYPE)
+            else:
+                entities = _scatter([r["entities"] for r in results], accepted, size, None)
+                columns[f"{task}.entities"] = pa.array(entities, pa.list_(ENTITY_TYPE))
+        now = dt.datetime.now(dt.UTC)
+        columns["processed_at"] = pa.array([now] * size, TIMESTAMP_TYPE)
+        return pa.table(columns)

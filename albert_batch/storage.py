@@ -1,0 +1,270 @@
+"""Storage locations — local paths, ``file://`` and ``s3://`` URIs — on pyarrow filesystems.
+
+Everything that touches storage goes through this module: URI parsing, filesystem construction (the
+standard AWS credential chain, ``AWS_ENDPOINT_URL``), translation of backend errors into
+`albert_batch.errors`, and the one retry loop. Locations pickle as plain strings and build their
+filesystem lazily in each process, so no credential ever travels inside a pickled object.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from albert_batch.errors import ConfigError, NotFound, PermissionDenied, StorageError, Transient
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Backend messages that mark a failure worth retrying (AWS SDK error names and socket-level failures).
+RETRYABLE_MARKERS = (
+    "SLOW_DOWN",
+    "SlowDown",
+    "THROTTL",
+    "Throttl",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE",
+    "NETWORK_CONNECTION",
+    "REQUEST_TIMEOUT",
+    "timed out",
+    "Connection reset",
+    "Connection refused",
+)
+NOT_FOUND_MARKERS = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "does not exist")
+DENIED_MARKERS = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "Forbidden")
+MAX_ATTEMPTS = 5
+BACKOFF_BASE_S = 0.2
+BACKOFF_MAX_S = 5.0
+
+SUPPORTED_SCHEMES = ("file", "s3")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder: ``scheme`` is ``file`` or ``s3``; ``path`` is absolute (file) or ``bucket/key`` (s3)."""
+
+    scheme: str
+    path: str
+
+    @classmethod
+    def parse(cls, uri: str, *, what: str = "location") -> Location:
+        """Parse a local path, ``file://`` URI or ``s3://bucket/prefix`` URI."""
+        if not isinstance(uri, str) or not uri.strip():
+            raise ConfigError(f"{what} is empty; give a local path, file:// or s3:// URI")
+        uri = uri.strip()
+        if "://" not in uri:
+            return cls("file", os.path.abspath(os.path.expanduser(uri)))
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme == "s3a":
+            scheme = "s3"
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ConfigError(
+                f"{what} uses the unsupported scheme {parts.scheme!r}; use a local path, file:// or s3://"
+            )
+        if "@" in parts.netloc:
+            # Never echo the URI: its user part may be a key pair.
+            raise ConfigError(
+                f"{what} has credentials embedded in it; remove them and use the AWS credential chain"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{what} {scheme}://{parts.netloc}{parts.path} must not have a query or fragment")
+        if scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ConfigError(f"{what} file://{parts.netloc}{parts.path} must be an absolute path (file:///...)")
+            return cls("file", os.path.abspath(parts.path or "/"))
+        bucket = parts.netloc
+        if not bucket:
+            raise ConfigError(f"{what} {uri!r} has no bucket name")
+        key = parts.path.strip("/")
+        return cls("s3", f"{bucket}/{key}" if key else bucket)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.path}" if self.scheme == "s3" else self.path
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        return Location(self.scheme, self.path.rstrip("/").rsplit("/", 1)[0] or "/")
+
+    def child(self, *parts: str) -> Location:
+        path = self.path.rstrip("/")
+        for part in parts:
+            path = f"{path}/{part.strip('/')}"
+        return Location(self.scheme, path)
+
+    def contains(self, other: Location) -> bool:
+        """True when ``other`` is this location or lies inside it."""
+        if self.scheme != other.scheme:
+            return False
+        mine, theirs = self.path.rstrip("/"), other.path.rstrip("/")
+        return theirs == mine or theirs.startswith(mine + "/")
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        if self.scheme == "file":
+            return _local_filesystem()
+        return _s3_filesystem(self.path.split("/", 1)[0])
+
+
+@functools.cache
+def _local_filesystem() -> pafs.FileSystem:
+    return pafs.LocalFileSystem()
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint from the environment (``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.cache
+def _s3_filesystem(bucket: str) -> pafs.FileSystem:
+    kwargs: dict = {
+        "allow_bucket_creation": True,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+    }
+    endpoint = s3_endpoint()
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parts.netloc
+        kwargs["scheme"] = parts.scheme
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    elif endpoint:
+        kwargs["region"] = "us-east-1"
+    else:
+        try:
+            kwargs["region"] = pafs.resolve_s3_region(bucket)
+        except OSError:
+            log.debug("could not resolve the region of bucket %s; using the SDK default", bucket)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def translate(err: BaseException, doing: str, loc: Location | str) -> StorageError:
+    """Map a backend error to our hierarchy, naming the operation and the location."""
+    message = str(err)
+    text = f"{doing} {loc} failed: {message}"
+    if isinstance(err, FileNotFoundError) or any(m in message for m in NOT_FOUND_MARKERS):
+        return NotFound(text)
+    if isinstance(err, PermissionError) or any(m in message for m in DENIED_MARKERS):
+        return PermissionDenied(text)
+    if isinstance(err, (TimeoutError, ConnectionError)) or any(m in message for m in RETRYABLE_MARKERS):
+        return Transient(text)
+    return StorageError(text)
+
+
+def with_retries(op: Callable[[], T], *, doing: str, loc: Location | str) -> T:
+    """Run ``op``; retry transient failures with bounded, jittered exponential backoff."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return op()
+        except OSError as err:
+            error = translate(err, doing, loc)
+            if not isinstance(error, Transient) or attempt == MAX_ATTEMPTS:
+                raise error from err
+            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.warning("%s %s: transient failure (attempt %d/%d), retrying in %.1fs", doing, loc, attempt, MAX_ATTEMPTS, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def info(loc: Location) -> pafs.FileInfo:
+    return with_retries(lambda: loc.filesystem.get_file_info(loc.path), doing="inspecting", loc=loc)
+
+
+def exists(loc: Location) -> bool:
+    return info(loc).type != pafs.FileType.NotFound
+
+
+def list_files(loc: Location, *, recursive: bool = True) -> list[pafs.FileInfo]:
+    """Files (not folders) under ``loc``; an absent folder lists as empty."""
+    selector = pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True)
+    infos = with_retries(lambda: loc.filesystem.get_file_info(selector), doing="listing", loc=loc)
+    return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
+
+
+def list_dirs(loc: Location) -> list[Location]:
+    selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
+    infos = with_retries(lambda: loc.filesystem.get_file_info(selector), doing="listing", loc=loc)
+    return sorted(Location(loc.scheme, i.path) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_bytes(loc: Location) -> bytes:
+    def op() -> bytes:
+        with loc.filesystem.open_input_stream(loc.path) as stream:
+            return stream.read()
+
+    return with_retries(op, doing="reading", loc=loc)
+
+
+def write_bytes(loc: Location, data: bytes) -> None:
+    """Write a whole object. Local files are written beside the target and renamed, so readers never
+    see a partial file; an S3 PUT is atomic by itself."""
+    fs = loc.filesystem
+
+    def op() -> None:
+        if loc.scheme == "file":
+            fs.create_dir(loc.parent.path, recursive=True)
+            tmp = loc.parent.child(f".{loc.name}.{uuid.uuid4().hex}.tmp")
+            with fs.open_output_stream(tmp.path) as out:
+                out.write(data)
+            fs.move(tmp.path, loc.path)
+        else:
+            with fs.open_output_stream(loc.path) as out:
+                out.write(data)
+
+    with_retries(op, doing="writing", loc=loc)
+
+
+def move(src: Location, dst: Location) -> None:
+    """Move a file (a rename on local disks; copy then delete on S3)."""
+    fs = src.filesystem
+
+    def op() -> None:
+        if src.scheme == "file":
+            fs.create_dir(dst.parent.path, recursive=True)
+        fs.move(src.path, dst.path)
+
+    with_retries(op, doing=f"moving {src} to", loc=dst)
+
+
+def delete_file(loc: Location, *, missing_ok: bool = True) -> None:
+    def op() -> None:
+        try:
+            loc.filesystem.delete_file(loc.path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    with_retries(op, doing="deleting", loc=loc)
+
+
+def delete_dir(loc: Location) -> None:
+    """Delete a folder and everything in it; an absent folder is fine."""
+
+    def op() -> None:
+        fs = loc.filesystem
+        if fs.get_file_info(loc.path).type == pafs.FileType.NotFound:
+            return
+        fs.delete_dir(loc.path)
+
+    with_retries(op, doing="deleting folder", loc=loc)

@@ -1,0 +1,161 @@
+"""The batch run on a real local Ray, read back with DuckDB the way a warehouse reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
+
+from albert_batch import RunConfig, run
+from conftest import TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
+
+LONG = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
+
+
+def corpus_rows(n: int, start: int = 0) -> tuple[list[int], list[str | None]]:
+    texts: list[str | None] = []
+    for i in range(n):
+        texts.append(f"{TRICKY_TEXTS[i % len(TRICKY_TEXTS)]} (row {start + i})")
+    return list(range(start, start + n)), texts
+
+
+def config(tmp_path: Path, models: dict[str, str], **overrides) -> RunConfig:
+    settings = {
+        "input": str(tmp_path / "input"),
+        "output": str(tmp_path / "output"),
+        "classifier_model": models["classifier"],
+        "ner_model": models["ner"],
+        "partition": ["dt=2026-11-01"],
+        "precision": "fp32",
+        **overrides,
+    }
+    return RunConfig(**settings)
+
+
+def test_every_input_row_lands_in_exactly_one_place(tmp_path, tiny_models, ray_cluster):
+    # Two Hive-partitioned input files, with rows that must be rejected and why.
+    (tmp_path / "input/lang=en").mkdir(parents=True)
+    (tmp_path / "input/lang=de").mkdir(parents=True)
+    ids, texts = corpus_rows(150)
+    texts[3], texts[4], texts[5], texts[6] = None, "", "  \t\n ", LONG
+    write_corpus(tmp_path / "input/lang=en/part-0.parquet", ids, texts)
+    more_ids, more_texts = corpus_rows(90, start=1000)
+    write_corpus(tmp_path / "input/lang=de/part-1.parquet", [*more_ids, None], [*more_texts, "no id"])
+
+    summary = run(config(tmp_path, tiny_models, run_id="run-a"))
+
+    out = tmp_path / "output"
+    accepted = {i for i, t in zip(ids + more_ids, texts + more_texts, strict=True) if t and t.strip()}
+    classifications = read_published(out, "classifications")
+    entities = read_published(out, "entities")
+    rejects = read_published(out, "rejects")
+    assert sorted(r["id"] for r in classifications) == sorted(accepted)
+    assert sorted(r["id"] for r in entities) == sorted(accepted)
+    assert sorted(((r["id"], r["reason"]) for r in rejects), key=str) == sorted(
+        [(3, "null_text"), (4, "blank_text"), (5, "blank_text"), (None, "null_id")], key=str
+    )
+    assert summary.input_rows == 241 == len(classifications) + len(rejects)
+    assert summary.rejects_by_reason == {"null_text": 1, "blank_text": 2, "null_id": 1}
+    for row in classifications:
+        assert str(row["dt"]) == "2026-11-01" and row["run_id"] == "run-a"
+        assert row["model"] == tiny_models["classifier"]
+        assert row["label"] in {"negative", "neutral", "positive"} and 0 < row["score"] <= 1
+        assert row["truncated"] == (row["id"] == 6)
+        assert row["processed_at"].tzinfo is not None
+
+    # Entity offsets point into the original text, exactly.
+    originals = dict(zip(ids + more_ids, texts + more_texts, strict=True))
+    spans = [(r["id"], e) for r in entities for e in r["entities"]]
+    assert len(spans) > 100
+    for row_id, entity in spans:
+        assert originals[row_id][entity["start"] : entity["end"]] == entity["text"]
+    assert any(e["start"] > 3000 for i, e in spans if i == 6), "entities beyond the first window are kept"
+
+    meta = manifest(out, "classifications", "dt=2026-11-01")
+    assert meta["run_id"] == "run-a"
+    assert meta["counts"] == {"input_rows": 241, "accepted_rows": 237, "rejected_rows": 4,
+                              "classifications_rows": 237, "entities_rows": 237, "rejects_rows": 4}
+    assert meta["input"] == {"location": str(tmp_path / "input"), "files": 2, "rows": 241}
+    assert len(meta["models"]["classify"]["weights_sha256"]) == 64
+    assert {"ray", "transformers", "torch", "pyarrow", "python"} <= set(meta["versions"])
+    assert sum(meta["label_counts"].values()) == 237
+
+
+def test_fp32_results_match_the_reference_pipelines_end_to_end(tmp_path, tiny_models, ray_cluster):
+    (tmp_path / "input").mkdir()
+    texts = TRICKY_TEXTS
+    write_corpus(tmp_path / "input/part.parquet", list(range(len(texts))), texts)
+    run(config(tmp_path, tiny_models))
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["classifier"])
+    classify = pipeline("text-classification", tokenizer=tokenizer, device="cpu",
+                        model=AlbertForSequenceClassification.from_pretrained(tiny_models["classifier"]))
+    tag = pipeline("token-classification", tokenizer=tokenizer, device="cpu", aggregation_strategy="simple",
+                   model=AlbertForTokenClassification.from_pretrained(tiny_models["ner"]))
+    got_labels = {r["id"]: r for r in read_published(tmp_path / "output", "classifications")}
+    got_entities = {r["id"]: r["entities"] for r in read_published(tmp_path / "output", "entities")}
+    for i, text in enumerate(texts):
+        want = classify(text, truncation=True)[0]
+        assert got_labels[i]["label"] == want["label"]
+        assert got_labels[i]["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert [(e["label"], e["start"], e["end"]) for e in got_entities[i]] == [
+            (e["entity_group"], e["start"], e["end"]) for e in tag(text)
+        ]
+
+
+def test_rerunning_a_partition_replaces_it_and_leaves_others_alone(tmp_path, tiny_models, ray_cluster):
+    (tmp_path / "input").mkdir()
+    ids, texts = corpus_rows(60)
+    write_corpus(tmp_path / "input/part.parquet", ids, texts)
+    out = tmp_path / "output"
+    run(config(tmp_path, tiny_models, tasks="classify", partition=["dt=2026-11-01"], run_id="first"))
+    run(config(tmp_path, tiny_models, tasks="classify", partition=["dt=2026-11-02"], run_id="other-day"))
+    other_day = sorted(p.name for p in (out / "classifications/dt=2026-11-02").iterdir())
+
+    ids, texts = corpus_rows(25, start=500)
+    write_corpus(tmp_path / "input/part.parquet", ids, texts)
+    run(config(tmp_path, tiny_models, tasks="classify", partition=["dt=2026-11-01"], run_id="second"))
+
+    rows = read_published(out, "classifications")
+    day1 = [r for r in rows if str(r["dt"]) == "2026-11-01"]
+    assert sorted(r["id"] for r in day1) == ids, "the re-run's rows only, no duplicates"
+    assert {r["run_id"] for r in day1} == {"second"}
+    assert sorted(p.name for p in (out / "classifications/dt=2026-11-02").iterdir()) == other_day
+    assert {r["run_id"] for r in rows if str(r["dt"]) == "2026-11-02"} == {"other-day"}
+    assert not (out / "entities").exists(), "a classify-only run writes no entities"
+    assert not list((out / "_staging").glob("*")), "nothing is left in staging"
+
+
+def test_ids_keep_their_type_and_columns_can_be_renamed(tmp_path, tiny_models, ray_cluster):
+    (tmp_path / "input").mkdir()
+    table = pa.table({"doc_id": [f"doc-{i}" for i in range(30)], "body": [TRICKY_TEXTS[i % 12] for i in range(30)],
+                      "unused": list(range(30))})
+    pq.write_table(table, tmp_path / "input/docs.parquet")
+    run(config(tmp_path, tiny_models, id_column="doc_id", text_column="body", partition=["dt=2026-11-03", "src=web"]))
+
+    folder = tmp_path / "output/classifications/dt=2026-11-03/src=web"
+    assert published_partitions(tmp_path / "output", "classifications") == [folder]
+    written = pq.read_table(next(folder.glob("*.parquet")))
+    assert written.schema.field("id").type == pa.string()
+    assert written.column_names == ["id", "label", "score", "scores", "truncated", "model", "run_id", "processed_at"]
+    entities = pq.read_table(next((tmp_path / "output/entities/dt=2026-11-03/src=web").glob("*.parquet")))
+    assert entities.schema.field("entities").type == pa.list_(
+        pa.struct([("label", pa.string()), ("text", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
+                   ("score", pa.float64())])
+    )
+    assert sorted(r["id"] for r in read_published(tmp_path / "output", "entities")) == sorted(table["doc_id"].to_pylist())
+
+
+def test_a_corpus_of_only_rejects_still_publishes_typed_empty_partitions(tmp_path, tiny_models, ray_cluster):
+    (tmp_path / "input").mkdir()
+    write_corpus(tmp_path / "input/part.parquet", [1, 2, 3], [None, " ", ""], id_type=pa.int32())
+    summary = run(config(tmp_path, tiny_models))
+    assert (summary.accepted_rows, summary.rejected_rows) == (0, 3)
+    out = tmp_path / "output"
+    assert read_published(out, "classifications") == []
+    assert len(read_published(out, "rejects")) == 3
+    files = list((out / "classifications/dt=2026-11-01").glob("*.parquet"))
+    assert len(files) == 1 and pq.read_schema(files[0]).field("id").type == pa.int32()

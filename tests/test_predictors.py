@@ -1,0 +1,121 @@
+"""In fp32, our predictors give what Hugging Face's reference pipelines give, on tricky text; long
+texts are truncated (classification) or covered by overlapping windows (NER)."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
+
+from albert_batch import models
+from albert_batch.config import Precision, Task
+from albert_batch.predictors import NerPredictor, build_predictor
+from conftest import TRICKY_TEXTS
+
+LONG_TEXT = " ".join(f"Anna Schmidt met Zhang Wei in Berlin, trip {i}, for Acme Corp." for i in range(150))
+
+
+def reference(folder: str, task: Task):
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if task is Task.CLASSIFY:
+        model = AlbertForSequenceClassification.from_pretrained(folder)
+        return pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+    model = AlbertForTokenClassification.from_pretrained(folder)
+    return pipeline("token-classification", model=model, tokenizer=tokenizer, device="cpu", aggregation_strategy="simple")
+
+
+def ours(folder: str, task: Task, **kwargs):
+    return build_predictor(models.inspect(folder, task), precision=Precision.FP32, **kwargs)
+
+
+def test_classification_matches_the_reference_pipeline(tiny_models):
+    folder = tiny_models["classifier"]
+    hf = reference(folder, Task.CLASSIFY)
+    results = ours(folder, Task.CLASSIFY)(TRICKY_TEXTS + [LONG_TEXT])
+    for text, got in zip(TRICKY_TEXTS + [LONG_TEXT], results, strict=True):
+        want = hf(text, truncation=True)[0]
+        assert got["label"] == want["label"], text
+        assert got["score"] == pytest.approx(want["score"], abs=1e-5), text
+        assert set(got["scores"]) == {"negative", "neutral", "positive"}
+        assert got["scores"][got["label"]] == pytest.approx(got["score"])
+        assert sum(got["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert [r["truncated"] for r in results] == [False] * len(TRICKY_TEXTS) + [True]
+
+
+def test_labels_do_not_depend_on_batch_composition(tiny_models):
+    """Length-sorted, padded batches give each text the result it gets alone."""
+    predictor = ours(tiny_models["classifier"], Task.CLASSIFY, max_tokens_per_forward=512)
+    together = predictor(TRICKY_TEXTS)
+    alone = [predictor([t])[0] for t in TRICKY_TEXTS]
+    for a, b in zip(together, alone, strict=True):
+        assert a["label"] == b["label"]
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def entity_tuples(entities, *, hf: bool):
+    key = "entity_group" if hf else "label"
+    return [(e[key], int(e["start"]), int(e["end"])) for e in entities]
+
+
+def test_entities_match_the_reference_pipeline(tiny_models):
+    folder = tiny_models["ner"]
+    hf = reference(folder, Task.NER)
+    results = ours(folder, Task.NER)(TRICKY_TEXTS)
+    total = 0
+    for text, got in zip(TRICKY_TEXTS, results, strict=True):
+        want = hf(text)
+        assert entity_tuples(got["entities"], hf=False) == entity_tuples(want, hf=True), text
+        for g, w in zip(got["entities"], want, strict=True):
+            assert g["score"] == pytest.approx(float(w["score"]), abs=1e-5)
+        total += len(want)
+    assert total > 20, "the random model should tag plenty of tokens; otherwise this test proves little"
+
+
+def test_entity_text_is_the_exact_unpadded_slice_of_the_original(tiny_models):
+    for text, result in zip(TRICKY_TEXTS, ours(tiny_models["ner"], Task.NER)(TRICKY_TEXTS), strict=True):
+        for entity in result["entities"]:
+            assert entity["text"] == text[entity["start"] : entity["end"]]
+            assert entity["text"] == entity["text"].strip() and entity["text"]
+
+
+def test_long_documents_are_covered_by_overlapping_windows(tiny_models):
+    folder = tiny_models["ner"]
+    predictor = ours(folder, Task.NER, window_overlap=128)
+    tokens = predictor.preprocess([LONG_TEXT])
+    offsets = tokens["offsets"][0]
+    assert len(offsets) > 1200, "the text must span several windows"
+    assert predictor.windows(len(offsets))[-1] == len(offsets) - 510
+
+    entities = predictor([LONG_TEXT])[0]["entities"]
+    # Nothing after token 512 is lost: entities are found to the very end of the text.
+    after_512 = [e for e in entities if e["start"] >= offsets[512][0]]
+    assert after_512 and max(e["end"] for e in entities) > offsets[-60][0]
+    # Spans come in text order across window seams.
+    assert all(a["start"] <= b["start"] for a, b in zip(entities, entities[1:]))
+
+    # Up to where the second window takes over, tokens keep the first window's scores: there the result
+    # equals the reference pipeline's, which sees the text truncated to that same first window.
+    seam = offsets[400][0]
+    hf = reference(folder, Task.NER)(LONG_TEXT)
+    want = [e for e in entity_tuples(hf, hf=True) if e[2] <= seam]
+    got = [e for e in entity_tuples(entities, hf=False) if e[2] <= seam]
+    assert got == want and len(want) > 10
+
+
+def test_window_starts_cover_every_token(tiny_models):
+    predictor = ours(tiny_models["ner"], Task.NER, window_overlap=128)
+    assert isinstance(predictor, NerPredictor)
+    for length in (1, 509, 510, 511, 892, 893, 5000):
+        starts = predictor.windows(length)
+        covered = set()
+        for s in starts:
+            covered.update(range(s, min(length, s + 510)))
+        assert covered == set(range(length))
+        assert all(b - a <= 510 - 128 for a, b in zip(starts, starts[1:]))
+
+
+def test_bf16_gives_the_same_labels_on_clear_cases(tiny_models):
+    fp32 = ours(tiny_models["classifier"], Task.CLASSIFY)(TRICKY_TEXTS)
+    bf16 = build_predictor(models.inspect(tiny_models["classifier"], Task.CLASSIFY), precision=Precision.BF16)
+    assert str(bf16.dtype) == "torch.bfloat16"
+    agree = [a["label"] == b["label"] for a, b in zip(fp32, bf16(TRICKY_TEXTS), strict=True) if a["score"] > 0.6]
+    assert agree and all(agree)

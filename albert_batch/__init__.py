@@ -21,7 +21,6 @@ from albert_batch.errors import (
     StorageError,
     Transient,
 )
-from albert_batch.runner import RunSummary, run
 
 __version__ = "0.1.0"
 
@@ -43,3 +42,12 @@ __all__ = [
     "__version__",
     "run",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `run` pulls in Ray Data; load it on first use so that importing the package stays light.
+    if name in ("run", "RunSummary"):
+        from albert_batch import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'albert_batch' has no attribute {name!r}")

@@ -1,0 +1,111 @@
+"""`albert-batch run` as users call it — a real process with its own embedded Ray — against a real S3
+endpoint: S3 in, S3 out, a model from an S3 prefix, a YAML config with flags on top; no secret leaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import FAKE_SECRET, TRICKY_TEXTS
+
+
+def s3fs_client(endpoint: str) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http", region="us-east-1",
+                             allow_bucket_creation=True)
+
+
+def upload_folder(fs: pafs.S3FileSystem, folder: str, prefix: str) -> None:
+    for path in Path(folder).iterdir():
+        with fs.open_output_stream(f"{prefix}/{path.name}") as out:
+            out.write(path.read_bytes())
+
+
+def published_dataset(fs: pafs.S3FileSystem, root: str, table: str) -> pa.Table:
+    """What a warehouse client reads: the Hive-partitioned table, only partitions with _SUCCESS."""
+    selector = pafs.FileSelector(f"{root}/{table}", recursive=True)
+    files = [f.path for f in fs.get_file_info(selector) if f.type == pafs.FileType.File]
+    done = {p.rsplit("/", 1)[0] for p in files if p.endswith("/_SUCCESS")}
+    data = [p for p in files if p.endswith(".parquet") and p.rsplit("/", 1)[0] in done]
+    partitioning = ds.partitioning(pa.schema([("dt", pa.string())]), flavor="hive")
+    return ds.dataset(data, filesystem=fs, format="parquet", partitioning=partitioning,
+                      partition_base_dir=f"{root}/{table}").to_table()
+
+
+@pytest.mark.slow
+def test_the_cli_runs_s3_to_s3_and_never_prints_or_writes_a_secret(tmp_path, tiny_models, s3):
+    fs = s3fs_client(s3)
+    for bucket in ("corpus", "results", "models"):
+        fs.create_dir(bucket)
+    texts = [*TRICKY_TEXTS, None, "   "]
+    for i, chunk in enumerate((texts[:7], texts[7:])):
+        start = 0 if i == 0 else 7
+        table = pa.table({"id": pa.array(range(start, start + len(chunk)), pa.int64()), "text": chunk})
+        pq.write_table(table, f"corpus/reviews/dt=2026-11-05/part-{i}.parquet", filesystem=fs)
+    upload_folder(fs, tiny_models["classifier"], "models/sentiment/v1")
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "input: s3://corpus/reviews/dt=2026-11-05/\n"
+        "output: s3://results/reviews\n"
+        "classifier_model: s3://models/sentiment/v1\n"
+        f"ner_model: {tiny_models['ner']}\n"
+        "partition: [dt=2000-01-01]\n"
+        "precision: fp32\n"
+    )
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "ALBERT_BATCH_CACHE": str(tmp_path / "cache")}
+    summary_file = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "albert_batch.cli", "run", "--config", str(job), "--partition", "dt=2026-11-05",
+         "--run-id", "cli-run", "--summary-json", str(summary_file)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run cli-run: published 3 partitions" in proc.stdout
+    assert "rows: 14 in, 12 processed, 2 rejected (blank_text: 1, null_text: 1)" in proc.stdout
+
+    classifications = published_dataset(fs, "results/reviews", "classifications")
+    assert sorted(classifications.column("id").to_pylist()) == list(range(12))
+    assert set(classifications.column("dt").to_pylist()) == {"2026-11-05"}
+    assert set(classifications.column("model").to_pylist()) == {"s3://models/sentiment/v1"}
+    assert published_dataset(fs, "results/reviews", "entities").num_rows == 12
+    assert sorted(published_dataset(fs, "results/reviews", "rejects").column("id").to_pylist()) == [12, 13]
+
+    with fs.open_input_stream("results/reviews/classifications/dt=2026-11-05/_manifest.json") as fh:
+        manifest = json.loads(fh.read())
+    assert manifest["models"]["classify"]["location"] == "s3://models/sentiment/v1"
+    assert manifest["input"]["location"] == "s3://corpus/reviews/dt=2026-11-05"
+    assert json.loads(summary_file.read_text())["input_rows"] == 14
+
+    # Nothing secret anywhere: process output, summary, every object written.
+    written = [proc.stdout, proc.stderr, summary_file.read_text()]
+    for info in fs.get_file_info(pafs.FileSelector("results", recursive=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as fh:
+                written.append(fh.read().decode("latin-1"))
+    assert not [w for w in written if FAKE_SECRET in w]
+    assert list((tmp_path / "cache/models").iterdir()), "the S3 model was cached on this node"
+
+
+@pytest.mark.slow
+def test_an_unreachable_s3_endpoint_is_reported_with_the_location_and_no_secret(tmp_path, tiny_models, s3):
+    fs = s3fs_client(s3)
+    fs.create_dir("corpus")
+    pq.write_table(pa.table({"id": [1], "text": ["hello"]}), "corpus/in/part-0.parquet", filesystem=fs)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}
+    proc = subprocess.run(
+        [sys.executable, "-m", "albert_batch.cli", "run", "--input", "s3://corpus/in", "--output",
+         "s3://no-such-bucket-here/out", "--tasks", "classify", "--classifier-model", tiny_models["classifier"], "-q"],
+        env={**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "s3://corpus/in" in proc.stderr
+    assert FAKE_SECRET not in proc.stdout + proc.stderr

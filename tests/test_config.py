@@ -1,0 +1,120 @@
+"""Settings are validated up front; YAML files and flags build the same RunConfig, flags winning."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+
+import pytest
+
+from albert_batch import ConfigError, Precision, RunConfig, Task
+from albert_batch.cli import build_parser, config_from_args
+from albert_batch.storage import Location
+
+BASE = {"input": "/data/in", "output": "/data/out", "classifier_model": "m/c", "ner_model": "m/n"}
+
+
+def test_defaults_suit_the_embedded_case():
+    config = RunConfig(**BASE)
+    assert config.tasks == (Task.CLASSIFY, Task.NER)
+    assert config.partition == (("dt", dt.datetime.now(dt.UTC).date().isoformat()),)
+    assert config.precision is Precision.AUTO and config.ray_address is None
+    assert config.text_column == "text" and config.id_column == "id"
+    assert config.run_id and config.run_id != RunConfig(**BASE).run_id
+
+
+@pytest.mark.parametrize(
+    ("partition", "message"),
+    [
+        (["dt=a/b"], "must not contain"),
+        (["dt=.."], "must not contain"),
+        (["dt=a=b"], "must not contain"),
+        (["dt=x\ty"], "must not contain"),
+        (["dt="], "empty value"),
+        (["dt"], "KEY=VALUE"),
+        (["1dt=x"], "letters, digits and underscores"),
+        (["dt=x", "dt=y"], "given twice"),
+        (["label=x"], "output column name"),
+    ],
+)
+def test_partition_values_are_validated(partition, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**BASE, partition=partition)
+
+
+def test_each_task_needs_its_model():
+    with pytest.raises(ConfigError, match="no ner_model"):
+        RunConfig(input="/a", output="/b", classifier_model="m")
+    assert RunConfig(input="/a", output="/b", tasks="classify", classifier_model="m").tasks == (Task.CLASSIFY,)
+    with pytest.raises(ConfigError, match="unknown task 'sentiment'"):
+        RunConfig(**BASE, tasks="classify,sentiment")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"precision": "int8"}, "precision 'int8' is not one of"),
+        ({"precision": "fp16"}, "fp16 needs GPU actors"),
+        ({"run_id": "bad id!"}, "run_id must be"),
+        ({"input": "gs://bucket/x"}, "unsupported scheme 'gs'"),
+        ({"output": "s3://AKIA:secret@bucket/x"}, "credentials embedded"),
+        ({"text_column": "id"}, "must be different"),
+        ({"resources": {"model_actors": 0}}, "model_actors must be at least 1"),
+        ({"resources": {"batch_size": "many"}}, "batch_size must be a number"),
+        ({"resources": {"gpus": 1}}, "unknown resources setting"),
+    ],
+)
+def test_bad_settings_name_the_setting(overrides, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        RunConfig.from_sources(None, **{**BASE, **overrides})
+    assert "secret" not in str(raised.value).replace("credentials embedded", "")
+
+
+def test_yaml_holds_everything_and_flags_override_it(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "input: s3://corpus/reviews/\n"
+        "output: s3://results/reviews/\n"
+        "tasks: [classify]\n"
+        "classifier-model: models/sentiment\n"
+        "partition: {dt: 2026-11-27}\n"
+        "precision: bf16\n"
+        "resources: {model_actors: 3, num_gpus_per_actor: 0.25}\n"
+    )
+    args = build_parser().parse_args(["run", "--config", str(path), "--partition", "dt=2026-11-28",
+                                      "--partition", "hour=05", "--precision", "fp32"])
+    config = config_from_args(args)
+    assert config.input_location == Location("s3", "corpus/reviews")
+    assert config.partition == (("dt", "2026-11-28"), ("hour", "05"))
+    assert config.partition_path == "dt=2026-11-28/hour=05"
+    assert config.precision is Precision.FP32 and config.tasks == (Task.CLASSIFY,)
+    assert (config.resources.model_actors, config.resources.num_gpus_per_actor) == (3, 0.25)
+
+    from_yaml_only = config_from_args(build_parser().parse_args(["run", "--config", str(path)]))
+    assert from_yaml_only.partition == (("dt", "2026-11-27"),) and from_yaml_only.precision is Precision.BF16
+
+
+def test_unknown_yaml_keys_and_missing_required_settings_are_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("inputs: /a\noutput: /b\n")
+    with pytest.raises(ConfigError, match="unknown config setting.*inputs"):
+        RunConfig.from_sources(path)
+    path.write_text("output: /b\n")
+    with pytest.raises(ConfigError, match="missing required config setting.*input"):
+        RunConfig.from_sources(path)
+
+
+def test_locations_and_configs_pickle_for_ray_workers():
+    config = RunConfig(**{**BASE, "output": "s3://bucket/prefix"})
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert Location.parse("s3://bucket/a/b/").child("x") == Location("s3", "bucket/a/b/x")
+    assert Location.parse("file:///tmp/x").uri == "/tmp/x"
+
+
+def test_importing_the_package_does_not_import_ray_or_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, albert_batch; print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

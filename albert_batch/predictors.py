@@ -56,6 +56,15 @@ def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_has_amx() else torch.float32
 
 
+def describe_precision(precision: Precision, *, use_gpu: bool) -> str:
+    """What ``precision`` means on this node, for summaries and manifests (no torch import)."""
+    if precision is not Precision.AUTO:
+        return precision.value
+    if use_gpu:
+        return "auto (bf16 on GPUs that support it, else fp32)"
+    return f"auto ({'bf16: this CPU has AMX' if cpu_has_amx() else 'fp32: this CPU lacks AMX'})"
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)

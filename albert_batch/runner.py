@@ -18,6 +18,7 @@ from albert_batch.config import RunConfig, Task
 from albert_batch.errors import AlbertBatchError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
 from albert_batch.models import ModelInfo
+from albert_batch.predictors import describe_precision
 from albert_batch.output import REJECTS, TASK_TABLES, StagingSink, parquet_bytes, schema, tables_for
 from albert_batch.stages import ModelStage, TokenizeStage
 
@@ -250,6 +251,7 @@ def _publish(
             name = f"part-{config.run_id}-empty.parquet"
             storage.write_bytes(staging.child(table, name), parquet_bytes(schema(table, plan.id_type).empty_table()))
             names.append(name)
+    precision = describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
     seconds = time.monotonic() - started
     timings["total_s"] = round(seconds, 3)
     partition = dict(config.partition)
@@ -260,7 +262,7 @@ def _publish(
         "tasks": [t.value for t in config.tasks],
         "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows},
         "models": model_entries,
-        "precision": config.precision.value,
+        "precision": precision,
         "counts": {"input_rows": plan.num_rows, "accepted_rows": accepted, "rejected_rows": rejected,
                    **{f"{table}_rows": rows.get(table, 0) for table in files}},
         "rejects_by_reason": dict(report["rejects"]),
@@ -284,6 +286,6 @@ def _publish(
         label_counts=dict(report["labels"]),
         sample_entities=report["samples"],
         seconds=seconds,
-        precision=config.precision.value,
+        precision=precision,
         models=model_entries,
     )

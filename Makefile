@@ -19,7 +19,6 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 check: $(STAMP)
-	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check albert_batch pipelines tests
 
 clean:

@@ -128,7 +128,7 @@ class ResourceConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             kind = float if f.name.startswith("num_") else int
-            if value is None or isinstance(value, kind) and not isinstance(value, bool):
+            if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
                 continue
             try:
                 object.__setattr__(self, f.name, kind(value))

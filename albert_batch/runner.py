@@ -18,8 +18,8 @@ from albert_batch.config import RunConfig, Task
 from albert_batch.errors import AlbertBatchError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
 from albert_batch.models import ModelInfo
-from albert_batch.predictors import describe_precision
 from albert_batch.output import REJECTS, TASK_TABLES, StagingSink, parquet_bytes, schema, tables_for
+from albert_batch.predictors import describe_precision
 from albert_batch.stages import ModelStage, TokenizeStage
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Storage locations — local paths, ``file://`` and ``s3://`` URIs — on pyarrow filesystems.
 
 Everything that touches storage goes through this module: URI parsing, filesystem construction (the
-standard AWS credential chain, ``AWS_ENDPOINT_URL``), translation of backend errors into
-`albert_batch.errors`, and the one retry loop. Locations pickle as plain strings and build their
+standard AWS credential chain, ``AWS_ENDPOINT_URL``, the one retry policy) and translation of backend
+errors into `albert_batch.errors`. Locations pickle as plain strings and build their
 filesystem lazily in each process, so no credential ever travels inside a pickled object.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import random
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Backend messages that mark a failure worth retrying (AWS SDK error names and socket-level failures).
+# Backend messages that mark a failure that may pass if tried later (AWS SDK error names, socket failures).
 RETRYABLE_MARKERS = (
     "SLOW_DOWN",
     "SlowDown",
@@ -43,9 +41,7 @@ RETRYABLE_MARKERS = (
 )
 NOT_FOUND_MARKERS = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "does not exist")
 DENIED_MARKERS = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "Forbidden")
-MAX_ATTEMPTS = 5
-BACKOFF_BASE_S = 0.2
-BACKOFF_MAX_S = 5.0
+MAX_ATTEMPTS = 5  # per S3 request, with the AWS SDK's standard jittered, bounded backoff
 
 SUPPORTED_SCHEMES = ("file", "s3")
 
@@ -172,23 +168,18 @@ def translate(err: BaseException, doing: str, loc: Location | str) -> StorageErr
     return StorageError(text)
 
 
-def with_retries(op: Callable[[], T], *, doing: str, loc: Location | str) -> T:
-    """Run ``op``; retry transient failures with bounded, jittered exponential backoff."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return op()
-        except OSError as err:
-            error = translate(err, doing, loc)
-            if not isinstance(error, Transient) or attempt == MAX_ATTEMPTS:
-                raise error from err
-            delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            log.warning("%s %s: transient failure (attempt %d/%d), retrying in %.1fs", doing, loc, attempt, MAX_ATTEMPTS, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+def translated(op: Callable[[], T], *, doing: str, loc: Location | str) -> T:
+    """Run ``op``, translating backend errors into our hierarchy. Retries do not happen here: the S3
+    client's standard retry strategy (configured in `_s3_filesystem`) already retries transient failures,
+    for our own calls and for Ray Data's reads alike, and retrying again here would multiply them."""
+    try:
+        return op()
+    except OSError as err:
+        raise translate(err, doing, loc) from err
 
 
 def info(loc: Location) -> pafs.FileInfo:
-    return with_retries(lambda: loc.filesystem.get_file_info(loc.path), doing="inspecting", loc=loc)
+    return translated(lambda: loc.filesystem.get_file_info(loc.path), doing="inspecting", loc=loc)
 
 
 def exists(loc: Location) -> bool:
@@ -198,13 +189,13 @@ def exists(loc: Location) -> bool:
 def list_files(loc: Location, *, recursive: bool = True) -> list[pafs.FileInfo]:
     """Files (not folders) under ``loc``; an absent folder lists as empty."""
     selector = pafs.FileSelector(loc.path, recursive=recursive, allow_not_found=True)
-    infos = with_retries(lambda: loc.filesystem.get_file_info(selector), doing="listing", loc=loc)
+    infos = translated(lambda: loc.filesystem.get_file_info(selector), doing="listing", loc=loc)
     return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.path)
 
 
 def list_dirs(loc: Location) -> list[Location]:
     selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
-    infos = with_retries(lambda: loc.filesystem.get_file_info(selector), doing="listing", loc=loc)
+    infos = translated(lambda: loc.filesystem.get_file_info(selector), doing="listing", loc=loc)
     return sorted(Location(loc.scheme, i.path) for i in infos if i.type == pafs.FileType.Directory)
 
 
@@ -213,7 +204,7 @@ def read_bytes(loc: Location) -> bytes:
         with loc.filesystem.open_input_stream(loc.path) as stream:
             return stream.read()
 
-    return with_retries(op, doing="reading", loc=loc)
+    return translated(op, doing="reading", loc=loc)
 
 
 def write_bytes(loc: Location, data: bytes) -> None:
@@ -232,7 +223,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
             with fs.open_output_stream(loc.path) as out:
                 out.write(data)
 
-    with_retries(op, doing="writing", loc=loc)
+    translated(op, doing="writing", loc=loc)
 
 
 def move(src: Location, dst: Location) -> None:
@@ -244,7 +235,7 @@ def move(src: Location, dst: Location) -> None:
             fs.create_dir(dst.parent.path, recursive=True)
         fs.move(src.path, dst.path)
 
-    with_retries(op, doing=f"moving {src} to", loc=dst)
+    translated(op, doing=f"moving {src} to", loc=dst)
 
 
 def delete_file(loc: Location, *, missing_ok: bool = True) -> None:
@@ -255,7 +246,7 @@ def delete_file(loc: Location, *, missing_ok: bool = True) -> None:
             if not missing_ok:
                 raise
 
-    with_retries(op, doing="deleting", loc=loc)
+    translated(op, doing="deleting", loc=loc)
 
 
 def delete_dir(loc: Location) -> None:
@@ -267,4 +258,4 @@ def delete_dir(loc: Location) -> None:
             return
         fs.delete_dir(loc.path)
 
-    with_retries(op, doing="deleting folder", loc=loc)
+    translated(op, doing="deleting folder", loc=loc)

@@ -23,6 +23,7 @@ from albert_batch.model_init import init_model
 FAKE_KEY_ID = "AKIATESTINGKEYID0000"
 FAKE_SECRET = "moto-secret-must-never-leak-7f3a9c"
 
+INT64 = pa.int64()
 CLASSIFIER_LABELS = ("negative", "neutral", "positive")
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 
@@ -113,7 +114,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"classifier": str(classifier), "ner": str(ner)}
 
 
-def write_corpus(path: Path | str, ids: list[Any], texts: list[str | None], *, id_type: pa.DataType = pa.int64(),
+def write_corpus(path: Path | str, ids: list[Any], texts: list[str | None], *, id_type: pa.DataType = INT64,
                  filesystem: Any = None) -> None:
     table = pa.table({"id": pa.array(ids, id_type), "text": pa.array(texts, pa.string()),
                       "extra": pa.array([0] * len(ids), pa.int8())})

@@ -97,10 +97,10 @@ def test_yaml_holds_everything_and_flags_override_it(tmp_path):
 def test_unknown_yaml_keys_and_missing_required_settings_are_named(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("inputs: /a\noutput: /b\n")
-    with pytest.raises(ConfigError, match="unknown config setting.*inputs"):
+    with pytest.raises(ConfigError, match=r"unknown config setting.*inputs"):
         RunConfig.from_sources(path)
     path.write_text("output: /b\n")
-    with pytest.raises(ConfigError, match="missing required config setting.*input"):
+    with pytest.raises(ConfigError, match=r"missing required config setting.*input"):
         RunConfig.from_sources(path)
 
 

@@ -63,13 +63,13 @@ def test_bad_arguments_are_refused():
 def test_label_vocabularies():
     assert SENTIMENTS == ("negative", "positive")
     assert ENTITY_TYPES == ("PER", "LOC", "ORG")
-    assert NER_LABELS == ("O",) + tuple(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I"))
+    assert NER_LABELS == ("O", *(f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")))
 
 
 def test_entity_spans_are_exact_sorted_and_non_overlapping(docs):
     people = (
-        {f"{f} {l}" for f in corpus._FIRST_NAMES for l in corpus._LAST_NAMES}
-        | {f"{l} {f}" for f in corpus._FIRST_NAMES for l in corpus._LAST_NAMES}
+        {f"{first} {last}" for first in corpus._FIRST_NAMES for last in corpus._LAST_NAMES}
+        | {f"{last} {first}" for first in corpus._FIRST_NAMES for last in corpus._LAST_NAMES}
         | set(corpus._LAST_NAMES)
     )
     vocabulary = {"PER": people, "LOC": set(corpus._LOCATIONS), "ORG": set(corpus._ORGANISATIONS)}

@@ -3,6 +3,8 @@ texts are truncated (classification) or covered by overlapping windows (NER)."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
@@ -30,8 +32,8 @@ def ours(folder: str, task: Task, **kwargs):
 def test_classification_matches_the_reference_pipeline(tiny_models):
     folder = tiny_models["classifier"]
     hf = reference(folder, Task.CLASSIFY)
-    results = ours(folder, Task.CLASSIFY)(TRICKY_TEXTS + [LONG_TEXT])
-    for text, got in zip(TRICKY_TEXTS + [LONG_TEXT], results, strict=True):
+    results = ours(folder, Task.CLASSIFY)([*TRICKY_TEXTS, LONG_TEXT])
+    for text, got in zip([*TRICKY_TEXTS, LONG_TEXT], results, strict=True):
         want = hf(text, truncation=True)[0]
         assert got["label"] == want["label"], text
         assert got["score"] == pytest.approx(want["score"], abs=1e-5), text
@@ -90,7 +92,7 @@ def test_long_documents_are_covered_by_overlapping_windows(tiny_models):
     after_512 = [e for e in entities if e["start"] >= offsets[512][0]]
     assert after_512 and max(e["end"] for e in entities) > offsets[-60][0]
     # Spans come in text order across window seams.
-    assert all(a["start"] <= b["start"] for a, b in zip(entities, entities[1:]))
+    assert all(a["start"] <= b["start"] for a, b in pairwise(entities))
 
     # Up to where the second window takes over, tokens keep the first window's scores: there the result
     # equals the reference pipeline's, which sees the text truncated to that same first window.
@@ -110,7 +112,7 @@ def test_window_starts_cover_every_token(tiny_models):
         for s in starts:
             covered.update(range(s, min(length, s + 510)))
         assert covered == set(range(length))
-        assert all(b - a <= 510 - 128 for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= 510 - 128 for a, b in pairwise(starts))
 
 
 def test_bf16_gives_the_same_labels_on_clear_cases(tiny_models):

@@ -89,7 +89,8 @@ def _download_hub(repo: str, revision: str | None) -> tuple[str, str | None]:
         )
     except Exception as err:  # the hub client raises many unrelated types; all mean "cannot fetch"
         raise ModelLoadError(
-            f"cannot fetch hub model {repo}@{revision or 'main'}: {type(err).__name__}: {err}"
+            f"model {repo}{'@' + revision if revision else ''} is not a local folder, and fetching it from the "
+            f"hub failed: {type(err).__name__}: {err}"
         ) from err
     return folder, revision or Path(folder).name
 

@@ -80,7 +80,14 @@ def recover(output: Location) -> list[str]:
             continue
         commit = json.loads(storage.read_bytes(commit_file))
         log.warning("finishing the interrupted publication of run %s", commit["run_id"])
-        _apply(output, staging, commit)
+        try:
+            _apply(output, staging, commit)
+        except AlbertBatchError as err:
+            raise PublishError(
+                f"finishing the interrupted publication of run {commit['run_id']} failed: {err}. Fix the cause and "
+                f"run again, or delete {staging} to abandon it (its partition then stays without {SUCCESS} "
+                "until it is re-run)"
+            ) from err
         finished.append(commit["run_id"])
     return finished
 

@@ -53,6 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-gpus-per-actor", type=float, metavar="X", help="GPUs per model actor, fractions allowed")
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune ALBERT on labelled Parquet with Ray Train; writes a model folder `run` can use",
+        description="Classification data has columns text, label; NER data has text, entities "
+        "(a list of {start, end, label} character spans).",
+    )
+    tune.add_argument("--task", required=True, choices=["classify", "ner"])
+    tune.add_argument("--train", required=True, metavar="URI", help="labelled Parquet file or folder")
+    tune.add_argument("--eval", required=True, metavar="URI", help="held-out labelled Parquet, scored every epoch")
+    tune.add_argument("--output", required=True, metavar="URI", help="where the model folder goes (local or s3://)")
+    start = tune.add_mutually_exclusive_group(required=True)
+    start.add_argument("--base-model", metavar="URI", help="pretrained ALBERT: folder, s3:// prefix or hub id")
+    start.add_argument("--init", choices=["tiny", "base"], help="build ALBERT from scratch (offline), with a "
+                       "SentencePiece tokenizer trained on the training texts")
+    tune.add_argument("--epochs", type=int, default=3)
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--learning-rate", type=float,
+                      help="AdamW learning rate (default 5e-5 with --base-model, 2e-3 with --init)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--num-workers", type=int, default=1, help="data-parallel Ray Train workers")
+    tune.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    tune.add_argument("--max-length", type=int, default=512,
+                      help="tokens per training sequence (default 512; long NER texts are cut into windows)")
+    tune.add_argument("--ray-address", metavar="ADDRESS")
+    tune.add_argument("--allow-pickle-weights", action="store_true")
+    tune.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
 
 
@@ -101,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "finetune":
+            return _finetune(args)
         config = config_from_args(args)
         from albert_batch.runner import run
 
@@ -116,6 +145,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump({**summary.__dict__, "rows_per_second": summary.rows_per_second}, fh, indent=2, default=str)
     return EXIT_OK
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from albert_batch.training import FinetuneConfig, finetune
+
+    names = ("task", "train", "eval", "output", "base_model", "init", "epochs", "batch_size", "learning_rate", "seed",
+             "num_workers", "use_gpu", "max_length", "ray_address", "allow_pickle_weights")
+    result = finetune(FinetuneConfig(**{name: getattr(args, name) for name in names}))
+    print(format_training(result))
+    return EXIT_OK
+
+
+def format_training(result: object) -> str:
+    from albert_batch.training import FinetuneResult
+
+    assert isinstance(result, FinetuneResult)
+    lines = [f"fine-tuned in {result.seconds:.0f}s; best epoch {result.best_epoch}; model written to {result.output}"]
+    for epoch in result.epochs:
+        shown = {k: v for k, v in epoch.items() if k in ("loss", "accuracy", "macro_f1", "precision", "recall", "f1")}
+        lines.append(f"  epoch {epoch['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

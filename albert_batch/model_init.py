@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 # Factorised embeddings (E) and one shared layer group, as in the ALBERT paper.
 SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"embedding_size": 32, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 128},
+    "tiny": {"embedding_size": 64, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 256, "hidden_dropout_prob": 0.1},
     "base": {"embedding_size": 128, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072},
 }
@@ -44,11 +44,16 @@ def train_tokenizer(texts: Iterable[str], folder: str | Path, *, vocab_size: int
         unk_piece="<unk>",
         control_symbols=["[CLS]", "[SEP]", "[MASK]"],
         num_threads=2,
+        max_sentence_length=1 << 16,  # long documents teach the vocabulary too
         minloglevel=2,
     )
     (folder / "spiece.vocab").unlink(missing_ok=True)
-    # model_max_length matters: without it, truncation=True silently does nothing.
-    AlbertTokenizer.from_pretrained(str(folder), model_max_length=MAX_LENGTH).save_pretrained(str(folder))
+    # model_max_length matters: without it, truncation=True silently does nothing. The vocabulary is learnt
+    # from cased, accented text, so the tokenizer must not lowercase or strip accents (ALBERT's defaults),
+    # or most learnt pieces would never match; case is also the strongest cue for entities.
+    AlbertTokenizer.from_pretrained(
+        str(folder), model_max_length=MAX_LENGTH, do_lower_case=False, keep_accents=True
+    ).save_pretrained(str(folder))
     return folder
 
 

@@ -96,8 +96,9 @@ def _download_hub(repo: str, revision: str | None) -> tuple[str, str | None]:
 
 
 def _download_s3(prefix: Location) -> str:
-    """Download a model prefix once per node. The cache key covers the location and every object's size and
-    modification time, so a changed model is fetched again; the folder appears atomically by rename."""
+    """Download a model prefix once per node. The cache key covers the location and every object's name and
+    ETag, so a changed model is fetched again; the folder appears atomically by rename, so concurrent actors
+    on one node never see half a file."""
     try:
         files = [f for f in storage.list_files(prefix) if f.base_name.endswith(MODEL_FILE_SUFFIXES)]
     except AlbertBatchError as err:
@@ -105,8 +106,11 @@ def _download_s3(prefix: Location) -> str:
     if not files:
         raise ModelLoadError(f"model location {prefix} holds no model files")
     key = hashlib.sha256(prefix.uri.encode())
-    for f in files:
-        key.update(f"{f.path}|{f.size}|{f.mtime_ns}".encode())
+    try:
+        for f in files:
+            key.update(f"{f.path}|{storage.etag(Location('s3', f.path))}".encode())
+    except AlbertBatchError as err:
+        raise ModelLoadError(f"cannot inspect model location {prefix}: {err}") from err
     target = cache_root() / key.hexdigest()[:32]
     if target.is_dir():
         return str(target)

@@ -199,6 +199,19 @@ def list_dirs(loc: Location) -> list[Location]:
     return sorted(Location(loc.scheme, i.path) for i in infos if i.type == pafs.FileType.Directory)
 
 
+def etag(loc: Location) -> str:
+    """The object's ETag (S3) — a version stamp that changes whenever the content does."""
+
+    def op() -> str:
+        with loc.filesystem.open_input_file(loc.path) as fh:
+            value = fh.metadata().get(b"ETag") or fh.metadata().get("ETag")
+        if not value:
+            raise StorageError(f"{loc} has no ETag")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return translated(op, doing="inspecting", loc=loc)
+
+
 def read_bytes(loc: Location) -> bytes:
     def op() -> bytes:
         with loc.filesystem.open_input_stream(loc.path) as stream:

@@ -300,16 +300,11 @@ def test_real_tokenizer_every_entity_is_b_then_i_over_exactly_its_characters(tok
     assert others and set(others) == {"O"}
 
 
-def test_real_tokenizer_emits_lone_markers_sharing_the_next_characters_offset(tokenizer):
-    # This is the SentencePiece quirk align_tokens must live with: "▁" is a token of its own whose offset is
-    # that of the first character of the word it precedes.
-    enc = tokenizer(SENTENCE, add_special_tokens=False, return_offsets_mapping=True)
-    pieces = tokenizer.convert_ids_to_tokens(enc["input_ids"])
-    offsets = enc["offset_mapping"]
-    assert pieces[0] == "▁" and offsets[0] == (0, 1) and offsets[1][0] == 0
-    ids = align_tokens(validate_spans(SENTENCE, SENTENCE_SPANS, row=0), np.array(offsets),
+def test_lone_markers_sharing_the_next_characters_offset_are_labelled_like_the_word():
+    # A SentencePiece quirk of lowercasing ALBERT tokenizers (albert-base-v2 among them): "▁" can be a token of
+    # its own whose offset is that of the first character of the word it precedes: "▁", "a", "nna", "▁", "met".
+    text = "Anna met"
+    offsets = np.array([(0, 1), (0, 1), (1, 4), (5, 6), (5, 8)])
+    ids = align_tokens(validate_spans(text, [{"start": 0, "end": 4, "label": "PER"}], row=0), offsets,
                        np.zeros(len(offsets), dtype=bool), LABEL2ID)
-    assert LABELS[ids[0]] == "B-PER" and LABELS[ids[1]] == "I-PER"
-    # The marker before "met" (outside every entity) shares "m" and is O, like "met" itself.
-    met = SENTENCE.index("met")
-    assert all(LABELS[ids[i]] == "O" for i, (s, _) in enumerate(offsets) if s == met)
+    assert [LABELS[i] for i in ids] == ["B-PER", "I-PER", "I-PER", "O", "O"]

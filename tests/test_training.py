@@ -25,7 +25,7 @@ def labelled(tmp_path, task: Task, n: int, split: str) -> str:
 
 
 def test_a_short_classifier_run_learns_and_its_model_runs_in_the_pipeline(tmp_path, ray_cluster):
-    config = FinetuneConfig(task=Task.CLASSIFY, train=labelled(tmp_path, Task.CLASSIFY, 400, "train"),
+    config = FinetuneConfig(task=Task.CLASSIFY, train=labelled(tmp_path, Task.CLASSIFY, 800, "train"),
                             eval=labelled(tmp_path, Task.CLASSIFY, 100, "eval"), output=str(tmp_path / "model"),
                             init="tiny", epochs=3, seed=5)
     result = finetune(config)
@@ -36,7 +36,7 @@ def test_a_short_classifier_run_learns_and_its_model_runs_in_the_pipeline(tmp_pa
     assert result.best_metrics["accuracy"] > 0.7, "the demo corpus is learnable in a few epochs"
     report = json.loads((tmp_path / "model" / REPORT).read_text())
     assert report["labels"] == ["negative", "positive"]
-    assert report["data"]["train"]["rows"] == 400 and report["data"]["eval"]["rows"] == 100
+    assert report["data"]["train"]["rows"] == 800 and report["data"]["eval"]["rows"] == 100
     assert report["hyperparameters"]["seed"] == 5 and report["hyperparameters"]["learning_rate"] == 2e-3
     assert report["best_epoch"] == max(report["epochs"], key=lambda e: e["score"])["epoch"]
     assert {"ray", "torch", "transformers"} <= set(report["versions"])

@@ -1,0 +1,51 @@
+"""Model locations: an S3 prefix is downloaded once per node into a cache keyed by location and ETag, and
+fetched again when it changes; hub ids that cannot be fetched fail with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from albert_batch import ModelLoadError, Task, models
+
+
+@pytest.fixture
+def s3_model(s3, tiny_models, tmp_path, monkeypatch) -> pafs.S3FileSystem:
+    monkeypatch.setenv("ALBERT_BATCH_CACHE", str(tmp_path / "cache"))
+    fs = pafs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1",
+                           allow_bucket_creation=True)
+    fs.create_dir("models")
+    for path in Path(tiny_models["classifier"]).iterdir():
+        with fs.open_output_stream(f"models/clf/{path.name}") as out:
+            out.write(path.read_bytes())
+    return fs
+
+
+def test_an_s3_model_is_downloaded_once_and_again_when_it_changes(s3_model, tmp_path):
+    first, _ = models.resolve("s3://models/clf")
+    assert sorted(p.name for p in Path(first).iterdir()) == sorted(
+        ["config.json", "model.safetensors", "spiece.model", "tokenizer.json", "tokenizer_config.json"]
+    )
+    stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
+    again, _ = models.resolve("s3://models/clf")
+    assert again == first and (Path(again) / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not [p for p in (tmp_path / "cache/models").iterdir() if p.name.startswith(".download")]
+
+    with s3_model.open_output_stream("models/clf/config.json") as out:
+        out.write((Path(first) / "config.json").read_bytes().replace(b'"negative"', b'"bad"'))
+    changed, _ = models.resolve("s3://models/clf")
+    assert changed != first
+    assert models.inspect("s3://models/clf", Task.CLASSIFY).labels == ("bad", "neutral", "positive")
+
+
+def test_an_empty_s3_prefix_is_a_clear_error(s3_model):
+    with pytest.raises(ModelLoadError, match="holds no model files"):
+        models.resolve("s3://models/nothing-here")
+
+
+def test_an_unreachable_hub_id_says_it_is_neither_a_folder_nor_fetchable(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"org/missing-model@v1 is not a local folder, and fetching it"):
+        models.resolve("org/missing-model@v1")

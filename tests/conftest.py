@@ -85,6 +85,15 @@ def s3(s3_endpoint: str) -> str:
     return s3_endpoint
 
 
+@pytest.fixture
+def s3_client(s3: str) -> Any:
+    """A plain client of the freshly reset S3 server, as producers and consumers outside the pipeline use it."""
+    import pyarrow.fs as pafs
+
+    return pafs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1",
+                             allow_bucket_creation=True)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint: str) -> Any:
     """One real local Ray for the session: 2 CPUs, loopback."""

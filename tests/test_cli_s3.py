@@ -18,11 +18,6 @@ import pytest
 from conftest import FAKE_SECRET, TRICKY_TEXTS
 
 
-def s3fs_client(endpoint: str) -> pafs.S3FileSystem:
-    return pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http", region="us-east-1",
-                             allow_bucket_creation=True)
-
-
 def upload_folder(fs: pafs.S3FileSystem, folder: str, prefix: str) -> None:
     for path in Path(folder).iterdir():
         with fs.open_output_stream(f"{prefix}/{path.name}") as out:
@@ -41,8 +36,8 @@ def published_dataset(fs: pafs.S3FileSystem, root: str, table: str) -> pa.Table:
 
 
 @pytest.mark.slow
-def test_the_cli_runs_s3_to_s3_and_never_prints_or_writes_a_secret(tmp_path, tiny_models, s3):
-    fs = s3fs_client(s3)
+def test_the_cli_runs_s3_to_s3_and_never_prints_or_writes_a_secret(tmp_path, tiny_models, s3_client):
+    fs = s3_client
     for bucket in ("corpus", "results", "models"):
         fs.create_dir(bucket)
     texts = [*TRICKY_TEXTS, None, "   "]
@@ -96,8 +91,8 @@ def test_the_cli_runs_s3_to_s3_and_never_prints_or_writes_a_secret(tmp_path, tin
 
 
 @pytest.mark.slow
-def test_an_unreachable_s3_endpoint_is_reported_with_the_location_and_no_secret(tmp_path, tiny_models, s3):
-    fs = s3fs_client(s3)
+def test_an_unreachable_s3_endpoint_is_reported_with_the_location_and_no_secret(tmp_path, tiny_models, s3_client):
+    fs = s3_client
     fs.create_dir("corpus")
     pq.write_table(pa.table({"id": [1], "text": ["hello"]}), "corpus/in/part-0.parquet", filesystem=fs)
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}

@@ -12,10 +12,9 @@ from albert_batch import ModelLoadError, Task, models
 
 
 @pytest.fixture
-def s3_model(s3, tiny_models, tmp_path, monkeypatch) -> pafs.S3FileSystem:
+def s3_model(s3_client, tiny_models, tmp_path, monkeypatch) -> pafs.S3FileSystem:
     monkeypatch.setenv("ALBERT_BATCH_CACHE", str(tmp_path / "cache"))
-    fs = pafs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1",
-                           allow_bucket_creation=True)
+    fs = s3_client
     fs.create_dir("models")
     for path in Path(tiny_models["classifier"]).iterdir():
         with fs.open_output_stream(f"models/clf/{path.name}") as out:

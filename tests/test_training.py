@@ -51,9 +51,8 @@ def test_a_short_classifier_run_learns_and_its_model_runs_in_the_pipeline(tmp_pa
     assert len(read_published(tmp_path / "out", "classifications")) == 2
 
 
-def test_an_ner_model_round_trips_through_s3(tmp_path, ray_cluster, s3):
-    fs = pafs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1",
-                           allow_bucket_creation=True)
+def test_an_ner_model_round_trips_through_s3(tmp_path, ray_cluster, s3_client):
+    fs = s3_client
     fs.create_dir("models")
     result = finetune(FinetuneConfig(task=Task.NER, train=labelled(tmp_path, Task.NER, 300, "train"),
                                      eval=labelled(tmp_path, Task.NER, 60, "eval"), output="s3://models/ner/v1",

@@ -10,7 +10,7 @@ import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
 from albert_batch import RunConfig, run
-from conftest import TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
+from conftest import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
 
 LONG = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
 
@@ -100,7 +100,7 @@ def test_fp32_results_match_the_reference_pipelines_end_to_end(tmp_path, tiny_mo
     for i, text in enumerate(texts):
         want = classify(text, truncation=True)[0]
         assert got_labels[i]["label"] == want["label"]
-        assert got_labels[i]["score"] == pytest.approx(want["score"], abs=1e-5)
+        assert got_labels[i]["score"] == pytest.approx(want["score"], abs=SCORE_TOLERANCE)
         assert [(e["label"], e["start"], e["end"]) for e in got_entities[i]] == [
             (e["entity_group"], e["start"], e["end"]) for e in tag(text)
         ]

@@ -11,7 +11,7 @@ from transformers import AlbertForSequenceClassification, AlbertForTokenClassifi
 from albert_batch import models
 from albert_batch.config import Precision, Task
 from albert_batch.predictors import NerPredictor, build_predictor
-from conftest import TRICKY_TEXTS
+from conftest import SCORE_TOLERANCE, TRICKY_TEXTS
 
 LONG_TEXT = " ".join(f"Anna Schmidt met Zhang Wei in Berlin, trip {i}, for Acme Corp." for i in range(150))
 
@@ -36,7 +36,7 @@ def test_classification_matches_the_reference_pipeline(tiny_models):
     for text, got in zip([*TRICKY_TEXTS, LONG_TEXT], results, strict=True):
         want = hf(text, truncation=True)[0]
         assert got["label"] == want["label"], text
-        assert got["score"] == pytest.approx(want["score"], abs=1e-5), text
+        assert got["score"] == pytest.approx(want["score"], abs=SCORE_TOLERANCE), text
         assert set(got["scores"]) == {"negative", "neutral", "positive"}
         assert got["scores"][got["label"]] == pytest.approx(got["score"])
         assert sum(got["scores"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -50,7 +50,7 @@ def test_labels_do_not_depend_on_batch_composition(tiny_models):
     alone = [predictor([t])[0] for t in TRICKY_TEXTS]
     for a, b in zip(together, alone, strict=True):
         assert a["label"] == b["label"]
-        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert a["score"] == pytest.approx(b["score"], abs=SCORE_TOLERANCE)
 
 
 def entity_tuples(entities, *, hf: bool):
@@ -67,7 +67,7 @@ def test_entities_match_the_reference_pipeline(tiny_models):
         want = hf(text)
         assert entity_tuples(got["entities"], hf=False) == entity_tuples(want, hf=True), text
         for g, w in zip(got["entities"], want, strict=True):
-            assert g["score"] == pytest.approx(float(w["score"]), abs=1e-5)
+            assert g["score"] == pytest.approx(float(w["score"]), abs=SCORE_TOLERANCE)
         total += len(want)
     assert total > 20, "the random model should tag plenty of tokens; otherwise this test proves little"
 

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,airflow]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check albert_batch pipelines tests
+	$(VENV)/bin/ruff check albert_batch pipelines tests dags infra benchmarks
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

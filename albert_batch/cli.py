@@ -11,12 +11,13 @@ Exit codes: 0 when every partition was published; 2 when settings, input or mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
 
-from albert_batch.config import Precision, RunConfig
+from albert_batch.config import Precision, ResourceConfig, RunConfig
 from albert_batch.errors import AlbertBatchError, ConfigError, InputError, ModelLoadError
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
@@ -102,6 +103,37 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         allow_pickle_weights=args.allow_pickle_weights,
         resources=resources or None,
     )
+
+
+def run_argv(config: RunConfig) -> list[str]:
+    """The ``albert-batch run`` command line that rebuilds ``config`` exactly (the Airflow operator submits it
+    as the Ray job's entrypoint, so scheduled and ad-hoc runs share one contract)."""
+    argv = ["albert-batch", "run", "--input", config.input, "--output", config.output,
+            "--tasks", ",".join(t.value for t in config.tasks)]
+    if config.classifier_model:
+        argv += ["--classifier-model", config.classifier_model]
+    if config.ner_model:
+        argv += ["--ner-model", config.ner_model]
+    argv += ["--text-column", config.text_column, "--id-column", config.id_column]
+    for key, value in config.partition:
+        argv += ["--partition", f"{key}={value}"]
+    argv += ["--precision", config.precision.value, "--run-id", config.run_id]
+    if config.ray_address:
+        argv += ["--ray-address", config.ray_address]
+    if config.allow_pickle_weights:
+        argv.append("--allow-pickle-weights")
+    resources, defaults = config.resources, ResourceConfig()
+    if resources.model_actors is not None:
+        argv += ["--model-actors", str(resources.model_actors)]
+    if resources.num_gpus_per_actor:
+        argv += ["--num-gpus-per-actor", repr(resources.num_gpus_per_actor)]
+    flagless = sorted(f.name for f in dataclasses.fields(ResourceConfig)
+                      if f.name not in ("model_actors", "num_gpus_per_actor")
+                      and getattr(resources, f.name) != getattr(defaults, f.name))
+    if flagless:
+        raise ConfigError(f"resources {', '.join(flagless)} have no command-line flag; keep their defaults or "
+                          "put them in a --config file that the job can read")
+    return argv
 
 
 def format_summary(summary: object) -> str:

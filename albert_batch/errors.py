@@ -8,7 +8,9 @@
     │   ├── NotFound
     │   ├── PermissionDenied
     │   └── Transient                worth retrying (throttling, timeouts, connection resets)
-    └── PublishError                 results could not be published atomically; nothing half-written is visible
+    ├── PublishError                 results could not be published atomically; nothing half-written is visible
+    ├── ValidationError              a published partition does not keep the output contract (counts, schema)
+    └── JobFailed                    a Ray job ran by the Airflow operator failed, was stopped or timed out
 
 Every message names the thing that is wrong (the column, the file, the setting) and never contains a
 secret. Backend errors are translated in `albert_batch.storage` and re-raised with ``raise ... from err``.
@@ -53,3 +55,11 @@ class Transient(StorageError):
 
 class PublishError(AlbertBatchError):
     """Results could not be published; the partitions keep their previous contents."""
+
+
+class ValidationError(AlbertBatchError):
+    """A published partition is missing, incomplete or does not match the output contract."""
+
+
+class JobFailed(AlbertBatchError):
+    """A submitted Ray job did not succeed; the message carries its status, error and log tail."""

@@ -49,6 +49,18 @@ def _data_files(loc: Location) -> list[str]:
     return files
 
 
+def input_state(loc: Location, *, marker: str | None = None) -> tuple[bool, str]:
+    """Whether an input partition is ready to read — it holds data files and, if a producer's ``marker``
+    file (e.g. ``_SUCCESS``) is asked for, that too — and, in words, why not."""
+    if marker and not storage.exists(loc.child(marker)):
+        return False, f"{loc} has no {marker} yet"
+    try:
+        files = _data_files(loc)
+    except InputError as err:
+        return False, str(err)
+    return True, f"{loc} holds {len(files)} data file(s)"
+
+
 def _read_footer(loc: Location, path: str) -> tuple[pa.Schema, int]:
     uri = Location(loc.scheme, path).uri
     try:

@@ -4,16 +4,21 @@ Everything that touches storage goes through this module: URI parsing, filesyste
 standard AWS credential chain, ``AWS_ENDPOINT_URL``, the one retry policy) and translation of backend
 errors into `albert_batch.errors`. Locations pickle as plain strings and build their
 filesystem lazily in each process, so no credential ever travels inside a pickled object.
+
+Code that holds explicit S3 settings (Airflow's ``aws_default`` connection) scopes them with
+``with s3_settings(S3Settings(...)):``; everything else uses the environment.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -126,23 +131,51 @@ def _local_filesystem() -> pafs.FileSystem:
     return pafs.LocalFileSystem()
 
 
-def s3_endpoint() -> str | None:
-    """The S3 endpoint from the environment (``AWS_ENDPOINT_URL_S3`` wins over ``AWS_ENDPOINT_URL``)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+@dataclass(frozen=True)
+class S3Settings:
+    """Explicit S3 settings; any field left ``None`` falls back to the environment / AWS credential chain.
+    The secret parts never show in ``repr``."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+_S3_SETTINGS: contextvars.ContextVar[S3Settings | None] = contextvars.ContextVar("albert_batch_s3", default=None)
+
+
+@contextlib.contextmanager
+def s3_settings(settings: S3Settings | None) -> Iterator[None]:
+    """Use ``settings`` for every S3 location touched inside the block (in this thread or task, and in
+    threads started with ``asyncio.to_thread``, which copy the context)."""
+    token = _S3_SETTINGS.set(settings)
+    try:
+        yield
+    finally:
+        _S3_SETTINGS.reset(token)
+
+
+def _s3_filesystem(bucket: str) -> pafs.FileSystem:
+    return _s3_filesystem_for(bucket, _S3_SETTINGS.get() or S3Settings())
 
 
 @functools.cache
-def _s3_filesystem(bucket: str) -> pafs.FileSystem:
+def _s3_filesystem_for(bucket: str, settings: S3Settings) -> pafs.FileSystem:
     kwargs: dict = {
         "allow_bucket_creation": True,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
     }
-    endpoint = s3_endpoint()
+    if settings.access_key_id and settings.secret_access_key:
+        kwargs.update(access_key=settings.access_key_id, secret_key=settings.secret_access_key,
+                      session_token=settings.session_token)
+    endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs["endpoint_override"] = parts.netloc
         kwargs["scheme"] = parts.scheme
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
     elif endpoint:

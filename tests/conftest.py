@@ -3,10 +3,13 @@ models built on the fly, and helpers that write corpora and read results back as
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
+import shutil
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,13 @@ import pytest
 
 from albert_batch.config import Task
 from albert_batch.model_init import init_model
+
+# Airflow reads its settings when first imported: give the test session its own home (SQLite database,
+# logs) and no example DAGs, before any test module imports it.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="albert-airflow-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
 # Credentials the tests give moto; no output, log or error may ever contain the secret.
 FAKE_KEY_ID = "AKIATESTINGKEYID0000"

@@ -1,0 +1,171 @@
+"""Hooks: how Airflow reaches the Ray cluster (``ray_default``) and object storage (``aws_default``).
+
+``ray_default`` holds the Ray dashboard address (``host``, optionally ``schema`` and ``port``, or a whole
+URL in ``host``) and, for clusters with token authentication, the token as ``password``. The token is
+sent as a bearer header and never logged, put in trigger arguments or in XCom.
+
+``aws_default`` holds the S3 access key as ``login``, the secret as ``password`` and, in ``extra``,
+``endpoint_url`` and ``region_name``; empty fields fall back to the AWS credential chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook, Connection
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from albert_batch.errors import ConfigError, JobFailed
+from albert_batch.storage import S3Settings
+
+DEFAULT_DASHBOARD_PORT = 8265
+TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
+REQUEST_TIMEOUT_S = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class RayJob:
+    """What Airflow needs to know about one Ray job."""
+
+    submission_id: str
+    status: str
+    metadata: dict[str, str]
+    message: str | None = None
+    start_time_ms: int | None = None
+    driver_exit_code: int | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> RayJob:
+        return cls(submission_id=data.get("submission_id") or data.get("job_id") or "",
+                   status=str(data.get("status", "")).removeprefix("JobStatus."),
+                   metadata=dict(data.get("metadata") or {}), message=data.get("message"),
+                   start_time_ms=data.get("start_time"), driver_exit_code=data.get("driver_exit_code"))
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+def dashboard_endpoint(conn: Connection) -> tuple[str, dict[str, str]]:
+    """The dashboard's base URL and the request headers (with the bearer token, when there is one)."""
+    host = (conn.host or "").strip()
+    if not host:
+        raise ConfigError(f"Airflow connection {conn.conn_id!r} has no host; set it to the Ray dashboard address, "
+                          f"e.g. http://ray-head:{DEFAULT_DASHBOARD_PORT}")
+    if "://" in host:
+        parts = urlsplit(host)
+        address = f"{parts.scheme}://{parts.netloc}"
+    else:
+        scheme = conn.schema if conn.schema in ("http", "https") else "http"
+        address = f"{scheme}://{host}:{conn.port or DEFAULT_DASHBOARD_PORT}"
+    token = conn.password or conn.extra_dejson.get("token")
+    return address, ({"Authorization": f"Bearer {token}"} if token else {})
+
+
+def s3_settings_from(conn: Connection) -> S3Settings:
+    extra = conn.extra_dejson
+    return S3Settings(access_key_id=conn.login or None, secret_access_key=conn.password or None,
+                      session_token=extra.get("aws_session_token"),
+                      endpoint_url=extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url"),
+                      region=extra.get("region_name"))
+
+
+class AwsS3Hook(BaseHook):
+    """S3 settings from an Airflow connection, for use with ``albert_batch.storage.s3_settings``.
+    A connection id that does not exist means "use the AWS credential chain of this worker"."""
+
+    conn_name_attr = "aws_conn_id"
+    default_conn_name = "aws_default"
+    conn_type = "aws"
+    hook_name = "Amazon Web Services (albert-batch)"
+
+    def __init__(self, aws_conn_id: str | None = default_conn_name) -> None:
+        super().__init__()
+        self.aws_conn_id = aws_conn_id
+
+    def settings(self) -> S3Settings:
+        if not self.aws_conn_id:
+            return S3Settings()
+        try:
+            return s3_settings_from(self.get_connection(self.aws_conn_id))
+        except AirflowNotFoundException:
+            self.log.info("connection %s is not defined; using the AWS credential chain", self.aws_conn_id)
+            return S3Settings()
+
+    async def asettings(self) -> S3Settings:
+        if not self.aws_conn_id:
+            return S3Settings()
+        try:
+            return s3_settings_from(await self.aget_connection(self.aws_conn_id))
+        except AirflowNotFoundException:
+            return S3Settings()
+
+
+class RayJobHook(BaseHook):
+    """Ray's Job Submission API: blocking calls for operators, ``a``-prefixed non-blocking ones for triggers."""
+
+    conn_name_attr = "ray_conn_id"
+    default_conn_name = "ray_default"
+    conn_type = "ray"
+    hook_name = "Ray (albert-batch)"
+
+    def __init__(self, ray_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.ray_conn_id = ray_conn_id
+
+    # -- blocking (operators) -------------------------------------------------------------------------------
+    def _client(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        address, headers = dashboard_endpoint(self.get_connection(self.ray_conn_id))
+        try:
+            return JobSubmissionClient(address, headers=headers)
+        except Exception as err:
+            raise JobFailed(f"cannot reach the Ray dashboard at {address} (connection {self.ray_conn_id!r}): "
+                            f"{_without_secrets(err, headers)}") from err
+
+    def list_jobs(self) -> list[RayJob]:
+        return [RayJob.from_api(dataclasses.asdict(j) if dataclasses.is_dataclass(j) else j.model_dump())
+                for j in self._client().list_jobs()]
+
+    def submit(self, *, entrypoint: str, submission_id: str, metadata: dict[str, str],
+               runtime_env: dict[str, Any] | None, entrypoint_resources: dict[str, Any]) -> str:
+        client = self._client()
+        return client.submit_job(entrypoint=entrypoint, submission_id=submission_id, metadata=metadata,
+                                 runtime_env=runtime_env or None, **entrypoint_resources)
+
+    def stop(self, submission_id: str) -> bool:
+        return bool(self._client().stop_job(submission_id))
+
+    # -- non-blocking (triggers) ------------------------------------------------------------------------------
+    async def _arequest(self, method: str, path: str) -> Any:
+        import aiohttp
+
+        address, headers = dashboard_endpoint(await self.aget_connection(self.ray_conn_id))
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+            async with session.request(method, f"{address}{path}") as response:
+                if response.status >= 400:
+                    body = (await response.text())[:500]
+                    raise JobFailed(f"{method} {address}{path} answered {response.status}: "
+                                    f"{_without_secrets(body, headers)}")
+                return await response.json(content_type=None)
+
+    async def ajob(self, submission_id: str) -> RayJob:
+        return RayJob.from_api(await self._arequest("GET", f"/api/jobs/{submission_id}"))
+
+    async def alogs(self, submission_id: str) -> str:
+        return (await self._arequest("GET", f"/api/jobs/{submission_id}/logs")).get("logs", "")
+
+    async def astop(self, submission_id: str) -> bool:
+        return bool((await self._arequest("POST", f"/api/jobs/{submission_id}/stop")).get("stopped"))
+
+
+def _without_secrets(text: object, headers: dict[str, str]) -> str:
+    text = str(text)
+    for value in headers.values():
+        text = text.replace(value, "***").replace(value.removeprefix("Bearer "), "***")
+    return text

@@ -1,0 +1,246 @@
+"""The Airflow side against real servers: a Ray head started here with `ray start --head` on loopback
+with token authentication (jobs go through its Job Submission API), a moto S3 endpoint, and Airflow's own
+`dag.test()` on SQLite. Results are read back with DuckDB, as a warehouse would."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import FAKE_KEY_ID, FAKE_SECRET, TRICKY_TEXTS, free_port, write_corpus
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+DAY = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str
+    token: str
+    log: Path
+
+    def jobs(self) -> list[dict[str, Any]]:
+        request = urllib.request.Request(f"{self.address}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_endpoint: str) -> Any:
+    """`ray start --head --block` in its own process group (so teardown stops exactly this cluster), with
+    token auth, the moto credentials in its environment and the venv's `albert-batch` on its PATH."""
+    token = secrets.token_hex(16)
+    dashboard = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    log = Path(temp_dir) / "ray-start.log"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    head = RayHead(f"http://127.0.0.1:{dashboard}", token, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                head.jobs()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Ray head did not come up:\n{log.read_text()[-3000:]}") from None
+                time.sleep(1)
+        yield head
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch, ray_head: RayHead, s3: str) -> None:
+    """`ray_default` and `aws_default` as a deployment defines them: environment variables."""
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps(
+        {"conn_type": "ray", "host": ray_head.address, "password": ray_head.token}))
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
+        {"conn_type": "aws", "login": FAKE_KEY_ID, "password": FAKE_SECRET,
+         "extra": {"endpoint_url": s3, "region_name": "us-east-1"}}))
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, timeout=300)
+
+
+def partition_jobs(head: RayHead, partition: str) -> list[dict[str, Any]]:
+    return [j for j in head.jobs() if (j.get("metadata") or {}).get("albert_batch.partition") == partition]
+
+
+def run_operator(operator: Any, logical_date: dt.datetime = DAY, try_number: int = 1) -> Any:
+    """What Airflow does with a deferrable operator: execute, run the trigger it defers to, resume."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    ti = SimpleNamespace(dag_id="ops", run_id=f"manual__{logical_date.isoformat()}", task_id=operator.task_id,
+                         try_number=try_number)
+    context = {"ti": ti, "logical_date": logical_date}
+    try:
+        return operator.execute(context)
+    except TaskDeferred as deferred:
+        event = asyncio.run(_first_event(deferred.trigger))
+        return getattr(operator, deferred.method_name)(context, event.payload)
+
+
+async def _first_event(trigger: Any) -> Any:
+    async for event in trigger.run():
+        return event
+    raise AssertionError("the trigger ended without an event")
+
+
+def test_a_failing_job_fails_the_task_with_the_jobs_error_and_is_not_retried(connections, tmp_path, capsys):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from albert_batch.airflow.operators import RayBatchJobOperator
+
+    operator = RayBatchJobOperator(
+        task_id="run_batch_job", poll_interval=1.0,
+        run_settings={"input": str(tmp_path / "missing"), "output": str(tmp_path / "out"), "tasks": ["classify"],
+                      "classifier_model": str(tmp_path / "model"), "partition": {"dt": "2026-11-27"}})
+    with pytest.raises(AirflowFailException) as failure:
+        run_operator(operator)
+    message = str(failure.value)
+    assert "ended FAILED" in message and "exit code 2" in message
+    assert f"input {tmp_path / 'missing'} does not exist" in message  # the CLI's own error, from the job's log
+    task_log = capsys.readouterr().out  # Airflow's task logging writes here outside a real worker
+    assert "[ray job albert-batch.ops.dt_2026-11-27.try1] albert-batch: error: input" in task_log
+    assert FAKE_SECRET not in message + task_log
+
+
+def upload_corpus(s3: str, day: str, texts: list[str | None]) -> None:
+    fs = pafs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1",
+                           allow_bucket_creation=True, access_key=FAKE_KEY_ID, secret_key=FAKE_SECRET)
+    fs.create_dir("corpus")
+    fs.create_dir("results")
+    write_corpus(f"corpus/reviews/dt={day}/part-0.parquet", list(range(len(texts))), texts, filesystem=fs)
+
+
+def published(s3: str, table: str) -> duckdb.DuckDBPyRelation:
+    """The warehouse's view: DuckDB over the Hive-partitioned table, only partitions with _SUCCESS."""
+    fs = pafs.S3FileSystem(endpoint_override=s3.removeprefix("http://"), scheme="http", region="us-east-1",
+                           access_key=FAKE_KEY_ID, secret_key=FAKE_SECRET)
+    files = [f.path for f in fs.get_file_info(pafs.FileSelector(f"results/reviews/{table}", recursive=True))
+             if f.type == pafs.FileType.File]
+    complete = {p.rsplit("/", 1)[0] for p in files if p.endswith("/_SUCCESS")}
+    data = [p for p in files if p.endswith(".parquet") and p.rsplit("/", 1)[0] in complete]
+    dataset = ds.dataset(data, filesystem=fs, format="parquet", partitioning="hive",
+                         partition_base_dir=f"results/reviews/{table}")
+    return duckdb.arrow(dataset)
+
+
+def test_scheduled_runs_retries_backfills_and_reruns_leave_one_complete_partition_per_date(
+        connections, ray_head, airflow_db, s3, tiny_models, tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import DagRunState
+
+    days = ["2026-11-26", "2026-11-27"]
+    for day in days:
+        upload_corpus(s3, day, [*TRICKY_TEXTS, None, "  "])
+    configs = tmp_path / "dag-configs"
+    configs.mkdir()
+    (configs / "reviews.yaml").write_text(f"""
+dag_id: reviews_e2e
+input: s3://corpus/reviews/dt={{{{ ds }}}}/
+output: s3://results/reviews
+start_date: 2026-11-01
+classifier_model: {tiny_models["classifier"]}
+ner_model: {tiny_models["ner"]}
+run: {{precision: fp32}}
+job: {{poll_seconds: 1}}
+wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
+retries: 0
+""")
+    monkeypatch.setenv("ALBERT_BATCH_DAG_CONFIG_DIR", str(configs))
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    assert bag.import_errors == {}
+    dag = bag.dags["reviews_e2e"]
+
+    def run_date(day: str, **conf: Any) -> Any:
+        when = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+        dag_run = dag.test(logical_date=when, run_conf=conf or None)
+        assert dag_run.state == DagRunState.SUCCESS, f"the run for {day} failed"
+        return {ti.task_id: ti for ti in dag_run.get_task_instances()}
+
+    # A backfill of two dates: one job and one complete partition each.
+    for day in days:
+        tis = run_date(day)
+        assert [j["status"] for j in partition_jobs(ray_head, f"dt={day}")] == ["SUCCEEDED"]
+        summary = tis["publish"].xcom_pull(task_ids="publish")
+        assert summary["partition"] == f"dt={day}" and summary["input_rows"] == len(TRICKY_TEXTS) + 2
+        assert summary["rejected_rows"] == 2 and summary["rejects_by_reason"] == {"null_text": 1, "blank_text": 1}
+        assert summary["tables"]["entities"]["rows"] == len(TRICKY_TEXTS)
+        assert sum(summary["label_counts"].values()) == len(TRICKY_TEXTS)
+        assert FAKE_SECRET not in json.dumps(summary) and ray_head.token not in json.dumps(summary)
+    events = _asset_events("s3://results/reviews/classifications")
+    assert [(e["partition"], e["rows"]) for e in events] == [(f"dt={d}", len(TRICKY_TEXTS)) for d in days]
+    rows = published(s3, "classifications").aggregate("dt, count(*) AS n, count(DISTINCT run_id) AS runs",
+                                                      "dt").order("dt").fetchall()
+    assert [(str(d), n, runs) for d, n, runs in rows] == [(d, len(TRICKY_TEXTS), 1) for d in days]
+    rejects = published(s3, "rejects").aggregate("reason, count(*)", "reason").order("reason").fetchall()
+    assert rejects == [("blank_text", 2), ("null_text", 2)]
+
+    # Running a date again (a cleared task, a retry after the job finished): the job is reused, not repeated.
+    first_run_id = _published_run_ids(s3, days[1])
+    run_date(days[1])
+    assert len(partition_jobs(ray_head, f"dt={days[1]}")) == 1
+    assert _published_run_ids(s3, days[1]) == first_run_id
+
+    # Forcing a re-run replaces the partition: still one complete partition, now from the new run.
+    run_date(days[1], force_rerun=True)
+    assert len(partition_jobs(ray_head, f"dt={days[1]}")) == 2
+    [new_run_id] = _published_run_ids(s3, days[1])
+    assert [new_run_id] != first_run_id
+    counts = published(s3, "entities").aggregate("dt, count(*)", "dt").order("dt").fetchall()
+    assert [(str(d), n) for d, n in counts] == [(d, len(TRICKY_TEXTS)) for d in days]
+
+
+def _asset_events(uri: str) -> list[dict[str, Any]]:
+    """The Asset events Airflow recorded for ``uri`` (what schedules downstream DAGs), oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(
+            AssetModel.uri == uri).order_by(AssetEvent.timestamp)
+        return list(session.scalars(query))
+
+
+def _published_run_ids(s3: str, day: str) -> list[str]:
+    rows = published(s3, "classifications").filter(f"dt = '{day}'").aggregate("run_id", "run_id").fetchall()
+    return sorted(r[0] for r in rows)

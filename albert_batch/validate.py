@@ -11,6 +11,7 @@ secret-free (Airflow puts it in XCom).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,12 +24,12 @@ from albert_batch.publish import MANIFEST, SUCCESS
 from albert_batch.storage import Location
 
 
-def validate_partition(output: str | Location, partition_path: str, tasks: Iterable[Task | str],
+def validate_partition(output: str | os.PathLike | Location, partition_path: str, tasks: Iterable[Task | str],
                        *, run_id: str | None = None) -> dict[str, Any]:
     """Validate every table of one published partition; return the run summary from its manifests."""
     from albert_batch.output import REJECTS, TASK_TABLES, schema, tables_for
 
-    root = output if isinstance(output, Location) else Location.parse(output, what="output")
+    root = output if isinstance(output, Location) else Location.parse(os.fspath(output), what="output")
     tasks = [Task(t) for t in tasks]
     manifests = {table: _check_table(root.child(table, partition_path), table, run_id, schema)
                  for table in tables_for(tasks)}

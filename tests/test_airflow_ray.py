@@ -244,3 +244,65 @@ def _asset_events(uri: str) -> list[dict[str, Any]]:
 def _published_run_ids(s3: str, day: str) -> list[str]:
     rows = published(s3, "classifications").filter(f"dt = '{day}'").aggregate("run_id", "run_id").fetchall()
     return sorted(r[0] for r in rows)
+
+
+def sleeping_job(head: RayHead, partition: str, seconds: int = 300) -> str:
+    """A long job on the cluster that claims ``partition`` of ``s3://results/reviews``."""
+    from albert_batch.airflow.hooks import RayJobHook
+    from albert_batch.airflow.operators import META_OUTPUT, META_PARTITION
+
+    sid = f"sleeper-{secrets.token_hex(4)}"
+    RayJobHook().submit(entrypoint=f"python -c 'import time; time.sleep({seconds})'", submission_id=sid,
+                        metadata={META_OUTPUT: "s3://results/reviews", META_PARTITION: partition},
+                        runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+    return sid
+
+
+def job_status(head: RayHead, sid: str) -> str:
+    return next(j["status"] for j in head.jobs() if j["submission_id"] == sid)
+
+
+def test_a_task_for_a_partition_whose_job_is_running_attaches_to_it(connections, ray_head):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from albert_batch.airflow.hooks import RayJobHook
+    from albert_batch.airflow.operators import RayBatchJobOperator
+
+    sid = sleeping_job(ray_head, "dt=2026-11-20")
+    operator = RayBatchJobOperator(task_id="run_batch_job", run_settings={
+        "input": "s3://corpus/reviews/dt=2026-11-20/", "output": "s3://results/reviews", "tasks": ["ner"],
+        "ner_model": "s3://models/ner", "partition": {"dt": "2026-11-20"}})
+    before = len(ray_head.jobs())
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute({"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="t", try_number=2)})
+    assert deferred.value.trigger.submission_id == sid
+    assert len(ray_head.jobs()) == before  # nothing new was submitted
+    RayJobHook().stop(sid)
+
+
+def test_a_job_past_its_deadline_is_stopped_and_reported(connections, ray_head):
+    from albert_batch.airflow.triggers import TIMEOUT, RayJobTrigger
+
+    sid = sleeping_job(ray_head, "dt=2026-11-21")
+    deadline = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).isoformat()
+    event = asyncio.run(_first_event(RayJobTrigger(submission_id=sid, ray_conn_id="ray_default", deadline=deadline,
+                                                   poll_interval=0.5)))
+    assert event.payload["status"] == TIMEOUT
+    _wait_for_status(ray_head, sid, "STOPPED")
+
+
+def test_killing_a_deferred_task_stops_its_job(connections, ray_head):
+    from albert_batch.airflow.triggers import RayJobTrigger
+
+    sid = sleeping_job(ray_head, "dt=2026-11-22")
+    trigger = RayJobTrigger(submission_id=sid, ray_conn_id="ray_default",
+                            deadline=(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat())
+    asyncio.run(trigger.on_kill())
+    _wait_for_status(ray_head, sid, "STOPPED")
+
+
+def _wait_for_status(head: RayHead, sid: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while job_status(head, sid) != status:
+        assert time.monotonic() < deadline, f"job {sid} is {job_status(head, sid)}, not {status}"
+        time.sleep(0.5)

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     tune.add_argument("--max-length", type=int, default=512,
                       help="tokens per training sequence (default 512; long NER texts are cut into windows)")
+    tune.add_argument("--max-windows", type=int, metavar="N",
+                      help="NER: train on at most the first N windows of each long text (default: all)")
     tune.add_argument("--ray-address", metavar="ADDRESS")
     tune.add_argument("--allow-pickle-weights", action="store_true")
     tune.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -183,7 +185,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from albert_batch.training import FinetuneConfig, finetune
 
     names = ("task", "train", "eval", "output", "base_model", "init", "epochs", "batch_size", "learning_rate", "seed",
-             "num_workers", "use_gpu", "max_length", "ray_address", "allow_pickle_weights")
+             "num_workers", "use_gpu", "max_length", "max_windows", "ray_address", "allow_pickle_weights")
     result = finetune(FinetuneConfig(**{name: getattr(args, name) for name in names}))
     print(format_training(result))
     return EXIT_OK

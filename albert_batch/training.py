@@ -56,6 +56,7 @@ class FinetuneConfig:
     num_workers: int = 1
     use_gpu: bool = False
     max_length: int = 512
+    max_windows: int | None = None
     vocab_size: int = 8000
     text_column: str = "text"
     label_column: str = "label"
@@ -77,6 +78,8 @@ class FinetuneConfig:
         for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_length", 16), ("vocab_size", 100)):
             if int(getattr(self, name)) < low:
                 raise ConfigError(f"{name} must be at least {low}")
+        if self.max_windows is not None and int(self.max_windows) < 1:
+            raise ConfigError("max_windows must be at least 1 (or unset: every window of every text)")
         if self.max_length > 512:
             raise ConfigError("max_length must be at most 512 (ALBERT's position embeddings)")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
@@ -186,12 +189,14 @@ def prepare_base(config: FinetuneConfig, labels: tuple[str, ...], texts: list[st
 
 
 def encode(texts: list[str], targets: list[Any], tokenizer: Any, task: Task, label2id: dict[str, int],
-           max_length: int) -> pa.Table:
+           max_length: int, max_windows: int | None = None) -> pa.Table:
     """Training rows: token ids with [CLS]/[SEP] and their labels, one per text (classify) or per token (ner).
 
     Classification truncates, as inference does. NER cuts long texts into consecutive windows instead, so
-    every entity is trained on and every position up to ``max_length`` is learnt: inference covers long
-    texts with windows of the model's full length, and positions never seen in training predict noise."""
+    every position up to ``max_length`` is learnt: inference covers long texts with windows of the model's
+    full length, and positions never seen in training predict noise. ``max_windows`` keeps only the first
+    windows of each text: in corpora where a few very long documents hold a large share of the tokens
+    (the demo corpus: 2% of documents, a third of the tokens), it buys epochs without losing variety."""
     if task is Task.CLASSIFY:
         encoded = tokenizer(texts, truncation=True, max_length=max_length, verbose=False)
         ids = [np.asarray(x, dtype=np.int32) for x in encoded["input_ids"]]
@@ -205,7 +210,7 @@ def encode(texts: list[str], targets: list[Any], tokenizer: Any, task: Task, lab
                                             encoded["special_tokens_mask"], strict=True):
         token_labels = bio.align_tokens(spans, np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
                                         np.asarray(special, dtype=bool), label2id)
-        for start in range(0, max(1, len(ids)), size):
+        for start in range(0, max(1, len(ids)), size)[:max_windows]:
             rows_ids.append(np.asarray([cls, *ids[start : start + size], sep], dtype=np.int32))
             rows_labels.append(np.concatenate([[bio.IGNORE_INDEX], token_labels[start : start + size],
                                                [bio.IGNORE_INDEX]]).astype(np.int64))
@@ -338,7 +343,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     try:
         base = prepare_base(config, labels, train.texts, workdir / "base")
         tokenizer = AutoTokenizer.from_pretrained(str(base))
-        encoded = encode(train.texts, train.targets, tokenizer, config.task, label2id, config.max_length)
+        encoded = encode(train.texts, train.targets, tokenizer, config.task, label2id, config.max_length,
+                         config.max_windows)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         trainer = TorchTrainer(
             train_loop,
@@ -372,7 +378,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             "data": {"train": train.sizes(), "eval": evaluation.sizes(), "train_location": config.train,
                      "eval_location": config.eval},
             "hyperparameters": {k: v for k, v in asdict(config).items()
-                                if k in ("epochs", "batch_size", "seed", "num_workers", "max_length", "vocab_size")}
+                                if k in ("epochs", "batch_size", "seed", "num_workers", "max_length", "max_windows",
+                                         "vocab_size")}
             | {"learning_rate": config.lr, "optimizer": "AdamW", "weight_decay": 0.01,
                "schedule": "linear, 10% warmup"},
             "epochs": history,

@@ -90,3 +90,23 @@ def test_unusable_settings_and_data_are_refused_before_training(tmp_path, capsys
     assert "single label (x)" in capsys.readouterr().err
     assert main([*base, "--train", str(tmp_path / "nocol.parquet"), "--eval", str(tmp_path / "one.parquet")]) == 2
     assert "has no column 'text'; available columns: body, label" in capsys.readouterr().err
+
+
+def test_long_ner_texts_become_full_length_windows_optionally_only_the_first_few(tiny_models):
+    from transformers import AutoTokenizer
+
+    from albert_batch.labels import bio_labels
+    from albert_batch.training import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["ner"])
+    text = " ".join(f"Anna Schmidt visited Lisbon on day {i}." for i in range(60))
+    label2id = {name: i for i, name in enumerate(bio_labels(["PER", "LOC"]))}
+    spans = [(0, 12, "PER")]
+    every = encode([text], [spans], tokenizer, Task.NER, label2id, max_length=64)
+    first_two = encode([text], [spans], tokenizer, Task.NER, label2id, max_length=64, max_windows=2)
+    pieces = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert every.num_rows == -(-pieces // 62) > 2
+    assert first_two.to_pylist() == every.slice(0, 2).to_pylist()
+    assert all(len(row["input_ids"]) == 64 for row in first_two.to_pylist())
+    with pytest.raises(ConfigError, match="max_windows must be at least 1"):
+        FinetuneConfig(task=Task.NER, train="/a", eval="/b", output="/c", init="tiny", max_windows=0)

@@ -195,8 +195,8 @@ def encode(texts: list[str], targets: list[Any], tokenizer: Any, task: Task, lab
     Classification truncates, as inference does. NER cuts long texts into consecutive windows instead, so
     every position up to ``max_length`` is learnt: inference covers long texts with windows of the model's
     full length, and positions never seen in training predict noise. ``max_windows`` keeps only the first
-    windows of each text: in corpora where a few very long documents hold a large share of the tokens
-    (the demo corpus: 2% of documents, a third of the tokens), it buys epochs without losing variety."""
+    windows of each text, to save time where a few very long documents hold a large share of the tokens
+    (in the demo corpus, 2% of the documents hold a third of the tokens)."""
     if task is Task.CLASSIFY:
         encoded = tokenizer(texts, truncation=True, max_length=max_length, verbose=False)
         ids = [np.asarray(x, dtype=np.int32) for x in encoded["input_ids"]]

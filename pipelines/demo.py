@@ -29,9 +29,6 @@ EVAL_DOCS = 500
 TRAIN_DOCS = {Task.CLASSIFY: 3000, Task.NER: 20000}
 EPOCHS = {Task.CLASSIFY: 3, Task.NER: 4}
 MAX_LENGTH = 256
-# 2% of the corpus's documents are very long and hold a third of its tokens; NER trains on their first two
-# windows, which keeps the variety of names and contexts and saves a quarter of each epoch.
-MAX_WINDOWS = {Task.CLASSIFY: None, Task.NER: 2}
 
 
 def build_models(folder: Path) -> dict[Task, dict]:
@@ -50,8 +47,7 @@ def build_models(folder: Path) -> dict[Task, dict]:
             started = time.monotonic()
             finetune(FinetuneConfig(task=task, train=str(data / f"train-{task.value}.parquet"),
                                     eval=str(data / f"eval-{task.value}.parquet"), output=str(model), init="tiny",
-                                    epochs=EPOCHS[task], max_length=MAX_LENGTH,
-                                    max_windows=MAX_WINDOWS[task], seed=7))
+                                    epochs=EPOCHS[task], max_length=MAX_LENGTH, seed=7))
             print(f"demo: {task.value} model trained in {time.monotonic() - started:.0f}s", flush=True)
         reports[task] = json.loads((model / REPORT).read_text())
     return reports

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import platform
 import time
@@ -14,7 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from albert_batch import models, publish, storage
-from albert_batch.config import RunConfig, Task
+from albert_batch.config import ResourceConfig, RunConfig, Task
 from albert_batch.errors import AlbertBatchError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
 from albert_batch.models import ModelInfo
@@ -50,6 +51,21 @@ class RunSummary:
         return self.input_rows / self.seconds if self.seconds else 0.0
 
 
+# Stage throughputs behind the sizing, for ALBERT-base shapes: the tokenizer stage handles ~0.5M tokens/s
+# per CPU (Rust tokenizer plus Arrow columns); a CPU model actor ~1-2k tokens/s per core (bf16 on AMX); one
+# H200 ~2-4.5M tokens/s (15-35k sequences of 128 tokens per second in bf16). So one tokenizer actor keeps
+# dozens of CPU model cores busy, while a GPU needs several CPUs tokenizing for it.
+CPUS_PER_MODEL_ACTOR = 8
+CPUS_PER_TOKENIZER_ACTOR = 64
+TOKENIZER_ACTORS_PER_GPU = 6
+# Rows per model batch: each batch is sorted by length and cut into forward passes, so larger batches pad
+# less (1,024 rows of log-normal lengths need ~15% less model time than 256 on CPUs). A GPU also needs far
+# larger forward passes than a CPU to amortise kernel launches and keep its cores busy.
+CPU_BATCH_ROWS = 1024
+GPU_BATCH_ROWS = 4096
+GPU_TOKENS_PER_FORWARD = 65_536
+
+
 @dataclass(frozen=True)
 class StageSizing:
     model_actors: int
@@ -58,6 +74,8 @@ class StageSizing:
     torch_threads: int
     tokenizer_actors: int
     cpus_per_tokenizer_actor: float
+    batch_size: int
+    max_tokens_per_forward: int
 
 
 def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
@@ -65,35 +83,63 @@ def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
 
     Ray Data's list, read and write tasks each ask for a whole logical CPU, so the actors' reservations
     leave one CPU free or the pipeline would deadlock. Logical reservations only schedule: a CPU model
-    actor still runs torch on its full share of the cores.
-    CPU clusters: one model actor per 8 CPUs; one tokenizer actor per model actor (more on big nodes).
-    GPU clusters: one actor per ``num_gpus_per_actor`` share of each GPU, one CPU each, and two
-    tokenizer actors per model actor to keep the GPUs fed."""
+    actor runs torch on its whole share of the cores (tokenizing and I/O take little).
+    CPU clusters: one model actor per 8 CPUs, one tokenizer actor per 64 CPUs.
+    GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
+    it, several tokenizer actors per GPU on the CPUs left, and GPU-sized batches and forward passes."""
     res = config.resources
     cpus = max(1.0, float(cluster.get("CPU", os.cpu_count() or 1)))
-    gpus = float(cluster.get("GPU", 0.0))
     spare = max(0.5, cpus - 1.0)  # what the actors may reserve between them
     if res.num_gpus_per_actor > 0:
-        if gpus == 0:
-            log.warning("num_gpus_per_actor is set but the cluster reports no GPU; actors will wait for one")
-        actors = res.model_actors or max(1, int(gpus // res.num_gpus_per_actor))
-        tokenizers = res.tokenizer_actors or max(1, min(actors * 2, int(spare // 2)))
-        cpus_per_actor = res.num_cpus_per_actor or min(1.0, spare / (actors + tokenizers))
-        threads = max(1, int(cpus_per_actor))
-    else:
-        actors = res.model_actors or max(1, int(cpus // 8))
-        tokenizers = res.tokenizer_actors or max(1, min(actors * 2, int(cpus // 8)))
-        threads = max(1, int(cpus // actors))
-        cpus_per_actor = res.num_cpus_per_actor or spare * 0.75 / actors
-    cpus_per_tokenizer = max(0.05, (spare - cpus_per_actor * actors) / tokenizers) if spare > cpus_per_actor * actors else 0.1
+        return _size_gpu_stages(config, spare, float(cluster.get("GPU", 0.0)))
+    actors = res.model_actors or max(1, int(cpus // CPUS_PER_MODEL_ACTOR))
+    cpus_per_actor = res.num_cpus_per_actor or spare * 0.75 / actors
+    threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(cpus // actors)
+    tokenizers = res.tokenizer_actors or math.ceil(cpus / CPUS_PER_TOKENIZER_ACTOR)
+    return StageSizing(
+        model_actors=actors,
+        cpus_per_model_actor=round(cpus_per_actor, 3),
+        gpus_per_model_actor=0.0,
+        torch_threads=max(1, threads),
+        tokenizer_actors=tokenizers,
+        cpus_per_tokenizer_actor=_tokenizer_share(spare - cpus_per_actor * actors, tokenizers),
+        batch_size=_unless_set(res, "batch_size", CPU_BATCH_ROWS),
+        max_tokens_per_forward=res.max_tokens_per_forward,
+    )
+
+
+def _size_gpu_stages(config: RunConfig, spare: float, gpus: float) -> StageSizing:
+    res = config.resources
+    if gpus == 0:
+        log.warning("num_gpus_per_actor is set but the cluster reports no GPU; actors will wait for one")
+    actors = res.model_actors or max(1, math.floor(gpus / res.num_gpus_per_actor + 1e-9))
+    # Each model actor's CPU only launches kernels and postprocesses; tokenizers get at least half the CPUs.
+    cpus_per_actor = res.num_cpus_per_actor or min(1.0, spare / (2 * actors))
+    left = spare - cpus_per_actor * actors
+    tokenizers = res.tokenizer_actors or max(1, min(math.ceil(TOKENIZER_ACTORS_PER_GPU * max(gpus, 1.0)), int(left)))
     return StageSizing(
         model_actors=actors,
         cpus_per_model_actor=round(cpus_per_actor, 3),
         gpus_per_model_actor=res.num_gpus_per_actor,
-        torch_threads=threads,
+        torch_threads=max(1, int(cpus_per_actor)),
         tokenizer_actors=tokenizers,
-        cpus_per_tokenizer_actor=round(cpus_per_tokenizer, 3),
+        cpus_per_tokenizer_actor=_tokenizer_share(left, tokenizers),
+        batch_size=_unless_set(res, "batch_size", GPU_BATCH_ROWS),
+        max_tokens_per_forward=_unless_set(res, "max_tokens_per_forward", GPU_TOKENS_PER_FORWARD),
     )
+
+
+def _unless_set(res: ResourceConfig, name: str, derived: int) -> int:
+    """``derived`` unless ``res`` sets ``name``. ResourceConfig cannot yet say "unset" for these fields, so
+    its default value stands for "choose for me"."""
+    value = getattr(res, name)
+    return derived if value == getattr(ResourceConfig(), name) else value
+
+
+def _tokenizer_share(left: float, tokenizers: int) -> float:
+    """Each tokenizer actor's logical CPUs: an even split of what the model actors left, at most one CPU
+    (a tokenizer actor runs one batch at a time), and a token 0.05 when nothing is left."""
+    return round(min(1.0, max(0.05, left / tokenizers)), 3)
 
 
 def connect_ray(address: str | None) -> bool:
@@ -185,7 +231,7 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
             TokenizeStage,
             fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights},
             batch_format="pyarrow",
-            batch_size=config.resources.batch_size,
+            batch_size=sizing.batch_size,
             compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
             num_cpus=sizing.cpus_per_tokenizer_actor,
         )
@@ -196,12 +242,12 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
                 "precision": config.precision,
                 "use_gpu": sizing.gpus_per_model_actor > 0,
                 "torch_threads": sizing.torch_threads,
-                "max_tokens_per_forward": config.resources.max_tokens_per_forward,
+                "max_tokens_per_forward": sizing.max_tokens_per_forward,
                 "window_overlap": config.resources.ner_window_overlap,
                 "allow_pickle_weights": config.allow_pickle_weights,
             },
             batch_format="pyarrow",
-            batch_size=config.resources.batch_size,
+            batch_size=sizing.batch_size,
             compute=ray.data.ActorPoolStrategy(size=sizing.model_actors),
             num_cpus=sizing.cpus_per_model_actor,
             num_gpus=sizing.gpus_per_model_actor or None,

@@ -9,6 +9,7 @@ on a small table, without a cluster.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from enum import StrEnum
 from typing import Any
 
@@ -74,9 +75,14 @@ def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> l
 
 
 class TokenizeStage:
-    """Validates rows (rejecting null or blank ones with a reason) and tokenizes the accepted texts."""
+    """Validates rows (rejecting null or blank ones with a reason) and tokenizes the accepted texts.
+
+    An actor reserves at most one CPU and tokenizes one batch at a time, so the Rust tokenizer runs on one
+    thread (unless ``TOKENIZERS_PARALLELISM`` says otherwise): its own thread pool would spread over every
+    core of the node, taking them from the model."""
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # read by the tokenizer on every call
         self.predictors = _load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -116,6 +122,11 @@ class ModelStage:
         window_overlap: int,
         allow_pickle_weights: bool = False,
     ):
+        # Threads that wait at OpenMP barriers sleep instead of spinning. Spinning wins only on cores nothing
+        # else wants; beside the tokenizer, Ray and other jobs, a spinner holds the core its late sibling
+        # needs, and every op then waits a scheduler tick (2x slower for ALBERT-base on 2 busy cores, 10x
+        # for small models). Read once, when torch loads its OpenMP runtime: this actor's first torch import.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if torch_threads:
             import torch
 

@@ -79,11 +79,11 @@ def start_ray(token: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     temp_dir = tempfile.mkdtemp(prefix="albert-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    log = open(HERE / "ray-head.log", "wb")  # noqa: SIM115 - open for the life of the process
-    process = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={port}", f"--temp-dir={temp_dir}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(HERE / "ray-head.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", f"--temp-dir={temp_dir}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
     deadline = time.monotonic() + 180
     while True:

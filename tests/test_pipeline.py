@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -159,3 +161,37 @@ def test_a_corpus_of_only_rejects_still_publishes_typed_empty_partitions(tmp_pat
     assert len(read_published(out, "rejects")) == 3
     files = list((out / "classifications/dt=2026-11-01").glob("*.parquet"))
     assert len(files) == 1 and pq.read_schema(files[0]).field("id").type == pa.int32()
+
+
+def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):
+    """Tokenizer actors start in a fraction of a second and stay small: they call the Rust tokenizer only."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from albert_batch.config import Task\n"
+        "from albert_batch.stages import TokenizeStage\n"
+        f"stage = TokenizeStage(model_uris={{Task.CLASSIFY: {tiny_models['classifier']!r}, Task.NER: {tiny_models['ner']!r}}})\n"
+        "out = stage(pa.table({'id': [1, 2], 'text': ['Anna flew to Berlin.', ' ']}))\n"
+        "assert out.column('reject_reason').to_pylist() == [None, 'blank_text']\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.gpu
+def test_gpu_actors_match_the_reference_pipelines_in_fp32(tmp_path, tiny_models, ray_cluster):
+    """Fractional-GPU model actors, pinned-memory copies and queued forward passes give the CPU results."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() or not ray_cluster.cluster_resources().get("GPU"):
+        pytest.skip("needs a CUDA GPU visible to Ray")
+    (tmp_path / "input").mkdir()
+    write_corpus(tmp_path / "input/part.parquet", list(range(len(TRICKY_TEXTS))), TRICKY_TEXTS)
+    run(config(tmp_path, tiny_models, resources={"num_gpus_per_actor": 0.5}))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["classifier"])
+    classify = pipeline("text-classification", tokenizer=tokenizer, device="cpu",
+                        model=AlbertForSequenceClassification.from_pretrained(tiny_models["classifier"]))
+    got = {r["id"]: r for r in read_published(tmp_path / "output", "classifications")}
+    for i, text in enumerate(TRICKY_TEXTS):
+        want = classify(text, truncation=True)[0]
+        assert got[i]["label"] == want["label"]
+        assert got[i]["score"] == pytest.approx(want["score"], abs=SCORE_TOLERANCE)

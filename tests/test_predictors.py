@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import numpy as np
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
 from albert_batch import models
 from albert_batch.config import Precision, Task
-from albert_batch.predictors import NerPredictor, build_predictor
+from albert_batch.predictors import Encoder, NerPredictor, build_predictor, token_budget_batches
 from conftest import SCORE_TOLERANCE, TRICKY_TEXTS
 
 LONG_TEXT = " ".join(f"Anna Schmidt met Zhang Wei in Berlin, trip {i}, for Acme Corp." for i in range(150))
@@ -121,3 +122,40 @@ def test_bf16_gives_the_same_labels_on_clear_cases(tiny_models):
     assert str(bf16.dtype) == "torch.bfloat16"
     agree = [a["label"] == b["label"] for a, b in zip(fp32, bf16(TRICKY_TEXTS), strict=True) if a["score"] > 0.6]
     assert agree and all(agree)
+
+
+def test_the_rust_encoder_tokenizes_exactly_as_the_fast_tokenizer(tiny_models):
+    """The tokenizer stage calls the Rust tokenizer directly (no transformers import); it must give the
+    ids, offsets and special-token marks that the transformers tokenizer gives."""
+    info = models.inspect(tiny_models["ner"], Task.NER)
+    texts = [*TRICKY_TEXTS, LONG_TEXT]
+    want = AutoTokenizer.from_pretrained(tiny_models["ner"])(
+        texts, add_special_tokens=False, return_offsets_mapping=True, return_special_tokens_mask=True)
+    got = Encoder.load(info).encode(texts)
+    assert [e.ids for e in got] == want["input_ids"]
+    assert [[list(o) for o in e.offsets] for e in got] == [[list(o) for o in row] for row in want["offset_mapping"]]
+    assert [e.special_tokens_mask for e in got] == want["special_tokens_mask"]
+    assert Encoder.load(info).ids(texts) == want["input_ids"]
+
+
+def test_token_budget_batches_cover_every_row_once_within_the_budget():
+    lengths = np.array([5, 300, 40, 512, 41, 7, 120, 510, 2, 64])
+    groups = token_budget_batches(lengths, 1024)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    for group in groups:
+        assert len(group) == 1 or len(group) * lengths[group].max() <= 1024
+    widths = [lengths[g].max() for g in groups]
+    assert widths == sorted(widths), "length-sorted: padding stays small"
+
+
+def test_bf16_models_run_the_fused_gelu_and_fp32_models_keep_hugging_faces(tiny_models):
+    import torch
+    from transformers.activations import NewGELUActivation
+
+    info = models.inspect(tiny_models["classifier"], Task.CLASSIFY)
+    fp32 = build_predictor(info, precision=Precision.FP32)
+    bf16 = build_predictor(info, precision=Precision.BF16)
+    assert any(isinstance(m, NewGELUActivation) for m in fp32.model.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in bf16.model.modules())
+    x = torch.linspace(-8, 8, 10_001)
+    assert torch.allclose(torch.nn.GELU(approximate="tanh")(x), NewGELUActivation()(x), atol=1e-6), "the same formula"

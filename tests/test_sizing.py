@@ -34,3 +34,44 @@ def test_explicit_settings_win():
     config = RunConfig(**BASE, resources={"model_actors": 3, "tokenizer_actors": 2, "num_cpus_per_actor": 2})
     sizing = size_stages(config, {"CPU": 64})
     assert (sizing.model_actors, sizing.tokenizer_actors, sizing.cpus_per_model_actor) == (3, 2, 2)
+
+
+@pytest.mark.parametrize("cpus", [2, 16, 64])
+def test_one_tokenizer_actor_feeds_many_cpu_model_cores(cpus):
+    """The Rust tokenizer outpaces a CPU model by hundreds of times: more tokenizer actors would only hold
+    CPUs and memory. Torch runs on every core the model actors share."""
+    sizing = size_stages(RunConfig(**BASE), {"CPU": cpus})
+    assert sizing.tokenizer_actors == 1
+    assert sizing.torch_threads == cpus // sizing.model_actors
+    assert (sizing.batch_size, sizing.max_tokens_per_forward) == (1024, 2048), "big batches pad less"
+
+
+def test_torch_threads_follow_explicit_cpus_per_actor():
+    config = RunConfig(**BASE, resources={"model_actors": 4, "num_cpus_per_actor": 3})
+    assert size_stages(config, {"CPU": 64}).torch_threads == 3
+
+
+@pytest.mark.parametrize(("cpus", "gpus", "share"), [(16, 1, 0.25), (16, 2, 0.25), (96, 8, 0.5), (8, 2, 0.1), (4, 1, 1.0)])
+def test_gpu_clusters_feed_every_gpu_without_overbooking_cpus(cpus, gpus, share):
+    config = RunConfig(**BASE, resources={"num_gpus_per_actor": share})
+    sizing = size_stages(config, {"CPU": cpus, "GPU": gpus})
+    assert sizing.model_actors == round(gpus / share), "every share of every GPU gets a replica"
+    assert sizing.cpus_per_model_actor <= 1 and sizing.torch_threads == 1
+    assert 1 <= sizing.tokenizer_actors <= 6 * gpus
+    reserved = sizing.model_actors * sizing.cpus_per_model_actor + sizing.tokenizer_actors * sizing.cpus_per_tokenizer_actor
+    assert reserved <= cpus - 1 + 1e-9, "one CPU stays free for Ray Data's read and write tasks"
+
+
+def test_gpu_actors_get_gpu_sized_batches_unless_set():
+    gpu = {"CPU": 16, "GPU": 1}
+    derived = size_stages(RunConfig(**BASE, resources={"num_gpus_per_actor": 0.25}), gpu)
+    assert derived.batch_size > 256 and derived.max_tokens_per_forward >= 32_768
+    explicit = size_stages(RunConfig(**BASE, resources={"num_gpus_per_actor": 0.25, "batch_size": 512,
+                                                        "max_tokens_per_forward": 8192}), gpu)
+    assert (explicit.batch_size, explicit.max_tokens_per_forward) == (512, 8192)
+
+
+def test_explicit_batch_settings_win_on_cpus_too():
+    config = RunConfig(**BASE, resources={"batch_size": 64, "max_tokens_per_forward": 4096})
+    sizing = size_stages(config, {"CPU": 2})
+    assert (sizing.batch_size, sizing.max_tokens_per_forward) == (64, 4096)

@@ -71,7 +71,7 @@ def test_lost_rows_are_refused(output):
     manifest = json.loads((folder / "_manifest.json").read_text())
     manifest["rows"] -= 1
     (folder / "_manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValidationError, match="input rows but .* results and 1 rejects — rows were lost"):
+    with pytest.raises(ValidationError, match=r"input rows but \d+ results and 1 rejects — rows were lost"):
         validate_partition(output, PARTITION, ["classify"])
 
 

@@ -1,0 +1,1 @@
+"""The batch-inference benchmark harness (see BENCHMARKS.md); not part of the installed package."""

@@ -1,0 +1,98 @@
+"""Peak memory and CPU time of a process tree: the contender's process and every descendant (for Ray runs
+that is the driver, GCS, raylet and every worker, all started under it).
+
+Summed RSS would count shared pages once per process: torch's libraries in every worker and Ray's object
+store (shared memory mapped into each reader) would be counted many times over. PSS (proportional set
+size, from ``/proc/PID/smaps_rollup``) splits each shared page between the processes that map it, so the
+sum over a tree is the memory the tree actually holds. Both are recorded; PSS is the headline.
+
+CPU time (user + system, summed over every process seen) is the work done whatever else runs on the
+machine; on a busy machine it is the steadier figure to compare two versions by.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+GIB = 1024**3
+
+
+@dataclass
+class TreeUsage:
+    """Memory peaks (bytes) and CPU time over a sampled interval, and the (seconds since start, PSS)
+    samples behind the peaks."""
+
+    pss: int = 0
+    rss: int = 0
+    processes: int = 0
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    cpu_by_process: dict[tuple[int, float], float] = field(default_factory=dict)  # (pid, start time) -> CPU s
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_by_process.values())
+
+    def peak_between(self, start_fraction: float, stop_fraction: float) -> int:
+        """Peak PSS within a fraction of the sampled time, e.g. (0.5, 1.0) for the second half."""
+        if not self.samples:
+            return 0
+        end = self.samples[-1][0]
+        chosen = [pss for t, pss in self.samples if start_fraction * end <= t <= stop_fraction * end]
+        return max(chosen, default=0)
+
+
+def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float) -> None:
+    """Add one sample of ``root`` and its descendants to ``usage``; processes that exit meanwhile are skipped
+    (their CPU time counts up to their last sample)."""
+    pss = rss = count = 0
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for process in processes:
+        try:
+            with process.oneshot():
+                info = process.memory_full_info()
+                times = process.cpu_times()
+                key = (process.pid, process.create_time())
+        except psutil.Error:
+            continue
+        pss += info.pss
+        rss += info.rss
+        count += 1
+        usage.cpu_by_process[key] = times.user + times.system
+    if count:
+        usage.pss = max(usage.pss, pss)
+        usage.rss = max(usage.rss, rss)
+        usage.processes = max(usage.processes, count)
+        usage.samples.append((elapsed, pss))
+
+
+class TreeSampler:
+    """Samples a process tree's memory and CPU time on a background thread until stopped."""
+
+    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
+        self.root = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.usage = TreeUsage()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+        self._started = 0.0
+
+    def __enter__(self) -> TreeSampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            sample_tree(self.root, self.usage, time.monotonic() - self._started)
+            self._stop.wait(self.interval_s)

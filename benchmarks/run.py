@@ -1,0 +1,255 @@
+"""Batch-inference benchmark: albert-batch against the alternatives, on one machine, in one run.
+
+    python -m benchmarks.run                           # the full run (BENCHMARKS.md): base-shaped models
+    python -m benchmarks.run --quick                   # smoke test: tiny models, 384 documents, about a minute
+    python -m benchmarks.run --streaming-rows 1000000  # bounded memory: a million rows through the pipeline
+
+Every contender runs in a fresh child process, one at a time, while this process samples the memory of
+the child's whole process tree (see `benchmarks.memory`). Results go to ``results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import workload
+from benchmarks.memory import GIB, TreeSampler
+from benchmarks.report import markdown, ratios
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTENDERS = ("hf_default", "hf_batch32", "ray_docs", "albert_batch", "hand_loop", "hand_loop_tuned", "agreement")
+RAY_DOCS_BATCH_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One contender on one corpus and task."""
+
+    contender: str
+    task: str
+    docs: int
+    real_tokens: int
+    seconds: float
+    peak_pss_gib: float
+    peak_rss_sum_gib: float
+    processes: int
+    cpu_s: float
+    details: dict[str, Any]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.real_tokens / self.seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 1),
+                "docs_per_s": round(self.docs / self.seconds, 2)}
+
+
+def run_child(name: str, params: dict[str, Any], log_file: Path) -> tuple[dict[str, Any], Any]:
+    """Run one contender in a fresh interpreter; return its result and the memory and CPU use of its tree."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
+        result_file = Path(out.name)
+    command = [sys.executable, "-m", "benchmarks.contenders", name, json.dumps(params), str(result_file)]
+    with log_file.open("a") as log:
+        log.write(f"\n=== {name} {json.dumps(params)}\n")
+        log.flush()
+        child = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        with TreeSampler(child.pid) as sampler:
+            code = child.wait()
+    if code != 0:
+        raise RuntimeError(f"contender {name} failed with exit code {code}; see {log_file}")
+    result = json.loads(result_file.read_text())
+    result_file.unlink()
+    return result, sampler.usage
+
+
+def measure(name: str, label: str, task: str, corpus: workload.Corpus, params: dict[str, Any], log_file: Path,
+            repeat: int) -> Measurement:
+    """The fastest of ``repeat`` runs (on a shared machine the fastest is the one least disturbed)."""
+    print(f"  {label:<14} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
+    runs = [run_child(name, params, log_file) for _ in range(repeat)]
+    result, usage = min(runs, key=lambda r: r[0]["seconds"])
+    details = {k: v for k, v in result.items() if k not in ("seconds", "ray_stats")}
+    if repeat > 1:
+        details["all_seconds"] = [round(r[0]["seconds"], 2) for r in runs]
+    if "ray_stats" in result:
+        (log_file.parent / f"ray-stats-{label}-{task}-{corpus.docs}.txt").write_text(result["ray_stats"])
+    m = Measurement(contender=label, task=task, docs=corpus.docs, real_tokens=corpus.real_tokens,
+                    seconds=result["seconds"], peak_pss_gib=round(usage.pss / GIB, 3),
+                    peak_rss_sum_gib=round(usage.rss / GIB, 3), processes=usage.processes, cpu_s=round(usage.cpu_s, 1),
+                    details=details)
+    print(f"{m.seconds:7.1f}s  {m.tokens_per_s:8.0f} tokens/s  peak PSS {m.peak_pss_gib:.2f} GiB  "
+          f"CPU {m.cpu_s:.0f}s", flush=True)
+    return m
+
+
+def contender_params(contender: str, task: str, models: workload.Models, corpus: workload.Corpus, work: Path,
+                     args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The child's name and keyword arguments for one contender."""
+    model = models.classifier if task == "classify" else models.ner
+    output = work / "outputs" / f"{contender}-{task}-{corpus.docs}"
+    shutil.rmtree(output, ignore_errors=True)
+    if contender in ("hf_default", "hf_batch32"):
+        return "hf_pipeline", {"task": task, "model": model, "texts_file": corpus.texts_file,
+                               "batch_size": 32 if contender == "hf_batch32" else None}
+    if contender == "ray_docs":
+        return "ray_docs", {"task": task, "model": model, "corpus": corpus.folder, "output": str(output),
+                            "batch_size": RAY_DOCS_BATCH_ROWS, "actors": max(1, (os.cpu_count() or 2) - 1)}
+    if contender == "albert_batch":
+        return "albert_batch", {"task": task, "model": json.dumps({task: model}), "corpus": corpus.folder,
+                                "output": str(output), "precision": args.precision, "tokens_file": corpus.tokens_file}
+    if contender in ("hand_loop", "hand_loop_tuned"):
+        return "hand_loop", {"task": task, "model": model, "texts_file": corpus.texts_file, "dtype": "bfloat16",
+                             "tokens_per_forward": 2048, "tuned": contender == "hand_loop_tuned"}
+    return "agreement", {"task": task, "model": model, "texts_file": corpus.texts_file}
+
+
+def machine() -> dict[str, Any]:
+    from albert_batch.predictors import cpu_has_amx
+    from albert_batch.runner import versions
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": model, "cpus": os.cpu_count(), "amx_bf16": cpu_has_amx(), "memory_gib": round(memory / GIB, 1),
+            "platform": platform.platform(), "versions": versions()}
+
+
+def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str, Any]:
+    models = custom_models(args) or workload.build_models(work, args.size)
+    measurements: list[Measurement] = []
+    corpora, agreements = [], []
+    for docs in args.docs:
+        corpus = workload.build_corpus(work, docs, models)
+        corpora.append(corpus.__dict__)
+        print(f"corpus: {docs} docs, {corpus.real_tokens} real tokens (mean {corpus.mean_tokens:.1f}, "
+              f"max {corpus.max_tokens})", flush=True)
+        for task in args.tasks:
+            for contender in args.contenders:
+                name, params = contender_params(contender, task, models, corpus, work, args)
+                if contender == "agreement":
+                    agreements.append(measure_agreement(task, corpus, params, log_file))
+                else:
+                    measurements.append(measure(name, contender, task, corpus, params, log_file, args.repeat))
+    results = [m.to_json() for m in measurements]
+    return {"models": models.__dict__, "corpora": corpora, "measurements": results, "ratios": ratios(results),
+            "agreement": agreements}
+
+
+def measure_agreement(task: str, corpus: workload.Corpus, params: dict[str, Any], log_file: Path) -> dict[str, Any]:
+    print(f"  {'bf16 vs fp32':<14} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
+    result, _ = run_child("agreement", params, log_file)
+    print(", ".join(f"{k} {v:.4f}" for k, v in result.items() if "agreement" in k), flush=True)
+    return {"docs": corpus.docs, "task": task, **result}
+
+
+def streaming(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str, Any]:
+    """A corpus of ``--streaming-rows`` rows through the pipeline: peak memory against its size in memory."""
+    models = custom_models(args) or workload.build_models(work, args.size)
+    base = workload.build_corpus(work, 2000, models)
+    corpus = workload.build_streaming_corpus(work, args.streaming_rows, base)
+    print(f"streaming corpus: {corpus.docs} rows, {corpus.real_tokens} real tokens", flush=True)
+    output = work / "outputs" / f"streaming-{corpus.docs}"
+    shutil.rmtree(output, ignore_errors=True)
+    params = {"task": ",".join(args.tasks), "model": json.dumps({"classify": models.classifier, "ner": models.ner}),
+              "corpus": corpus.folder, "output": str(output), "precision": args.precision,
+              "tokens_file": corpus.tokens_file}
+    print(f"  albert_batch   {params['task']} ...", end=" ", flush=True)
+    result, usage = run_child("albert_batch", params, log_file)
+    # Everything the run handles, were it held at once: input rows, token features, results.
+    sizes = {"input": workload.arrow_bytes(corpus.folder),
+             "features": corpus.real_tokens * sum(workload.FEATURE_BYTES_PER_TOKEN[t] for t in args.tasks),
+             "results": sum(workload.arrow_bytes(output / table) for table in ("classifications", "entities", "rejects")
+                            if (output / table).exists())}
+    summary = {
+        "rows": corpus.docs, "tasks": args.tasks, "real_tokens": corpus.real_tokens, "seconds": result["seconds"],
+        "rows_per_s": round(corpus.docs / result["seconds"], 1),
+        "tokens_per_s": round(corpus.real_tokens / result["seconds"], 1),
+        **{f"{name}_in_memory_gib": round(size / GIB, 3) for name, size in sizes.items()},
+        "materialised_gib": round(sum(sizes.values()) / GIB, 3),
+        "peak_pss_gib": round(usage.pss / GIB, 3), "peak_rss_sum_gib": round(usage.rss / GIB, 3),
+        "peak_pss_first_half_gib": round(usage.peak_between(0.0, 0.5) / GIB, 3),
+        "peak_pss_second_half_gib": round(usage.peak_between(0.5, 1.0) / GIB, 3),
+        "max_processes": usage.processes,
+    }
+    print(f"{result['seconds']:.1f}s, peak PSS {summary['peak_pss_gib']:.2f} GiB "
+          f"(all of it materialised: {summary['materialised_gib']:.2f} GiB)", flush=True)
+    return {"models": models.__dict__, "streaming": summary}
+
+
+def custom_models(args: argparse.Namespace) -> workload.Models | None:
+    """Trained model folders given on the command line (they must share one tokenizer), if any."""
+    if not (args.classifier_model and args.ner_model):
+        return None
+    return workload.Models(classifier=str(Path(args.classifier_model).resolve()),
+                           ner=str(Path(args.ner_model).resolve()), size="custom")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny models, 384 documents, classification: a smoke test")
+    parser.add_argument("--size", choices=["tiny", "base"], help="model shape (default base; tiny with --quick)")
+    parser.add_argument("--docs", type=int, nargs="+", help="corpus sizes (default 384 2000; 384 with --quick)")
+    parser.add_argument("--tasks", help="comma-separated: classify,ner (default both; classify with --quick)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated subset of {CONTENDERS}")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the fastest counts (default 1)")
+    parser.add_argument("--precision", default="auto", help="albert-batch's --precision (default auto)")
+    parser.add_argument("--streaming-rows", type=int, metavar="N",
+                        help="instead: run N rows through albert-batch and report peak memory (tiny models)")
+    parser.add_argument("--classifier-model", metavar="DIR", help="use this trained model instead of random weights")
+    parser.add_argument("--ner-model", metavar="DIR", help="use this trained model instead of random weights")
+    parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"), help="models, corpora and outputs")
+    parser.add_argument("--results", metavar="DIR", help="where results.json and results.md go (default: --work)")
+    args = parser.parse_args(argv)
+    args.size = args.size or ("tiny" if args.quick or args.streaming_rows else "base")
+    args.docs = args.docs or ([384] if args.quick else [384, 2000])
+    args.tasks = [t.strip() for t in (args.tasks or ("classify" if args.quick else "classify,ner")).split(",") if t.strip()]
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = sorted(set(args.contenders) - set(CONTENDERS)) + sorted(set(args.tasks) - {"classify", "ner"})
+    if unknown:
+        parser.error(f"unknown contender or task: {', '.join(unknown)}")
+    if bool(args.classifier_model) != bool(args.ner_model):
+        parser.error("give both --classifier-model and --ner-model, or neither")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(args.work).resolve()
+    results_dir = Path(args.results).resolve() if args.results else work
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log_file = results_dir / "contenders.log"
+    log_file.write_text("")
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
+        "load_average_at_start": os.getloadavg(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("work", "results")},
+    }
+    report |= streaming(args, work, log_file) if args.streaming_rows else benchmark(args, work, log_file)
+    report["load_average_at_end"] = os.getloadavg()
+    report["total_s"] = round(time.monotonic() - started, 1)
+    (results_dir / "results.json").write_text(json.dumps(report, indent=2))
+    table = markdown(report)
+    (results_dir / "results.md").write_text(table)
+    print()
+    print(table)
+    print(f"results: {results_dir / 'results.json'}, {results_dir / 'results.md'} (logs: {log_file})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

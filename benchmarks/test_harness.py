@@ -1,0 +1,66 @@
+"""The harness's own logic, without models or Ray: ``pytest benchmarks`` (seconds)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import report, workload
+from benchmarks.gpu import busy_between, parse_sample
+from benchmarks.memory import TreeSampler
+
+
+def test_corpus_lengths_follow_the_issue_s_distribution():
+    lengths = workload.token_lengths(384, seed=7)
+    assert 43 <= lengths.mean() <= 45 and 300 <= lengths.max() <= workload.MAX_TOKENS
+    assert lengths.sum() == pytest.approx(16_800, rel=0.03)
+    assert np.array_equal(lengths, workload.token_lengths(384, seed=7)), "seeded: the same corpus every run"
+    assert workload.token_lengths(2000, seed=7).max() <= workload.MAX_TOKENS, "nothing is truncated or windowed"
+
+
+def test_steady_rate_counts_the_work_after_the_first_batch():
+    batches = [[100.0, 10, 1000], [102.0, 10, 2000], [104.0, 10, 2000]]
+    assert report.steady_rate(batches) == 1000.0
+    assert report.steady_rate(batches, of="rows") == 5.0
+    assert report.steady_rate(batches[:2]) == 1000.0
+    assert report.steady_rate(batches[:1]) is None, "one batch has no pace"
+
+
+def measurement(contender, tokens_per_s, **details):
+    return {"docs": 2000, "task": "classify", "contender": contender, "tokens_per_s": tokens_per_s, "details": details}
+
+
+def test_ratios_compare_with_each_baseline_and_the_best_hand_loop():
+    batches = [[0.0, 1, 100], [1.0, 1, 1900], [2.0, 1, 1900]]
+    rows = report.ratios([measurement("hf_default", 600.0), measurement("hf_batch32", 150.0),
+                          measurement("ray_docs", 400.0), measurement("hand_loop", 1500.0),
+                          measurement("hand_loop_tuned", 2000.0), measurement("albert_batch", 1800.0, batches=batches)])
+    [row] = rows
+    assert (row["vs_hf_default"], row["vs_hf_batch32"], row["vs_ray_docs"]) == (3.0, 12.0, 4.5)
+    assert row["hand_loop_tokens_per_s"] == 2000.0 and row["steady_vs_hand_loop"] == 0.95
+    assert row["targets"] == {"vs_hf_default": True, "vs_hf_batch32": True, "steady_vs_hand_loop": True}
+
+
+def test_nvidia_smi_samples_and_busy_windows():
+    assert parse_sample("87, 40321\n") == (87.0, 40321.0)
+    assert parse_sample("[N/A], [N/A]") is None and parse_sample("") is None
+    samples = [(10.0, 20.0, 1.0), (11.0, 90.0, 1.0), (12.0, 100.0, 1.0), (13.0, 0.0, 1.0)]
+    assert busy_between(samples, 11.0, 12.0) == 95.0
+    assert busy_between(samples, 20.0, 30.0) is None
+
+
+def test_the_sampler_sees_the_whole_process_tree():
+    """Memory of a child and its grandchild both count, and their CPU time survives their exit."""
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'x = bytearray(200 << 20); import time; time.sleep(1.5)']); "
+            "x = bytearray(100 << 20); p.wait()")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    with TreeSampler(child.pid, interval_s=0.1) as sampler:
+        child.wait()
+    assert sampler.usage.processes == 2
+    assert sampler.usage.rss > 300 << 20
+    assert sampler.usage.pss > 280 << 20
+    assert sampler.usage.cpu_s > 0

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check airflow clean
+.PHONY: demo test check airflow bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)
 
 airflow: $(STAMP)
 	$(PY) pipelines/airflow_local.py
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -181,9 +181,9 @@ def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):
 @pytest.mark.gpu
 def test_gpu_actors_match_the_reference_pipelines_in_fp32(tmp_path, tiny_models, ray_cluster):
     """Fractional-GPU model actors, pinned-memory copies and queued forward passes give the CPU results."""
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available() or not ray_cluster.cluster_resources().get("GPU"):
-        pytest.skip("needs a CUDA GPU visible to Ray")
+    import torch
+
+    assert torch.cuda.is_available() and ray_cluster.cluster_resources().get("GPU"), "needs a CUDA GPU visible to Ray"
     (tmp_path / "input").mkdir()
     write_corpus(tmp_path / "input/part.parquet", list(range(len(TRICKY_TEXTS))), TRICKY_TEXTS)
     run(config(tmp_path, tiny_models, resources={"num_gpus_per_actor": 0.5}))

@@ -99,8 +99,10 @@ def airflow_db() -> None:
     subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, timeout=300)
 
 
-def partition_jobs(head: RayHead, partition: str) -> list[dict[str, Any]]:
-    return [j for j in head.jobs() if (j.get("metadata") or {}).get("albert_batch.partition") == partition]
+def partition_jobs(head: RayHead, partition: str, output: str = "s3://results/reviews") -> list[dict[str, Any]]:
+    """The cluster's jobs for one output partition (other tests' jobs share the head)."""
+    return [j for j in head.jobs() if (j.get("metadata") or {}).get("albert_batch.partition") == partition
+            and j["metadata"].get("albert_batch.output") == output]
 
 
 def run_operator(operator: Any, logical_date: dt.datetime = DAY, try_number: int = 1) -> Any:

@@ -101,13 +101,13 @@ class StagingSink(Datasink[dict]):
             common["model"] = pa.array([uri] * accepted.num_rows, pa.string())
             if task is Task.CLASSIFY:
                 cols = {"id": ids, **{k: accepted.column(f"{task}.{k}") for k in ("label", "score", "scores", "truncated")}}
-                report["labels"].update(accepted.column(f"{task}.label").to_pylist())
+                report["labels"].update(_value_counts(accepted.column(f"{task}.label")))
             else:
                 cols = {"id": ids, "entities": accepted.column(f"{task}.entities")}
                 report["samples"] = _sample_entities(accepted, task)
             outputs[TASK_TABLES[task]] = pa.table({**cols, **common}, schema=schema(TASK_TABLES[task], self.id_type))
         reasons = rejected.column("reject_reason")
-        report["rejects"].update(reasons.to_pylist())
+        report["rejects"].update(_value_counts(reasons))
         outputs[REJECTS] = pa.table(
             {"id": rejected.column("id").cast(self.id_type), "reason": reasons,
              "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string())},
@@ -134,11 +134,17 @@ class StagingSink(Datasink[dict]):
         self.result = total
 
 
+def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """Counts of each value, without turning the whole column into Python objects."""
+    return {row["values"]: row["counts"] for row in pc.value_counts(column).to_pylist()}
+
+
 def _sample_entities(accepted: pa.Table, task: Task) -> list[dict[str, Any]]:
-    samples = []
-    for row_id, entities in zip(accepted.column("id").to_pylist(), accepted.column(f"{task}.entities").to_pylist(), strict=True):
-        if entities:
-            samples.append({"id": row_id, "entities": entities[:3]})
-        if len(samples) >= SAMPLE_ENTITIES_PER_WRITE:
-            break
-    return samples
+    """The first few rows that have entities. Only those rows become Python objects: a write holds up to
+    ``rows_per_file`` rows, and their entities as dicts would take many times their Arrow size."""
+    entities = accepted.column(f"{task}.entities")
+    found = pc.indices_nonzero(pc.fill_null(pc.greater(pc.list_value_length(entities), 0), False))
+    rows = accepted.take(found[:SAMPLE_ENTITIES_PER_WRITE])
+    return [{"id": row_id, "entities": row_entities[:3]}
+            for row_id, row_entities in zip(rows.column("id").to_pylist(), rows.column(f"{task}.entities").to_pylist(),
+                                            strict=True)]

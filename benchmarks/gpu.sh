@@ -5,7 +5,7 @@
 #
 # Uses .venv when its torch sees the GPU (a venv carried over from a CPU machine does not: it has the CPU
 # build of torch). Otherwise it builds .venv-gpu with PyPI's default (CUDA) torch, which needs a package
-# registry; `make` cannot, as it pins the CPU build. Everything else (models, corpora) is built offline.
+# registry (`make` installs with constraints.txt, meant for CPU machines). Models and corpora are built offline.
 # The whole script is bounded to 10 minutes; results land in .cache/bench/gpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import workload
-from benchmarks.memory import GIB, TreeSampler
+from benchmarks.memory import GIB, TreeSampler, TreeUsage
 from benchmarks.report import markdown, ratios
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ class Measurement:
                 "docs_per_s": round(self.docs / self.seconds, 2)}
 
 
-def run_child(name: str, params: dict[str, Any], log_file: Path) -> tuple[dict[str, Any], Any]:
+def run_child(name: str, params: dict[str, Any], log_file: Path) -> tuple[dict[str, Any], TreeUsage]:
     """Run one contender in a fresh interpreter; return its result and the memory and CPU use of its tree."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
         result_file = Path(out.name)

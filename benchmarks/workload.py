@@ -44,8 +44,8 @@ class Models:
 def build_models(root: Path, size: str) -> Models:
     """A classifier and an NER model of ``size`` ("tiny" or "base") with random weights, cached in ``root``.
 
-    Random weights run at the same speed as trained ones; only the agreement figures need decisive logits
-    (see `Models` in BENCHMARKS.md)."""
+    Random weights run at the same speed as trained ones; only the bf16 agreement figures depend on how decisive
+    the logits are (see BENCHMARKS.md)."""
     folder = root / f"models-{size}"
     classifier, ner = folder / "classifier", folder / "ner"
     if not (ner / "model.safetensors").exists():

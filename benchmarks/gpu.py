@@ -30,7 +30,7 @@ from albert_batch.config import ResourceConfig
 from albert_batch.runner import GPU_BATCH_ROWS, GPU_TOKENS_PER_FORWARD
 from benchmarks import workload
 from benchmarks.memory import GIB
-from benchmarks.report import steady_rate
+from benchmarks.report import save, steady_rate
 from benchmarks.run import ROOT, machine, run_child
 
 SEQUENCE_TOKENS = 128
@@ -191,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         report["pipeline_peak_pss_gib"] = round(usage.pss / GIB, 3)
         report["peak_gpu_mib"] = max((mib for _, _, mib in gpu.samples), default=None)
     report["total_s"] = round(time.monotonic() - started, 1)
-    (results / "results.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (results / "results.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {results / 'results.json'}, {results / 'results.md'} (logs: {log_file})")
+    save(results, report, markdown(report), log_file)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 # The targets for albert-batch end to end on >= 2,000 documents (issue 6).
@@ -132,3 +134,12 @@ def _streaming(s: dict[str, Any]) -> list[str]:
             f"{s['materialised_gib']:.2f} ({s['input_in_memory_gib']:.2f} + {s['features_in_memory_gib']:.2f} + "
             f"{s['results_in_memory_gib']:.2f}) | {s['peak_pss_gib']:.2f} ({s['peak_pss_first_half_gib']:.2f} / "
             f"{s['peak_pss_second_half_gib']:.2f}) | {s['peak_rss_sum_gib']:.2f} |", ""]
+
+
+def save(results_dir: Path, report: dict[str, Any], table: str, log_file: Path) -> None:
+    """Write ``results.json`` and ``results.md`` into ``results_dir`` and print the table."""
+    (results_dir / "results.json").write_text(json.dumps(report, indent=2))
+    (results_dir / "results.md").write_text(table)
+    print()
+    print(table)
+    print(f"results: {results_dir / 'results.json'}, {results_dir / 'results.md'} (logs: {log_file})")

@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks import workload
 from benchmarks.memory import GIB, TreeSampler, TreeUsage
-from benchmarks.report import markdown, ratios
+from benchmarks.report import markdown, ratios, save
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("hf_default", "hf_batch32", "ray_docs", "albert_batch", "hand_loop", "hand_loop_tuned", "agreement")
@@ -242,12 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     report |= streaming(args, work, log_file) if args.streaming_rows else benchmark(args, work, log_file)
     report["load_average_at_end"] = os.getloadavg()
     report["total_s"] = round(time.monotonic() - started, 1)
-    (results_dir / "results.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (results_dir / "results.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {results_dir / 'results.json'}, {results_dir / 'results.md'} (logs: {log_file})")
+    save(results_dir, report, markdown(report), log_file)
     return 0
 
 

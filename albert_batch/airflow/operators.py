@@ -161,8 +161,8 @@ class RayBatchJobOperator(BaseOperator):
         loc = config.input_location
         with storage.s3_settings(AwsS3Hook(self.aws_conn_id).settings()):
             files = [(f.path, f.size, f.mtime_ns) for f in storage.list_files(loc)] if storage.exists(loc) else []
-        stable = [arg for arg in command if arg != "pending"]
-        return hashlib.sha256(json.dumps([stable, files], default=str).encode()).hexdigest()[:16]
+        # ``command`` carries the placeholder run id, the same for every job, so it needs no stripping.
+        return hashlib.sha256(json.dumps([command, files], default=str).encode()).hexdigest()[:16]
 
     @staticmethod
     def _result(sid: str, run_id: str, partition_path: str, *, reused: bool) -> dict[str, Any]:

@@ -120,8 +120,8 @@ class ResourceConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float | None = None
     tokenizer_actors: int | None = None
-    batch_size: int = 256
-    max_tokens_per_forward: int = 2048
+    batch_size: int | None = None
+    max_tokens_per_forward: int | None = None
     ner_window_overlap: int = 128
 
     def __post_init__(self) -> None:
@@ -142,9 +142,9 @@ class ResourceConfig:
             raise ConfigError("resources.num_gpus_per_actor must be a fraction of one GPU (0 < x <= 1) or whole GPUs")
         if self.num_cpus_per_actor is not None and self.num_cpus_per_actor <= 0:
             raise ConfigError("resources.num_cpus_per_actor must be positive")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("resources.batch_size must be at least 1")
-        if self.max_tokens_per_forward < 512:
+        if self.max_tokens_per_forward is not None and self.max_tokens_per_forward < 512:
             raise ConfigError("resources.max_tokens_per_forward must be at least 512 (one full-length sequence)")
         if not 0 <= self.ner_window_overlap <= 256:
             raise ConfigError("resources.ner_window_overlap must be between 0 and 256 tokens")

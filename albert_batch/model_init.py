@@ -12,10 +12,11 @@ from albert_batch.config import Task
 
 log = logging.getLogger(__name__)
 
-# Factorised embeddings (E) and one shared layer group, as in the ALBERT paper.
+# Factorised embeddings (E) and one shared layer group, as in the ALBERT paper; no dropout, as in ALBERT v2
+# (on 2 CPU cores, dropout alone costs a fifth of the tiny model's training step).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"embedding_size": 64, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "intermediate_size": 256, "hidden_dropout_prob": 0.1},
+             "intermediate_size": 256},
     "base": {"embedding_size": 128, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072},
 }

@@ -318,11 +318,12 @@ class NerPredictor(Predictor):
         }
 
     def windows(self, length: int) -> list[int]:
-        """Start positions of the windows that cover ``length`` content tokens."""
+        """Start positions of the windows that cover ``length`` content tokens. Windows overlap by
+        ``window_overlap`` tokens, or by half a window for models trained on short windows."""
         size = self.max_length - 2
         if length <= size:
             return [0]
-        step = max(1, size - self.window_overlap)
+        step = size - min(self.window_overlap, size // 2)
         starts = list(range(0, length - size, step))
         return [*starts, length - size]
 

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from albert_batch.config import ResourceConfig
-from albert_batch.runner import GPU_BATCH_ROWS, GPU_TOKENS_PER_FORWARD
+from albert_batch.runner import CPU_BATCH_ROWS, CPU_TOKENS_PER_FORWARD, GPU_BATCH_ROWS, GPU_TOKENS_PER_FORWARD
 from benchmarks import workload
 from benchmarks.memory import GIB
 from benchmarks.report import save, steady_rate
@@ -146,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.gpu: nvidia-smi not found; is this a GPU machine? (--device cpu for a smoke test)")
         return 2
     # The batch and forward-pass sizes the pipeline's model actors get (see albert_batch.runner.size_stages).
-    batch_rows = GPU_BATCH_ROWS if use_gpu else ResourceConfig().batch_size
-    tokens_per_forward = GPU_TOKENS_PER_FORWARD if use_gpu else ResourceConfig().max_tokens_per_forward
+    batch_rows = GPU_BATCH_ROWS if use_gpu else CPU_BATCH_ROWS
+    tokens_per_forward = GPU_TOKENS_PER_FORWARD if use_gpu else CPU_TOKENS_PER_FORWARD
     work = Path(args.work).resolve()
     results = Path(args.results).resolve() if args.results else work / "gpu"
     results.mkdir(parents=True, exist_ok=True)

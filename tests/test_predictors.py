@@ -116,6 +116,14 @@ def test_window_starts_cover_every_token(tiny_models):
         assert all(b - a <= 510 - 128 for a, b in pairwise(starts))
 
 
+def test_short_window_models_overlap_by_half_a_window(tiny_models):
+    predictor = ours(tiny_models["ner"], Task.NER, window_overlap=128)
+    predictor.max_length = 130  # a model fine-tuned with --max-length 130: 128 content tokens per window
+    starts = predictor.windows(1000)
+    assert all(b - a == 64 for a, b in pairwise(starts[:-1])), "steps of half a window, never of one token"
+    assert starts[-1] == 1000 - 128 and len(starts) == 15
+
+
 def test_bf16_gives_the_same_labels_on_clear_cases(tiny_models):
     fp32 = ours(tiny_models["classifier"], Task.CLASSIFY)(TRICKY_TEXTS)
     bf16 = build_predictor(models.inspect(tiny_models["classifier"], Task.CLASSIFY), precision=Precision.BF16)

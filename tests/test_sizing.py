@@ -75,3 +75,11 @@ def test_explicit_batch_settings_win_on_cpus_too():
     config = RunConfig(**BASE, resources={"batch_size": 64, "max_tokens_per_forward": 4096})
     sizing = size_stages(config, {"CPU": 2})
     assert (sizing.batch_size, sizing.max_tokens_per_forward) == (64, 4096)
+
+
+@pytest.mark.parametrize("resources", [{}, {"num_gpus_per_actor": 0.25}])
+def test_any_explicit_batch_setting_wins_even_a_small_one(resources):
+    """Only an absent setting is derived: 256 rows and 2,048 tokens given explicitly are kept on GPUs too."""
+    config = RunConfig(**BASE, resources={**resources, "batch_size": 256, "max_tokens_per_forward": 2048})
+    sizing = size_stages(config, {"CPU": 16, "GPU": 1})
+    assert (sizing.batch_size, sizing.max_tokens_per_forward) == (256, 2048)

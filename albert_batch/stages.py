@@ -128,6 +128,11 @@ class ModelStage:
         # for small models). Read once, when torch loads its OpenMP runtime: this actor's first torch import.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if torch_threads:
+            # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
+            # threads. torch.set_num_threads here would reach only this thread's OpenMP setting; oneDNN's bf16
+            # matrix multiplies on the calling thread would still run on one core, idling the other a third of
+            # the time. The environment sets every thread's default, when torch loads OpenMP (below).
+            os.environ["OMP_NUM_THREADS"] = str(torch_threads)
             import torch
 
             torch.set_num_threads(torch_threads)

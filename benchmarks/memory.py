@@ -75,7 +75,7 @@ def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float) -> None:
 class TreeSampler:
     """Samples a process tree's memory and CPU time on a background thread until stopped."""
 
-    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
+    def __init__(self, pid: int, interval_s: float = 1.0) -> None:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.usage = TreeUsage()

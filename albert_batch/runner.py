@@ -59,9 +59,9 @@ CPUS_PER_MODEL_ACTOR = 8
 CPUS_PER_TOKENIZER_ACTOR = 64
 TOKENIZER_ACTORS_PER_GPU = 6
 # Rows per model batch: each batch is sorted by length and cut into forward passes, so larger batches pad
-# less (1,024 rows of log-normal lengths need ~15% less model time than 256 on CPUs). A GPU also needs far
-# larger forward passes than a CPU to amortise kernel launches and keep its cores busy.
-# On CPUs, forward passes of ~2k tokens keep the activations in cache (8k runs at half the speed).
+# less (1,024 rows of log-normal lengths need ~15% less model time than 256 on CPUs). On CPUs, forward passes
+# of ~2k tokens keep the activations in cache (8k runs at half the speed); a GPU needs far larger ones to
+# amortise kernel launches and keep its cores busy.
 CPU_BATCH_ROWS = 1024
 CPU_TOKENS_PER_FORWARD = 2048
 GPU_BATCH_ROWS = 4096

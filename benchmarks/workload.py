@@ -94,6 +94,9 @@ def texts_of_lengths(lengths: np.ndarray, tokenizer, seed: int) -> list[str]:
     return texts
 
 
+CORPUS_META = "_corpus.json"  # written last: a folder without it is an unfinished build
+
+
 @dataclass(frozen=True)
 class Corpus:
     """A benchmark corpus on disk and what its size means for the model."""
@@ -115,11 +118,8 @@ def build_corpus(root: Path, docs: int, models: Models, *, seed: int = SEED, fix
 
     shape = f"t{fixed_tokens}" if fixed_tokens else f"s{seed}"
     folder = root / f"corpus-{docs}-{shape}-{models.size}"
-    meta = folder / "_corpus.json"
-    if meta.exists():
-        return Corpus(**json.loads(meta.read_text()))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if (cached := _cached(folder)) is not None:
+        return cached
     tokenizer = AutoTokenizer.from_pretrained(models.classifier)
     lengths = np.full(docs, fixed_tokens) if fixed_tokens else token_lengths(docs, seed)
     texts = texts_of_lengths(lengths, tokenizer, seed)
@@ -131,10 +131,7 @@ def build_corpus(root: Path, docs: int, models: Models, *, seed: int = SEED, fix
     texts_file, tokens_file = root / f"{folder.name}.texts.json", root / f"{folder.name}.tokens.npy"
     texts_file.write_text(json.dumps(texts))
     np.save(tokens_file, lengths)
-    result = Corpus(folder=str(folder), docs=docs, real_tokens=int(lengths.sum()), mean_tokens=float(lengths.mean()),
-                    max_tokens=int(lengths.max()), texts_file=str(texts_file), tokens_file=str(tokens_file))
-    meta.write_text(json.dumps(result.__dict__))
-    return result
+    return _save(folder, lengths, texts_file=str(texts_file), tokens_file=str(tokens_file))
 
 
 def real_token_counts(texts: list[str], tokenizer) -> np.ndarray:
@@ -151,11 +148,8 @@ def build_streaming_corpus(root: Path, rows: int, base: Corpus, *, rows_per_file
     """``rows`` documents that cycle through ``base``'s texts, with unique ids, written file by file so
     that building it never holds more than one file in memory. For the bounded-memory check."""
     folder = root / f"stream-{rows}-{Path(base.folder).name}"
-    meta = folder / "_corpus.json"
-    if meta.exists():
-        return Corpus(**json.loads(meta.read_text()))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if (cached := _cached(folder)) is not None:
+        return cached
     texts = pa.array(load_texts(base), pa.string())
     lengths = np.resize(np.load(base.tokens_file), rows)
     for number, start in enumerate(range(0, rows, rows_per_file)):
@@ -164,10 +158,28 @@ def build_streaming_corpus(root: Path, rows: int, base: Corpus, *, rows_per_file
         pq.write_table(table, folder / f"part-{number:05d}.parquet")
     tokens_file = root / f"{folder.name}.tokens.npy"
     np.save(tokens_file, lengths)
-    result = Corpus(folder=str(folder), docs=rows, real_tokens=int(lengths.sum()), mean_tokens=float(lengths.mean()),
-                    max_tokens=int(lengths.max()), texts_file="", tokens_file=str(tokens_file))  # no texts file: only the pipeline reads it
-    meta.write_text(json.dumps(result.__dict__))
-    return result
+    # No texts file: only the pipeline reads this corpus.
+    return _save(folder, lengths, texts_file="", tokens_file=str(tokens_file))
+
+
+def _cached(folder: Path) -> Corpus | None:
+    """The corpus built earlier in ``folder``; None, with the folder emptied, when there is none."""
+    meta = folder / CORPUS_META
+    if meta.exists():
+        return Corpus(**json.loads(meta.read_text()))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return None
+
+
+def _save(folder: Path, lengths: np.ndarray, *, texts_file: str, tokens_file: str) -> Corpus:
+    """Describe the corpus just written to ``folder`` (real tokens per document in ``lengths``) and record
+    it, last, so that an interrupted build is never taken for a finished one."""
+    corpus_ = Corpus(folder=str(folder), docs=len(lengths), real_tokens=int(lengths.sum()),
+                     mean_tokens=float(lengths.mean()), max_tokens=int(lengths.max()), texts_file=texts_file,
+                     tokens_file=tokens_file)
+    (folder / CORPUS_META).write_text(json.dumps(corpus_.__dict__))
+    return corpus_
 
 
 def arrow_bytes(folder: str | Path) -> int:

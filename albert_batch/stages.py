@@ -66,6 +66,13 @@ def _load_predictors(model_uris: dict[Task, str], **kwargs: Any) -> dict[Task, P
     }
 
 
+def _use_the_system_allocator_for_arrow() -> None:
+    """Give this actor's Arrow buffers to the C library's allocator. pyarrow's default, mimalloc, keeps
+    freed pages in a long-lived actor: 150,000 rows through the pipeline peaked at 2.58 GiB with it and
+    2.42 GiB without (twice each)."""
+    pa.set_memory_pool(pa.system_memory_pool())
+
+
 def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
     """Place results of the accepted rows back at their row positions; other rows get ``fill``."""
     out = [fill] * size
@@ -83,6 +90,7 @@ class TokenizeStage:
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # read by the tokenizer on every call
+        _use_the_system_allocator_for_arrow()
         self.predictors = _load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -127,6 +135,7 @@ class ModelStage:
         # needs, and every op then waits a scheduler tick (2x slower for ALBERT-base on 2 busy cores, 10x
         # for small models). Read once, when torch loads its OpenMP runtime: this actor's first torch import.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _use_the_system_allocator_for_arrow()
         if torch_threads:
             # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
             # threads. torch.set_num_threads here would reach only this thread's OpenMP setting; oneDNN's bf16

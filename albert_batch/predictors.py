@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,49 +129,16 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     return swapped
 
 
-# Forward passes come in few shapes. Every new (rows, width) shape makes oneDNN and torch build and cache
-# new CPU kernels (bf16 matmul primitives and their buffers), which costs time and, over a long run, memory:
-# with passes cut to each batch's exact lengths, a model actor fed the same batches outside Ray grew from
-# 0.39 GiB after loading to 1.17 GiB after 60,000 rows and kept growing; with these shapes it stays at
-# 0.67 GiB (the same batches over and over give 0.64). Widths come from a fixed grid (`padded_widths`),
-# row counts are multiples of ROWS_MULTIPLE (but for the last pass of a call): ~100 shapes over 300 batches
-# of the benchmark corpus instead of ~330. The price is ~2% more padding tokens.
-ROWS_MULTIPLE = 4
-
-
-def padded_widths(lengths: np.ndarray, max_width: int) -> np.ndarray:
-    """The width each row is padded to: its length rounded up to a step of a sixteenth of its power of
-    two, at least 4 (4 up to 128 tokens, then 8 up to 256, 16 up to 512): 64 widths up to 512, each at most
-    4 tokens or 6.25% more than the row. Never beyond ``max_width`` (the model's longest input) unless the
-    row itself is longer."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    powers = np.frexp(np.maximum(lengths, 1))[1] - 1  # floor(log2(length))
-    steps = np.maximum(4, np.left_shift(1, np.maximum(powers - 4, 0)))
-    return np.maximum(lengths, np.minimum(-(-lengths // steps) * steps, max_width))
-
-
-@dataclass(frozen=True)
-class ForwardGroup:
-    """Rows (indices into the call's sequences) of one forward pass, and the width they are padded to."""
-
-    rows: np.ndarray
-    width: int
-
-
-def token_budget_batches(lengths: np.ndarray, max_tokens: int, *, max_width: int) -> list[ForwardGroup]:
-    """Rows grouped for forward passes: sorted by length, each group as many rows as fit in ``max_tokens``
-    once padded to its longest row's `padded_widths`, then cut to a multiple of `ROWS_MULTIPLE` rows unless
-    it is the last group. A row longer than ``max_tokens`` forms a group alone."""
+def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Row indices grouped for forward passes: sorted by length, each group as many rows as fit in
+    ``max_tokens`` once padded to its longest row (a longer row alone always gets its own group)."""
     order = np.argsort(lengths, kind="stable")
-    widths = padded_widths(lengths[order], max_width)
     groups, start = [], 0
     while start < len(order):
         stop = start + 1
-        while stop < len(order) and (stop - start + 1) * widths[stop] <= max_tokens:
+        while stop < len(order) and (stop - start + 1) * lengths[order[stop]] <= max_tokens:
             stop += 1
-        if stop < len(order) and stop - start >= ROWS_MULTIPLE:
-            stop -= (stop - start) % ROWS_MULTIPLE
-        groups.append(ForwardGroup(order[start:stop], int(widths[stop - 1])))
+        groups.append(order[start:stop])
         start = stop
     return groups
 
@@ -227,7 +193,7 @@ class Predictor(ABC):
 
     def forward(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Logits (float32 numpy) for each sequence, computed in `token_budget_batches` of at most
-        ``max_tokens_per_forward`` tokens, padding (to `padded_widths`) included.
+        ``max_tokens_per_forward`` tokens, padding included.
 
         On a GPU every forward pass is queued before any result is read back (copies go to pinned memory
         without blocking), so the device runs the passes back to back while the host prepares the next."""
@@ -235,23 +201,24 @@ class Predictor(ABC):
 
         assert self.model is not None, "predictor was built without its model"
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        groups = token_budget_batches(lengths, self.max_tokens_per_forward, max_width=self.max_length)
+        groups = token_budget_batches(lengths, self.max_tokens_per_forward)
         with torch.inference_mode():
             # ALBERT's token_type_ids default to zeros, as the tokenizer would give for one segment.
-            pending = [self._to_host(self.model(**self._padded(sequences, lengths, group)).logits) for group in groups]
+            pending = [self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits) for rows in groups]
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
         out: list[np.ndarray | None] = [None] * len(sequences)
-        for group, logits in zip(groups, pending, strict=True):
+        for rows, logits in zip(groups, pending, strict=True):
             values = logits.numpy()
-            for i, r in enumerate(group.rows):
+            for i, r in enumerate(rows):
                 out[r] = values[i, : lengths[r]] if values.ndim == 3 else values[i]
         return out  # type: ignore[return-value]
 
-    def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray, group: ForwardGroup) -> dict[str, torch.Tensor]:
-        ids = np.full((len(group.rows), group.width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(group.rows), group.width), dtype=np.int64)
-        for i, r in enumerate(group.rows):
+    def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        width = int(lengths[rows].max())
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
             ids[i, : lengths[r]] = sequences[r]
             mask[i, : lengths[r]] = 1
         return {"input_ids": self._to_device(ids), "attention_mask": self._to_device(mask)}

@@ -110,7 +110,7 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     import torch
     from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
 
-    from albert_batch.predictors import fuse_tanh_gelu
+    from albert_batch.predictors import fuse_tanh_gelu, token_budget_batches
 
     texts = json.loads(Path(texts_file).read_text())
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -119,7 +119,7 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     if tuned:
         fuse_tanh_gelu(net)
     rows = tokenizer(texts, truncation=True, verbose=False)["input_ids"]
-    batches = length_sorted_batches([len(r) for r in rows], tokens_per_forward)
+    batches = token_budget_batches(np.array([len(r) for r in rows]), tokens_per_forward)
     tensors = [_padded(rows, batch, tokenizer.pad_token_id) for batch in batches]
     with torch.inference_mode():
         for ids, mask in tensors[:2]:  # warm-up: first calls pick kernels
@@ -192,20 +192,6 @@ def _margin(scores: dict[str, float]) -> float:
     """Gap between the best and second-best label's score: how decisive a prediction is."""
     best = sorted(scores.values(), reverse=True)
     return best[0] - best[1] if len(best) > 1 else best[0]
-
-
-def length_sorted_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """The issue's hand-loop batching: rows sorted by length, each batch as many as fit in ``max_tokens``
-    padded to its longest row (exact widths; albert-batch's own passes pad to a coarser grid of widths)."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches, start = [], 0
-    while start < len(order):
-        stop = start + 1
-        while stop < len(order) and (stop - start + 1) * lengths[order[stop]] <= max_tokens:
-            stop += 1
-        batches.append(order[start:stop])
-        start = stop
-    return batches
 
 
 def _padded(rows: list[list[int]], batch: list[int], pad: int):

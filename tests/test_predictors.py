@@ -11,14 +11,7 @@ from transformers import AlbertForSequenceClassification, AlbertForTokenClassifi
 
 from albert_batch import models
 from albert_batch.config import Precision, Task
-from albert_batch.predictors import (
-    ROWS_MULTIPLE,
-    Encoder,
-    NerPredictor,
-    build_predictor,
-    padded_widths,
-    token_budget_batches,
-)
+from albert_batch.predictors import Encoder, NerPredictor, build_predictor, token_budget_batches
 from conftest import SCORE_TOLERANCE, TRICKY_TEXTS
 
 LONG_TEXT = " ".join(f"Anna Schmidt met Zhang Wei in Berlin, trip {i}, for Acme Corp." for i in range(150))
@@ -155,37 +148,12 @@ def test_the_rust_encoder_tokenizes_exactly_as_the_fast_tokenizer(tiny_models):
 
 def test_token_budget_batches_cover_every_row_once_within_the_budget():
     lengths = np.array([5, 300, 40, 512, 41, 7, 120, 510, 2, 64])
-    groups = token_budget_batches(lengths, 1024, max_width=512)
-    assert sorted(np.concatenate([g.rows for g in groups]).tolist()) == list(range(len(lengths)))
+    groups = token_budget_batches(lengths, 1024)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
     for group in groups:
-        assert lengths[group.rows].max() <= group.width <= 512
-        assert len(group.rows) == 1 or len(group.rows) * group.width <= 1024
-    widths = [g.width for g in groups]
+        assert len(group) == 1 or len(group) * lengths[group].max() <= 1024
+    widths = [lengths[g].max() for g in groups]
     assert widths == sorted(widths), "length-sorted: padding stays small"
-
-
-def test_forward_passes_come_in_few_shapes_at_a_small_padding_cost():
-    # Each new (rows, width) shape costs the model actor new CPU kernels that it keeps: shapes must repeat.
-    rng = np.random.default_rng(0)
-    widths_grid = set(padded_widths(np.arange(1, 513), 512).tolist())
-    assert len(widths_grid) == 64 and max(widths_grid) == 512
-    shapes, real, padded = set(), 0, 0
-    for _ in range(200):
-        lengths = np.minimum(rng.lognormal(3.6, 0.85, 1024).astype(int) + 3, 512)
-        groups = token_budget_batches(lengths, 2048, max_width=512)
-        for group in groups[:-1]:
-            assert len(group.rows) % ROWS_MULTIPLE == 0 or len(group.rows) < ROWS_MULTIPLE
-        shapes |= {(len(g.rows), g.width) for g in groups}
-        real += int(lengths.sum())
-        padded += sum(len(g.rows) * g.width for g in groups)
-    assert {w for _, w in shapes} <= widths_grid
-    assert len(shapes) < 120, f"{len(shapes)} shapes over 200 batches"
-    assert padded / real < 1.15
-
-
-def test_passes_never_pad_beyond_the_models_longest_input():
-    widths = padded_widths(np.array([120, 129, 130]), max_width=130)
-    assert widths.tolist() == [120, 130, 130]
 
 
 def test_bf16_models_run_the_fused_gelu_and_fp32_models_keep_hugging_faces(tiny_models):

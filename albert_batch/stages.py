@@ -68,8 +68,8 @@ def _load_predictors(model_uris: dict[Task, str], **kwargs: Any) -> dict[Task, P
 
 def _use_the_system_allocator_for_arrow() -> None:
     """Give this actor's Arrow buffers to the C library's allocator. pyarrow's default, mimalloc, keeps
-    freed pages in a long-lived actor: 150,000 rows through the pipeline peaked at 2.58 GiB with it and
-    2.42 GiB without (twice each)."""
+    freed pages in a long-lived actor: 150,000 rows through the pipeline peaked at 2.56 and 2.58 GiB with
+    it, 2.42 GiB without (see BENCHMARKS.md)."""
     pa.set_memory_pool(pa.system_memory_pool())
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,6 +157,7 @@ class Predictor(ABC):
         precision: Precision = Precision.FP32,
         use_gpu: bool = False,
         max_tokens_per_forward: int = 2048,
+        parallel_passes: int = 1,
         allow_pickle_weights: bool = False,
     ) -> None:
         self.info = info
@@ -163,6 +165,10 @@ class Predictor(ABC):
         self.max_length = info.max_length
         self.labels = info.labels
         self.max_tokens_per_forward = max_tokens_per_forward
+        if parallel_passes < 1:
+            raise ValueError(f"parallel_passes must be at least 1, got {parallel_passes}")
+        self.parallel_passes = parallel_passes
+        self._pass_pool: ThreadPoolExecutor | None = None
         self.model = None
         if load_model:
             import torch
@@ -196,23 +202,48 @@ class Predictor(ABC):
         ``max_tokens_per_forward`` tokens, padding included.
 
         On a GPU every forward pass is queued before any result is read back (copies go to pinned memory
-        without blocking), so the device runs the passes back to back while the host prepares the next."""
+        without blocking), so the device runs the passes back to back while the host prepares the next.
+        On a CPU with ``parallel_passes`` > 1, that many passes run at once, each on one thread."""
         import torch
 
         assert self.model is not None, "predictor was built without its model"
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         groups = token_budget_batches(lengths, self.max_tokens_per_forward)
-        with torch.inference_mode():
-            # ALBERT's token_type_ids default to zeros, as the tokenizer would give for one segment.
-            pending = [self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits) for rows in groups]
+
+        def one_pass(rows: np.ndarray) -> torch.Tensor:
+            with torch.inference_mode():  # per thread
+                # ALBERT's token_type_ids default to zeros, as the tokenizer would give for one segment.
+                return self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits)
+
+        if self.device.type == "cuda" or self.parallel_passes == 1:
+            pending = [one_pass(rows) for rows in groups]
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
+        else:  # longest rows first, so that no thread is left with a long pass at the end
+            pending = list(self._passes().map(one_pass, groups[::-1]))[::-1]
         out: list[np.ndarray | None] = [None] * len(sequences)
         for rows, logits in zip(groups, pending, strict=True):
             values = logits.numpy()
             for i, r in enumerate(rows):
                 out[r] = values[i, : lengths[r]] if values.ndim == 3 else values[i]
         return out  # type: ignore[return-value]
+
+    def _passes(self) -> ThreadPoolExecutor:
+        """The threads that run CPU forward passes side by side, each with torch on one thread.
+
+        On CPUs, N passes on one thread each beat one pass on N threads: torch's threads meet at a barrier
+        after every operator, so a thread that loses its core for a moment (to the tokenizer, Ray or
+        another job) stalls its siblings too, while side-by-side passes wait for nobody. ALBERT-base, bf16,
+        2 cores: ~5,400 tokens/s as two one-thread passes against ~4,500-5,100 as one two-thread pass (see
+        BENCHMARKS.md). ``torch.set_num_threads`` is process-wide, so this predictor's process runs torch on
+        one thread per calling thread from here on."""
+        if self._pass_pool is None:
+            import torch
+
+            self._pass_pool = ThreadPoolExecutor(
+                self.parallel_passes, thread_name_prefix="forward", initializer=torch.set_num_threads, initargs=(1,)
+            )
+        return self._pass_pool
 
     def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray) -> dict[str, torch.Tensor]:
         width = int(lengths[rows].max())

@@ -125,31 +125,27 @@ class ModelStage:
         model_uris: dict[Task, str],
         precision: Precision,
         use_gpu: bool,
-        torch_threads: int | None,
+        torch_threads: int,
         max_tokens_per_forward: int,
         window_overlap: int,
         allow_pickle_weights: bool = False,
     ):
-        # Threads that wait at OpenMP barriers sleep instead of spinning. Spinning wins only on cores nothing
-        # else wants; beside the tokenizer, Ray and other jobs, a spinner holds the core its late sibling
-        # needs, and every op then waits a scheduler tick (2x slower for ALBERT-base on 2 busy cores, 10x
-        # for small models). Read once, when torch loads its OpenMP runtime: this actor's first torch import.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         _use_the_system_allocator_for_arrow()
-        if torch_threads:
-            # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
-            # threads. torch.set_num_threads here would reach only this thread's OpenMP setting; oneDNN's bf16
-            # matrix multiplies on the calling thread would still run on one core, idling the other a third of
-            # the time. The environment sets every thread's default, when torch loads OpenMP (below).
-            os.environ["OMP_NUM_THREADS"] = str(torch_threads)
-            import torch
+        # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
+        # threads; torch reads the variable once, when it loads OpenMP (the first torch import below).
+        # On CPUs the predictor runs ``torch_threads`` forward passes side by side, one thread each, so
+        # torch stays on one thread. A GPU actor's torch gets its ``torch_threads`` for the ops left on the
+        # CPU; the environment sets every thread's default, where torch.set_num_threads reaches only this one.
+        os.environ["OMP_NUM_THREADS"] = str(torch_threads if use_gpu else 1)
+        import torch
 
-            torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads if use_gpu else 1)
         self.predictors = _load_predictors(
             model_uris,
             precision=precision,
             use_gpu=use_gpu,
             max_tokens_per_forward=max_tokens_per_forward,
+            parallel_passes=1 if use_gpu else torch_threads,
             window_overlap=window_overlap,
             allow_pickle_weights=allow_pickle_weights,
         )

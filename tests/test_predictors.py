@@ -167,3 +167,35 @@ def test_bf16_models_run_the_fused_gelu_and_fp32_models_keep_hugging_faces(tiny_
     assert not any(isinstance(m, NewGELUActivation) for m in bf16.model.modules())
     x = torch.linspace(-8, 8, 10_001)
     assert torch.allclose(torch.nn.GELU(approximate="tanh")(x), NewGELUActivation()(x), atol=1e-6), "the same formula"
+
+
+def test_cpu_passes_side_by_side_give_the_results_of_one_pass_at_a_time(tiny_models):
+    """A CPU model actor runs its forward passes side by side, torch on one thread in each; the results
+    must not change, and the passes must really spread over the threads."""
+    import threading
+
+    import torch
+
+    texts = [*TRICKY_TEXTS, LONG_TEXT] * 3
+    threads_before = torch.get_num_threads()
+    try:
+        for task, folder in ((Task.CLASSIFY, tiny_models["classifier"]), (Task.NER, tiny_models["ner"])):
+            want = ours(folder, task, max_tokens_per_forward=256)(texts)
+            predictor = ours(folder, task, max_tokens_per_forward=256, parallel_passes=2)
+            seen: set[tuple[str, int]] = set()
+            predictor.model.register_forward_hook(
+                lambda *_, seen=seen: seen.add((threading.current_thread().name, torch.get_num_threads())))
+            got = predictor(texts)
+            for a, b in zip(want, got, strict=True):
+                if task is Task.CLASSIFY:
+                    assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+                else:
+                    assert entity_tuples(a["entities"], hf=False) == entity_tuples(b["entities"], hf=False)
+            assert seen == {("forward_0", 1), ("forward_1", 1)}
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def test_parallel_passes_must_be_positive(tiny_models):
+    with pytest.raises(ValueError, match="parallel_passes must be at least 1"):
+        ours(tiny_models["classifier"], Task.CLASSIFY, parallel_passes=0)

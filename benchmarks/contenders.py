@@ -95,7 +95,7 @@ def albert_batch(task: str, model: str, corpus: str, output: str, precision: str
     table = "classifications" if tasks[0] is Task.CLASSIFY else "entities"
     batches = _finished_batches(Path(output) / table / "dt=bench", np.load(tokens_file))
     return {"seconds": summary.seconds, "wall_with_shutdown_s": wall, "rows": summary.accepted_rows,
-            "precision": summary.precision, "first_batch_done_s": batches[0][0] - started_epoch,
+            "precision": summary.precision, "stages": summary.stages, "first_batch_done_s": batches[0][0] - started_epoch,
             "last_batch_done_s": batches[-1][0] - started_epoch, "batches": batches}
 
 

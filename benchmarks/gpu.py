@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from albert_batch.runner import CPU_BATCH_ROWS, CPU_TOKENS_PER_FORWARD, GPU_BATCH_ROWS, GPU_TOKENS_PER_FORWARD
+from albert_batch.runner import BATCH_ROWS, CPU_TOKENS_PER_FORWARD, GPU_TOKENS_PER_FORWARD
 from benchmarks import workload
 from benchmarks.memory import GIB
 from benchmarks.report import save, steady_rate
@@ -88,15 +88,16 @@ class GpuSampler:
 
 def pipeline_summary(result: dict[str, Any], corpus: workload.Corpus, samples: list) -> dict[str, Any]:
     """Sequences/s overall and between the first and last finished model batch, with GPU busy % there."""
-    batches = result["batches"]
-    steady_tokens, steady_rows = steady_rate(batches), steady_rate(batches, of="rows")
+    batches, actors = result["batches"], result["stages"]["model_actors"]
+    steady_tokens = steady_rate(batches, actors=actors)
+    steady_rows = steady_rate(batches, of="rows", actors=actors)
     return {
         "docs": corpus.docs, "mean_tokens": round(corpus.mean_tokens, 1), "seconds": round(result["seconds"], 2),
         "sequences_per_s": round(corpus.docs / result["seconds"], 1),
         "steady_sequences_per_s": round(steady_rows, 1) if steady_rows else None,
         "steady_tokens_per_s": round(steady_tokens, 1) if steady_tokens else None,
         "first_batch_done_s": round(result["first_batch_done_s"], 2), "batches": len(batches),
-        "steady_gpu_busy_pct": busy_between(samples, batches[0][0], batches[-1][0]) if len(batches) > 1 else None,
+        "steady_gpu_busy_pct": busy_between(samples, batches[actors - 1][0], batches[-1][0]) if steady_rows else None,
         "precision": result["precision"],
     }
 
@@ -145,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.gpu: nvidia-smi not found; is this a GPU machine? (--device cpu for a smoke test)")
         return 2
     # The batch and forward-pass sizes the pipeline's model actors get (see albert_batch.runner.size_stages).
-    batch_rows = GPU_BATCH_ROWS if use_gpu else CPU_BATCH_ROWS
     tokens_per_forward = GPU_TOKENS_PER_FORWARD if use_gpu else CPU_TOKENS_PER_FORWARD
     work = Path(args.work).resolve()
     results = Path(args.results).resolve() if args.results else work / "gpu"
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     with GpuSampler(enabled=use_gpu) as gpu:
         ceiling, _ = run_child("model_ceiling", {"model": models.classifier, "texts_file": distinct.texts_file,
                                                  "use_gpu": use_gpu, "seconds": args.ceiling_seconds,
-                                                 "batch_rows": batch_rows,
+                                                 "batch_rows": BATCH_ROWS,
                                                  "tokens_per_forward": args.tokens_per_forward or tokens_per_forward},
                                 log_file)
         report["ceiling"] = {"sequences_per_s": round(ceiling["sequences"] / ceiling["seconds"], 1),

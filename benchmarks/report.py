@@ -16,16 +16,17 @@ AGREEMENT_TARGETS = {"label_agreement": 0.995, "entity_span_agreement": 0.99}
 RATIO_BASELINES = {"vs_hf_default": "hf_default", "vs_hf_batch32": "hf_batch32", "vs_ray_docs": "ray_docs"}
 
 
-def steady_rate(batches: list[list[float]], *, of: str = "tokens") -> float | None:
-    """Tokens (or rows) per second between the first and the last finished model batch, from the
-    [finish time, rows, tokens] of each: start-up and the final write are excluded. None for a single
-    batch. With one model actor (as on a small machine) this is the model stage's own pace, since the
-    tokenizer runs far ahead of it."""
-    if len(batches) < 2:
+def steady_rate(batches: list[list[float]], *, of: str = "tokens", actors: int = 1) -> float | None:
+    """Tokens (or rows) per second of the model stage once every actor has finished its first batch,
+    from the [finish time, rows, tokens] of each batch in time order: the work finished after the
+    ``actors``-th batch over the time from it to the last. Start-up, each actor's first batch and the
+    final write are excluded. None without a batch after those. The tokenizer runs far ahead of the
+    model, so this is the model stage's own pace."""
+    if len(batches) <= actors:
         return None
     column = {"rows": 1, "tokens": 2}[of]
-    elapsed = batches[-1][0] - batches[0][0]
-    return sum(b[column] for b in batches[1:]) / elapsed if elapsed > 0 else None
+    elapsed = batches[-1][0] - batches[actors - 1][0]
+    return sum(b[column] for b in batches[actors:]) / elapsed if elapsed > 0 else None
 
 
 def ratios(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -40,7 +41,8 @@ def ratios(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name, baseline in RATIO_BASELINES.items():
             other = by_key.get((docs, task, baseline))
             row[name] = round(ours["tokens_per_s"] / other["tokens_per_s"], 2) if other else None
-        steady = steady_rate(ours["details"].get("batches", []))
+        actors = ours["details"].get("stages", {}).get("model_actors", 1)
+        steady = steady_rate(ours["details"].get("batches", []), actors=actors)
         loops = [by_key[k]["tokens_per_s"] for k in ((docs, task, "hand_loop"), (docs, task, "hand_loop_tuned"))
                  if k in by_key]
         hand = max(loops, default=None)  # the best hand loop, plain or with the pipeline's model-level tuning

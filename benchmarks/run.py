@@ -30,6 +30,8 @@ from benchmarks.report import markdown, ratios, save
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("hf_default", "hf_batch32", "ray_docs", "albert_batch", "hand_loop", "hand_loop_tuned", "agreement")
+# On the steady-state corpus only albert-batch and the hand loops run (the others would take most of an hour).
+STEADY_CONTENDERS = ("albert_batch", "hand_loop", "hand_loop_tuned")
 RAY_DOCS_BATCH_ROWS = 64
 
 
@@ -131,13 +133,16 @@ def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
     models = custom_models(args) or workload.build_models(work, args.size)
     measurements: list[Measurement] = []
     corpora, agreements = [], []
-    for docs in args.docs:
+    runs = [(docs, args.contenders) for docs in args.docs]
+    if args.steady_docs:
+        runs.append((args.steady_docs, [c for c in args.contenders if c in STEADY_CONTENDERS]))
+    for docs, contenders in runs:
         corpus = workload.build_corpus(work, docs, models)
         corpora.append(corpus.__dict__)
         print(f"corpus: {docs} docs, {corpus.real_tokens} real tokens (mean {corpus.mean_tokens:.1f}, "
               f"max {corpus.max_tokens})", flush=True)
         for task in args.tasks:
-            for contender in args.contenders:
+            for contender in contenders:
                 name, params = contender_params(contender, task, models, corpus, work, args)
                 if contender == "agreement":
                     agreements.append(measure_agreement(task, corpus, params, log_file))
@@ -204,6 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", type=int, nargs="+", help="corpus sizes (default 384 2000; 384 with --quick)")
     parser.add_argument("--tasks", help="comma-separated: classify,ner (default both; classify with --quick)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated subset of {CONTENDERS}")
+    parser.add_argument("--steady-docs", type=int, metavar="N",
+                        help="a corpus of N documents for the steady state, run by albert-batch and the hand loops "
+                             "only (default 12000: three model batches; 0 to skip; skipped with --quick)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the fastest counts (default 1)")
     parser.add_argument("--precision", default="auto", help="albert-batch's --precision (default auto)")
     parser.add_argument("--streaming-rows", type=int, metavar="N",
@@ -215,6 +223,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.size = args.size or ("tiny" if args.quick or args.streaming_rows else "base")
     args.docs = args.docs or ([384] if args.quick else [384, 2000])
+    if args.steady_docs is None:
+        args.steady_docs = 0 if args.quick else 12_000
     args.tasks = [t.strip() for t in (args.tasks or ("classify" if args.quick else "classify,ner")).split(",") if t.strip()]
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = sorted(set(args.contenders) - set(CONTENDERS)) + sorted(set(args.tasks) - {"classify", "ner"})

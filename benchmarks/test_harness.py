@@ -29,6 +29,16 @@ def test_steady_rate_counts_the_work_after_the_first_batch():
     assert report.steady_rate(batches[:1]) is None, "one batch has no pace"
 
 
+def test_steady_rate_waits_for_every_actor_s_first_batch():
+    """Two actors start together: their first batches finish together, and counting the second of them
+    against the time since the first would overstate the pace."""
+    batches = [[100.0, 10, 1000], [100.5, 10, 1000], [102.0, 10, 1000], [102.5, 10, 1000], [104.0, 10, 1000],
+               [104.5, 10, 1000]]
+    assert report.steady_rate(batches, actors=2) == 1000.0
+    assert report.steady_rate(batches) > 1100.0
+    assert report.steady_rate(batches[:2], actors=2) is None
+
+
 def measurement(contender, tokens_per_s, **details):
     return {"docs": 2000, "task": "classify", "contender": contender, "tokens_per_s": tokens_per_s, "details": details}
 

@@ -12,6 +12,8 @@ import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
 from albert_batch import RunConfig, run
+from albert_batch.inputs import plan_input
+from albert_batch.runner import read_input
 from conftest import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
 
 LONG = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
@@ -84,6 +86,7 @@ def test_every_input_row_lands_in_exactly_one_place(tmp_path, tiny_models, ray_c
     assert len(meta["models"]["classify"]["weights_sha256"]) == 64
     assert {"ray", "transformers", "torch", "pyarrow", "python"} <= set(meta["versions"])
     assert sum(meta["label_counts"].values()) == 237
+    assert meta["stages"] == summary.stages and summary.stages["model_actors"] >= 1, "the layout that ran"
 
 
 def test_fp32_results_match_the_reference_pipelines_end_to_end(tmp_path, tiny_models, ray_cluster):
@@ -161,6 +164,18 @@ def test_a_corpus_of_only_rejects_still_publishes_typed_empty_partitions(tmp_pat
     assert len(read_published(out, "rejects")) == 3
     files = list((out / "classifications/dt=2026-11-01").glob("*.parquet"))
     assert len(files) == 1 and pq.read_schema(files[0]).field("id").type == pa.int32()
+
+
+def test_one_input_file_reaches_the_stages_in_blocks_of_one_batch(tmp_path, tiny_models, ray_cluster):
+    """Ray Data's map stages write blocks of up to 128 MiB, so a whole file would reach the model stage as
+    one task, on one actor; batch-sized blocks spread it over every actor."""
+    (tmp_path / "input").mkdir()
+    write_corpus(tmp_path / "input/part.parquet", list(range(1000)), [f"text number {i}" for i in range(1000)])
+    settings = config(tmp_path, tiny_models)
+    plan = plan_input(settings.input_location, id_column="id", text_column="text")
+    ds = read_input(settings, plan, rows_per_block=128)
+    sizes = [len(block) for block in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
+    assert sum(sizes) == 1000 and max(sizes) <= 128 and len(sizes) >= 8, sizes
 
 
 def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):

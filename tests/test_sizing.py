@@ -43,7 +43,7 @@ def test_one_tokenizer_actor_feeds_many_cpu_model_cores(cpus):
     sizing = size_stages(RunConfig(**BASE), {"CPU": cpus})
     assert sizing.tokenizer_actors == 1
     assert sizing.torch_threads == cpus // sizing.model_actors
-    assert (sizing.batch_size, sizing.max_tokens_per_forward) == (1024, 2048), "big batches pad less"
+    assert (sizing.batch_size, sizing.max_tokens_per_forward) == (4096, 2048), "big batches pad less"
 
 
 def test_torch_threads_follow_explicit_cpus_per_actor():

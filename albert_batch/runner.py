@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from albert_batch import models, publish, storage
 from albert_batch.config import RunConfig, Task
-from albert_batch.errors import AlbertBatchError, PublishError
+from albert_batch.errors import AlbertBatchError, ConfigError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
 from albert_batch.models import ModelInfo
 from albert_batch.output import REJECTS, TASK_TABLES, StagingSink, parquet_bytes, schema, tables_for
@@ -88,16 +88,30 @@ def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
     """Derive the stage layout from the cluster's resources; settings in ``config.resources`` win.
 
     Ray Data's list, read and write tasks each ask for a whole logical CPU, so the actors' reservations
-    leave one CPU free or the pipeline would deadlock. Logical reservations only schedule: a CPU model
+    leave one CPU free or the pipeline would deadlock; settings that would not raise ConfigError. Logical reservations only schedule: a CPU model
     actor runs torch on its whole share of the cores (tokenizing and I/O take little).
     CPU clusters: one model actor per 8 CPUs, one tokenizer actor per 64 CPUs.
     GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
-    it, several tokenizer actors per GPU on the CPUs left, and GPU-sized batches and forward passes."""
+    it, several tokenizer actors per GPU on the CPUs left, and GPU-sized forward passes."""
     res = config.resources
     cpus = max(1.0, float(cluster.get("CPU", os.cpu_count() or 1)))
     spare = max(0.5, cpus - 1.0)  # what the actors may reserve between them
     if res.num_gpus_per_actor > 0:
-        return _size_gpu_stages(config, spare, float(cluster.get("GPU", 0.0)))
+        sizing = _size_gpu_stages(config, spare, float(cluster.get("GPU", 0.0)))
+    else:
+        sizing = _size_cpu_stages(config, cpus, spare)
+    reserved = sizing.model_actors * sizing.cpus_per_model_actor + sizing.tokenizer_actors * sizing.cpus_per_tokenizer_actor
+    if reserved > spare + 1e-6:
+        raise ConfigError(
+            f"resources: the model and tokenizer actors would reserve {reserved:g} of the cluster's {cpus:g} CPUs, "
+            f"leaving less than the whole CPU that Ray Data's read and write tasks need: the run would wait "
+            f"forever. Lower num_cpus_per_actor, model_actors or tokenizer_actors (at most {spare:g} CPUs in all)"
+        )
+    return sizing
+
+
+def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizing:
+    res = config.resources
     actors = res.model_actors or max(1, int(cpus // CPUS_PER_MODEL_ACTOR))
     cpus_per_actor = res.num_cpus_per_actor or spare * 0.75 / actors
     threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(cpus // actors)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from albert_batch import RunConfig
+from albert_batch.errors import ConfigError
 from albert_batch.runner import size_stages
 
 BASE = {"input": "/in", "output": "/out", "classifier_model": "c", "ner_model": "n"}
@@ -28,6 +29,13 @@ def test_fractional_gpus_put_several_replicas_on_each_gpu():
     assert sizing.tokenizer_actors >= 2
     reserved = sizing.model_actors * sizing.cpus_per_model_actor + sizing.tokenizer_actors * sizing.cpus_per_tokenizer_actor
     assert reserved <= 15 + 1e-9
+
+
+def test_settings_that_leave_no_cpu_for_io_tasks_are_refused_not_left_to_hang():
+    config = RunConfig(**BASE, resources={"num_cpus_per_actor": 1})
+    with pytest.raises(ConfigError, match="read and write tasks need"):
+        size_stages(config, {"CPU": 2})
+    assert size_stages(config, {"CPU": 4}).cpus_per_model_actor == 1
 
 
 def test_explicit_settings_win():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +144,26 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarra
     return groups
 
 
+def pass_threads(count: int) -> ThreadPoolExecutor:
+    """``count`` threads that run CPU forward passes side by side, each with torch on one thread.
+
+    On CPUs, N passes on one thread each beat one pass on N threads: torch's threads meet at a barrier
+    after every operator, so a thread that loses its core for a moment (to the tokenizer, Ray or another
+    job) stalls its siblings too, while side-by-side passes wait for nobody. ALBERT-base, bf16, 2 cores:
+    ~5,400 tokens/s as two one-thread passes against ~4,500-5,100 as one two-thread pass (see
+    BENCHMARKS.md). ``torch.set_num_threads`` is process-wide, so the process runs torch on one thread per
+    calling thread from then on."""
+    import torch
+
+    return ThreadPoolExecutor(count, thread_name_prefix="forward", initializer=torch.set_num_threads, initargs=(1,))
+
+
+def map_longest_first(pool: ThreadPoolExecutor, one_pass: Callable[[Any], Any], groups: Sequence[Any]) -> list[Any]:
+    """``one_pass`` over length-sorted ``groups`` on ``pool``, the longest first so that no thread is left
+    with a long pass at the end; results in the groups' order."""
+    return list(pool.map(one_pass, groups[::-1]))[::-1]
+
+
 class Predictor(ABC):
     """Base of the two task predictors. It owns the device, the dtype and `torch.inference_mode`."""
 
@@ -219,31 +239,15 @@ class Predictor(ABC):
             pending = [one_pass(rows) for rows in groups]
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
-        else:  # longest rows first, so that no thread is left with a long pass at the end
-            pending = list(self._passes().map(one_pass, groups[::-1]))[::-1]
+        else:
+            self._pass_pool = self._pass_pool or pass_threads(self.parallel_passes)
+            pending = map_longest_first(self._pass_pool, one_pass, groups)
         out: list[np.ndarray | None] = [None] * len(sequences)
         for rows, logits in zip(groups, pending, strict=True):
             values = logits.numpy()
             for i, r in enumerate(rows):
                 out[r] = values[i, : lengths[r]] if values.ndim == 3 else values[i]
         return out  # type: ignore[return-value]
-
-    def _passes(self) -> ThreadPoolExecutor:
-        """The threads that run CPU forward passes side by side, each with torch on one thread.
-
-        On CPUs, N passes on one thread each beat one pass on N threads: torch's threads meet at a barrier
-        after every operator, so a thread that loses its core for a moment (to the tokenizer, Ray or
-        another job) stalls its siblings too, while side-by-side passes wait for nobody. ALBERT-base, bf16,
-        2 cores: ~5,400 tokens/s as two one-thread passes against ~4,500-5,100 as one two-thread pass (see
-        BENCHMARKS.md). ``torch.set_num_threads`` is process-wide, so this predictor's process runs torch on
-        one thread per calling thread from here on."""
-        if self._pass_pool is None:
-            import torch
-
-            self._pass_pool = ThreadPoolExecutor(
-                self.parallel_passes, thread_name_prefix="forward", initializer=torch.set_num_threads, initargs=(1,)
-            )
-        return self._pass_pool
 
     def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray) -> dict[str, torch.Tensor]:
         width = int(lengths[rows].max())

@@ -88,8 +88,9 @@ def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
     """Derive the stage layout from the cluster's resources; settings in ``config.resources`` win.
 
     Ray Data's list, read and write tasks each ask for a whole logical CPU, so the actors' reservations
-    leave one CPU free or the pipeline would deadlock; settings that would not raise ConfigError. Logical reservations only schedule: a CPU model
-    actor runs torch on its whole share of the cores (tokenizing and I/O take little).
+    leave one CPU free or the pipeline would deadlock; settings that would not raise ConfigError. Logical
+    reservations only schedule: a CPU model actor runs torch on its whole share of the cores (tokenizing
+    and I/O take little).
     CPU clusters: one model actor per 8 CPUs, one tokenizer actor per 64 CPUs.
     GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
     it, several tokenizer actors per GPU on the CPUs left, and GPU-sized forward passes."""

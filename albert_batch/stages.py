@@ -136,10 +136,11 @@ class ModelStage:
         # On CPUs the predictor runs ``torch_threads`` forward passes side by side, one thread each, so
         # torch stays on one thread. A GPU actor's torch gets its ``torch_threads`` for the ops left on the
         # CPU; the environment sets every thread's default, where torch.set_num_threads reaches only this one.
-        os.environ["OMP_NUM_THREADS"] = str(torch_threads if use_gpu else 1)
+        omp_threads = torch_threads if use_gpu else 1
+        os.environ["OMP_NUM_THREADS"] = str(omp_threads)
         import torch
 
-        torch.set_num_threads(torch_threads if use_gpu else 1)
+        torch.set_num_threads(omp_threads)
         self.predictors = _load_predictors(
             model_uris,
             precision=precision,

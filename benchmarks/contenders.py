@@ -105,12 +105,10 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     (padding included), torch on every core. It does no I/O and no postprocessing. ``tuned`` adds what
     albert-batch's CPU model actors do on top: the fused GELU, and one forward pass per core side by side,
     each on one thread, instead of one pass on every core."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
     from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
 
-    from albert_batch.predictors import fuse_tanh_gelu, token_budget_batches
+    from albert_batch.predictors import fuse_tanh_gelu, map_longest_first, pass_threads, token_budget_batches
 
     texts = json.loads(Path(texts_file).read_text())
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -127,12 +125,12 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
         with torch.inference_mode():
             return net(input_ids=inputs[0], attention_mask=inputs[1]).logits.float().numpy()
 
-    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) if tuned else None
+    pool = pass_threads(threads) if tuned else None
 
     def run_all(items: list[tuple[Any, Any]]) -> list[np.ndarray]:
         if pool is None:
             return [one_pass(inputs) for inputs in items]
-        return list(pool.map(one_pass, items[::-1]))  # longest first, as the actors do
+        return map_longest_first(pool, one_pass, items)
 
     run_all(tensors[: 2 * threads])  # warm-up: first calls pick kernels, on every thread
     started = time.perf_counter()

@@ -188,7 +188,7 @@ class Predictor(ABC):
         if parallel_passes < 1:
             raise ValueError(f"parallel_passes must be at least 1, got {parallel_passes}")
         self.parallel_passes = parallel_passes
-        self._pass_pool: ThreadPoolExecutor | None = None
+        self._pass_pool = pass_threads(parallel_passes) if parallel_passes > 1 else None
         self.model = None
         if load_model:
             import torch
@@ -235,12 +235,11 @@ class Predictor(ABC):
                 # ALBERT's token_type_ids default to zeros, as the tokenizer would give for one segment.
                 return self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits)
 
-        if self.device.type == "cuda" or self.parallel_passes == 1:
+        if self.device.type == "cuda" or self._pass_pool is None:
             pending = [one_pass(rows) for rows in groups]
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
         else:
-            self._pass_pool = self._pass_pool or pass_threads(self.parallel_passes)
             pending = map_longest_first(self._pass_pool, one_pass, groups)
         out: list[np.ndarray | None] = [None] * len(sequences)
         for rows, logits in zip(groups, pending, strict=True):

@@ -8,7 +8,7 @@ import datetime as dt
 import re
 import secrets
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +23,17 @@ from albert_batch.storage import Location
 class Task(StrEnum):
     CLASSIFY = "classify"
     NER = "ner"
+
+
+CLASSIFICATIONS = "classifications"
+ENTITIES = "entities"
+REJECTS = "rejects"
+TASK_TABLES = {Task.CLASSIFY: CLASSIFICATIONS, Task.NER: ENTITIES}
+
+
+def tables_for(tasks: Iterable[Task]) -> list[str]:
+    """The output tables a run of ``tasks`` writes: one per task, then the rejects."""
+    return [TASK_TABLES[Task(t)] for t in tasks] + [REJECTS]
 
 
 class Precision(StrEnum):

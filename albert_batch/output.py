@@ -21,19 +21,12 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from albert_batch import storage
-from albert_batch.config import Task
+from albert_batch.config import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_TABLES, Task
 from albert_batch.stages import ENTITY_TYPE, SCORES_TYPE, TIMESTAMP_TYPE
 from albert_batch.storage import Location
 
-CLASSIFICATIONS = "classifications"
-ENTITIES = "entities"
-REJECTS = "rejects"
-TASK_TABLES = {Task.CLASSIFY: CLASSIFICATIONS, Task.NER: ENTITIES}
 SAMPLE_ENTITIES_PER_WRITE = 5
 
-
-def tables_for(tasks: Iterable[Task]) -> list[str]:
-    return [TASK_TABLES[t] for t in tasks] + [REJECTS]
 
 
 def schema(table: str, id_type: pa.DataType) -> pa.Schema:

@@ -15,11 +15,11 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from albert_batch import models, publish, storage
-from albert_batch.config import RunConfig, Task
+from albert_batch.config import REJECTS, TASK_TABLES, RunConfig, Task, tables_for
 from albert_batch.errors import AlbertBatchError, ConfigError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
 from albert_batch.models import ModelInfo
-from albert_batch.output import REJECTS, TASK_TABLES, StagingSink, parquet_bytes, schema, tables_for
+from albert_batch.output import StagingSink, parquet_bytes, schema
 from albert_batch.predictors import describe_precision
 from albert_batch.stages import ModelStage, TokenizeStage
 

@@ -27,7 +27,8 @@ from albert_batch.storage import Location
 def validate_partition(output: str | os.PathLike | Location, partition_path: str, tasks: Iterable[Task | str],
                        *, run_id: str | None = None) -> dict[str, Any]:
     """Validate every table of one published partition; return the run summary from its manifests."""
-    from albert_batch.output import REJECTS, TASK_TABLES, schema, tables_for
+    from albert_batch.config import REJECTS, TASK_TABLES, tables_for
+    from albert_batch.output import schema
 
     root = output if isinstance(output, Location) else Location.parse(os.fspath(output), what="output")
     tasks = [Task(t) for t in tasks]

@@ -1,6 +1,6 @@
 """The DAG files and their YAML configs, as Airflow's DAG processor sees them: every file imports, each
-generated DAG has the expected tasks in order, and a bad config is an import error that names the file
-and the mistake."""
+generated DAG has the expected tasks in order, and a bad config becomes a DAG that fails naming the file
+and the mistake, without taking the other configs' DAGs down."""
 
 from __future__ import annotations
 
@@ -58,6 +58,20 @@ def test_a_dag_is_generated_for_each_config_file(monkeypatch, tmp_path):
         "s3://out/alpha/classifications", "s3://out/alpha/rejects"}
 
 
+GOOD = ("dag_id: corpus_good\ninput: s3://in/good/dt={{ ds }}/\noutput: s3://out/good\nstart_date: 2026-01-01\n"
+        "tasks: [classify]\nclassifier_model: s3://m/c\n")
+
+
+def invalid_config_failure(dag) -> str:
+    """The message the invalid_config_dag's only task fails with."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    assert list(dag.task_dict) == ["invalid_config"]
+    with pytest.raises(AirflowFailException) as failure:
+        dag.task_dict["invalid_config"].execute(context={})
+    return str(failure.value)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("dag_id: x\ninput: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\nner_model: m\ntasks: [ner]\nshedule: '@daily'\n",
      "unknown setting(s) shedule"),
@@ -69,22 +83,61 @@ def test_a_dag_is_generated_for_each_config_file(monkeypatch, tmp_path):
      "run: {precision: fp8}\n", "precision 'fp8' is not one of"),
     ("dag_id: x\ninput: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\nner_model: m\ntasks: [ner]\n"
      "job: {timeout_minutes: 5}\n", "unknown job setting(s) timeout_minutes"),
-    ("input: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\n", "missing required setting(s) dag_id"),
+    ("dag_id: x\ninput: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\nner_model: m\ntasks: [ner]\n"
+     "schedule: '@dialy'\n", "@dialy"),
 ])
-def test_a_bad_config_is_an_import_error_naming_the_file_and_the_mistake(monkeypatch, tmp_path, text, message):
+def test_a_bad_config_becomes_a_dag_that_fails_naming_the_file_and_the_mistake(monkeypatch, tmp_path, text, message):
     (tmp_path / "broken.yaml").write_text(text)
+    (tmp_path / "good.yaml").write_text(GOOD)
     bag = dagbag(monkeypatch, tmp_path)
-    [(path, error)] = bag.import_errors.items()
-    assert path.endswith("albert_batch_dags.py")
-    assert str(tmp_path / "broken.yaml") in error and message in error
+    assert bag.import_errors == {}
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in bag.dags["corpus_good"].tasks} == EXPECTED_FLOW
+    broken = bag.dags["x"]  # keeps its dag_id, so a DAG that was running stays where the team looks
+    assert "invalid-config" in broken.tags and message in broken.description
+    failure = invalid_config_failure(broken)
+    assert str(tmp_path / "broken.yaml") in failure and message in failure
+    assert broken.task_dict["invalid_config"].retries == 0
 
 
-def test_two_configs_with_one_dag_id_are_refused(monkeypatch, tmp_path):
+def test_an_invalid_config_keeps_its_schedule_so_its_runs_fail_until_it_is_mended(monkeypatch, tmp_path):
+    (tmp_path / "broken.yaml").write_text("dag_id: x\ninput: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\n"
+                                          "schedule: '@hourly'\ntasks: [ner]\n")
+    dag = dagbag(monkeypatch, tmp_path).dags["x"]
+    assert dag.schedule == "@hourly" and dag.start_date == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert not dag.catchup
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("dag_id: [unclosed\n", "is not valid YAML"),
+    ("input: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\n", "missing required setting(s) dag_id"),
+    ("- a list\n", "must hold a mapping"),
+])
+def test_a_config_without_a_usable_dag_id_is_named_after_its_file_and_runs_by_hand_only(
+        monkeypatch, tmp_path, text, message):
+    (tmp_path / "broken file.yaml").write_text(text)
+    (tmp_path / "good.yaml").write_text(GOOD)
+    bag = dagbag(monkeypatch, tmp_path)
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["corpus_good", "invalid_config.broken_file"]
+    dag = bag.dags["invalid_config.broken_file"]
+    assert dag.schedule is None
+    assert message in invalid_config_failure(dag)
+
+
+def test_two_configs_with_one_dag_id_keep_the_first_and_the_second_fails(monkeypatch, tmp_path):
     for name in ("a", "b"):
         (tmp_path / f"{name}.yaml").write_text("dag_id: same\ninput: s3://i/\noutput: s3://o\n"
                                                "start_date: 2026-01-01\nner_model: m\ntasks: [ner]\n")
-    [error] = dagbag(monkeypatch, tmp_path).import_errors.values()
-    assert "dag_id 'same' is already used" in error
+    bag = dagbag(monkeypatch, tmp_path)
+    assert bag.import_errors == {}
+    assert list(bag.dags["same"].task_dict) == list(EXPECTED_FLOW)
+    failure = invalid_config_failure(bag.dags["invalid_config.b"])
+    assert str(tmp_path / "b.yaml") in failure and "dag_id 'same' is already used" in failure
+
+
+def test_a_missing_config_folder_is_an_import_error(monkeypatch, tmp_path):
+    [error] = dagbag(monkeypatch, tmp_path / "nowhere").import_errors.values()
+    assert f"DAG config folder {tmp_path / 'nowhere'} does not exist" in error
 
 
 def test_the_job_gets_the_run_settings_with_templates_left_for_airflow():

@@ -5,24 +5,30 @@ Each DAG run handles the partition of its logical date::
     wait_for_input >> run_batch_job >> validate_output >> publish
 
 Every key of a config file is listed in `DagSpec` (unknown keys are refused, naming the file), and
-the run settings are checked with `albert_batch.RunConfig` when the DAG is parsed, so a mistake shows
-as an import error in the Airflow UI instead of a failed run at night.
+the run settings are checked with `albert_batch.RunConfig` when the DAG is parsed. A config that cannot
+be used does not take the other configs' DAGs down with it: it becomes a DAG of one task,
+``invalid_config``, that fails with the mistake (see `invalid_config_dag`), instead of a job that
+fails at night or DAGs that silently vanish.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from albert_batch.config import RunConfig, load_yaml
+from albert_batch.config import RunConfig, load_yaml, tables_for
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
 
+log = logging.getLogger(__name__)
+
 TEMPLATE = re.compile(r"{{.*?}}")
+DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 RUN_KEYS = ("precision", "text_column", "id_column", "model_actors", "num_gpus_per_actor", "allow_pickle_weights")
 JOB_KEYS = ("timeout_hours", "poll_seconds", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
             "entrypoint_resources", "runtime_env")
@@ -57,20 +63,13 @@ class DagSpec:
 
     def __post_init__(self) -> None:
         where = f"DAG config {self.source}"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", str(self.dag_id)):
+        if not DAG_ID.fullmatch(str(self.dag_id)):
             raise ConfigError(f"{where}: dag_id {self.dag_id!r} must be letters, digits, '_', '.' or '-'")
         for name, allowed in (("run", RUN_KEYS), ("job", JOB_KEYS), ("wait_for_input", WAIT_KEYS)):
             unknown = sorted(set(getattr(self, name)) - set(allowed))
             if unknown:
                 raise ConfigError(f"{where}: unknown {name} setting(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
-        start = self.start_date
-        if isinstance(start, dt.date) and not isinstance(start, dt.datetime):
-            start = dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC)
-        if not isinstance(start, dt.datetime):
-            raise ConfigError(f"{where}: start_date must be a date (2026-11-01) or a datetime with a time zone")
-        if start.tzinfo is None:
-            raise ConfigError(f"{where}: start_date {start} has no time zone; write e.g. 2026-11-01T00:00:00+00:00")
-        object.__setattr__(self, "start_date", start)
+        object.__setattr__(self, "start_date", aware_start_date(self.start_date, where))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "tags", tuple(self.tags))
         try:
@@ -117,8 +116,19 @@ class DagSpec:
     def table_uris(self) -> dict[str, str]:
         """Each output table's root as an Asset URI."""
         root = Location.parse(self.output, what="output")
-        tables = [{"classify": "classifications", "ner": "entities"}[t] for t in self.tasks] + ["rejects"]
-        return {t: (f"file://{root.child(t).path}" if root.scheme == "file" else root.child(t).uri) for t in tables}
+        return {t: (f"file://{root.child(t).path}" if root.scheme == "file" else root.child(t).uri)
+                for t in tables_for(self.tasks)}
+
+
+def aware_start_date(value: Any, where: str) -> dt.datetime:
+    """A config's ``start_date``: a date (midnight UTC) or a datetime with a time zone."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    if not isinstance(value, dt.datetime):
+        raise ConfigError(f"{where}: start_date must be a date (2026-11-01) or a datetime with a time zone")
+    if value.tzinfo is None:
+        raise ConfigError(f"{where}: start_date {value} has no time zone; write e.g. 2026-11-01T00:00:00+00:00")
+    return value
 
 
 def build_dag(spec: DagSpec) -> Any:
@@ -130,6 +140,7 @@ def build_dag(spec: DagSpec) -> Any:
     job, wait = dict(spec.job), dict(spec.wait_for_input)
     entrypoint = {k: job[k] for k in JOB_KEYS if k.startswith("entrypoint_") and job.get(k) is not None}
     with DAG(
+        auto_register=False,  # dags_from_folder hands the module only the DAGs that passed its checks
         dag_id=spec.dag_id,
         description=spec.description or f"albert-batch: {', '.join(spec.tasks)} for {spec.input} -> {spec.output}",
         schedule=spec.schedule,
@@ -163,20 +174,71 @@ def build_dag(spec: DagSpec) -> Any:
     return dag
 
 
-def specs_in(folder: str | Path) -> Iterator[DagSpec]:
+def invalid_config_dag(path: Path, error: Exception, taken: Mapping[str, Any]) -> Any:
+    """The DAG that stands in for a config that cannot be used: one task, ``invalid_config``, that fails
+    with ``error`` (never retried), tagged ``invalid-config``, the mistake in its description.
+
+    It keeps the config's ``dag_id``, ``schedule`` and ``start_date`` where they can be read, so a DAG
+    that was running keeps its place in the UI and its scheduled runs fail (and alert) until the file
+    is mended; otherwise it is ``invalid_config.<file name>``, run by hand only."""
+    from airflow.sdk import DAG
+
+    from albert_batch.airflow.operators import InvalidConfigOperator
+
+    try:
+        raw = load_yaml(path)
+    except ConfigError:
+        raw = {}
+    dag_id, schedule, start_date = raw.get("dag_id"), None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    if isinstance(dag_id, str) and DAG_ID.fullmatch(dag_id) and dag_id not in taken:
+        try:
+            schedule, start_date = raw.get("schedule", "@daily"), aware_start_date(raw.get("start_date"), str(path))
+        except ConfigError:
+            pass
+    else:
+        dag_id = "invalid_config." + re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:180]
+    message = str(error) if str(path) in str(error) else f"DAG config {path}: {error}"
+
+    def build(schedule: Any) -> Any:
+        with DAG(auto_register=False, dag_id=dag_id, schedule=schedule, start_date=start_date, catchup=False,
+                 max_active_runs=1, description=message[:500], tags=["albert-batch", "invalid-config"],
+                 doc_md=f"**{message}**") as dag:
+            InvalidConfigOperator(task_id="invalid_config", message=message, retries=0)
+        dag.validate()
+        return dag
+
+    try:
+        return build(schedule)
+    except Exception:  # Airflow refused the schedule: it may be the very mistake
+        return build(None)
+
+
+def config_files(folder: str | Path) -> list[Path]:
     """Every ``*.yaml``/``*.yml`` DAG config in ``folder``, in name order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"DAG config folder {folder} does not exist")
-    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        yield DagSpec.from_yaml(path)
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
 
 
 def dags_from_folder(folder: str | Path) -> dict[str, Any]:
-    """Build a DAG for every config in ``folder``; two configs with one dag_id are refused."""
+    """A DAG for every config in ``folder``. A config that cannot be used (bad YAML, an unknown or invalid
+    setting, a ``dag_id`` another file already uses) is logged and becomes an `invalid_config_dag`; the
+    other configs' DAGs are built as usual."""
     dags: dict[str, Any] = {}
-    for spec in specs_in(folder):
-        if spec.dag_id in dags:
-            raise ConfigError(f"DAG config {spec.source}: dag_id {spec.dag_id!r} is already used by another file")
-        dags[spec.dag_id] = build_dag(spec)
+    for path in config_files(folder):
+        try:
+            spec = DagSpec.from_yaml(path)
+            if spec.dag_id in dags:
+                raise ConfigError(f"DAG config {path}: dag_id {spec.dag_id!r} is already used by another file")
+            dag = build_dag(spec)
+            try:
+                dag.validate()  # what the DAG processor checks after the import, the schedule among it
+            except Exception as err:
+                raise ConfigError(f"DAG config {path}: Airflow refused the DAG (schedule {spec.schedule!r}): {err}") from err
+            dags[spec.dag_id] = dag
+        except Exception as err:  # one bad file must not take the other DAGs down
+            log.error("DAG config %s cannot be used: %s", path, err)
+            dag = invalid_config_dag(path, err, dags)
+            dags[dag.dag_id] = dag
     return dags

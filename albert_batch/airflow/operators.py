@@ -215,3 +215,17 @@ class PublishPartitionOperator(BaseOperator):
         self.log.info("published %s (run %s): %s", summary["partition"], summary["run_id"],
                       ", ".join(f"{n} {t['rows']} rows" for n, t in summary["tables"].items()))
         return summary
+
+
+class InvalidConfigOperator(BaseOperator):
+    """The one task of a DAG whose config cannot be used (`albert_batch.airflow.dags.invalid_config_dag`):
+    it fails, never retried, with the config's mistake."""
+
+    ui_color = "#f4a6a6"
+
+    def __init__(self, *, message: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.message = message
+
+    def execute(self, context: Any) -> NoReturn:
+        raise AirflowFailException(self.message)

@@ -8,7 +8,9 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import duckdb
 import pyarrow.dataset as ds
@@ -301,6 +304,65 @@ def test_killing_a_deferred_task_stops_its_job(connections, ray_head):
                             deadline=(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat())
     asyncio.run(trigger.on_kill())
     _wait_for_status(ray_head, sid, "STOPPED")
+
+
+def copied_lines(sid: str, task_log: str) -> list[str]:
+    """The job's lines in the task log, as the triggerer writes them."""
+    return re.findall(rf"\[ray job {re.escape(sid)}\] ([^\n]*?)(?:\s*\[|\s*$)", task_log, flags=re.MULTILINE)
+
+
+def test_the_trigger_copies_a_running_job_s_log_line_by_line_once(connections, ray_head, capsys):
+    from albert_batch.airflow.hooks import RayJobHook
+    from albert_batch.airflow.triggers import LOG_TAIL_LINES, RayJobTrigger
+
+    sid = f"talker-{secrets.token_hex(4)}"
+    script = "import time\nfor i in range(60):\n    print(f'line {i}', flush=True)\n    time.sleep(0.05)\n"
+    RayJobHook().submit(entrypoint=f"python -c {shlex.quote(script)}", submission_id=sid, metadata={},
+                        runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+    trigger = RayJobTrigger(submission_id=sid, ray_conn_id="ray_default", poll_interval=0.5,
+                            deadline=(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat())
+    event = asyncio.run(_first_event(trigger))
+    assert event.payload["status"] == "SUCCEEDED"
+    task_log = capsys.readouterr().out
+    assert "cannot follow the log" not in task_log  # streamed, not fetched at the end
+    job_lines = [line for line in copied_lines(sid, task_log) if line.startswith("line ")]
+    assert job_lines == [f"line {i}" for i in range(60)]  # every line, in order, once
+    assert event.payload["log_tail"].splitlines()[-3:] == ["line 57", "line 58", "line 59"]
+    assert len(event.payload["log_tail"].splitlines()) <= LOG_TAIL_LINES
+
+
+def test_without_a_log_stream_the_log_is_copied_once_when_the_job_ends(connections, ray_head, capsys):
+    from albert_batch.airflow.hooks import RayJobHook
+    from albert_batch.airflow.triggers import RayJobTrigger
+
+    class NoWebSockets(RayJobHook):  # a proxy in front of the dashboard that refuses WebSocket upgrades
+        async def afollow_logs(self, submission_id):
+            raise ConnectionError("WebSocket upgrade refused")
+            yield
+
+    sid = f"talker-{secrets.token_hex(4)}"
+    RayJobHook().submit(entrypoint="python -c \"print('first'); print('last')\"", submission_id=sid, metadata={},
+                        runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+    trigger = RayJobTrigger(submission_id=sid, ray_conn_id="ray_default", poll_interval=0.5,
+                            deadline=(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat())
+    with mock.patch("albert_batch.airflow.triggers.RayJobHook", NoWebSockets):
+        event = asyncio.run(_first_event(trigger))
+    assert event.payload["status"] == "SUCCEEDED"
+    lines = copied_lines(sid, capsys.readouterr().out)  # Ray's own lines ("Runtime env is setting up") first
+    assert lines[-2:] == ["first", "last"] and lines.count("first") == 1
+
+
+def test_the_job_log_is_cut_into_whole_lines_whatever_the_chunks():
+    from albert_batch.airflow.triggers import JobLog
+
+    shown: list[str] = []
+    log = JobLog("j", mock.Mock(info=lambda fmt, sid, line: shown.append(line)))
+    for chunk in ("alpha\nbe", "ta\r\n", "", "gam", "ma"):
+        log.add(chunk)
+    assert shown == ["alpha", "beta"]
+    log.add_rest("alpha\nbeta\r\ngamma\ndelta")  # the whole log, fetched once: only what is new is shown
+    log.close()
+    assert shown == ["alpha", "beta", "gamma", "delta"] and list(log.tail) == shown
 
 
 def _wait_for_status(head: RayHead, sid: str, status: str, timeout: float = 60) -> None:

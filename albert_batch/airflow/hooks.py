@@ -11,6 +11,7 @@ sent as a bearer header and never logged, put in trigger arguments or in XCom.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -158,7 +159,23 @@ class RayJobHook(BaseHook):
         return RayJob.from_api(await self._arequest("GET", f"/api/jobs/{submission_id}"))
 
     async def alogs(self, submission_id: str) -> str:
+        """The job's whole log so far."""
         return (await self._arequest("GET", f"/api/jobs/{submission_id}/logs")).get("logs", "")
+
+    async def afollow_logs(self, submission_id: str) -> AsyncIterator[str]:
+        """The job's log from its start, chunk by chunk as the driver writes it, until the job ends (Ray
+        closes the stream then): each byte is sent once, however long the job runs."""
+        import aiohttp
+
+        address, headers = dashboard_endpoint(await self.aget_connection(self.ray_conn_id))
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.ws_connect(f"{address}/api/jobs/{submission_id}/logs/tail") as stream:
+                async for message in stream:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        yield message.data
+                    elif message.type == aiohttp.WSMsgType.ERROR:
+                        raise JobFailed(f"the log stream of Ray job {submission_id} broke: "
+                                        f"{_without_secrets(stream.exception(), headers)}")
 
     async def astop(self, submission_id: str) -> bool:
         return bool((await self._arequest("POST", f"/api/jobs/{submission_id}/stop")).get("stopped"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from albert_batch.airflow.hooks import TERMINAL_STATUSES, AwsS3Hook, RayJobHook
 
 LOG_TAIL_LINES = 40
+LOG_DRAIN_S = 10.0  # how long an ended job's log stream may take to deliver its last lines
 TIMEOUT = "TIMEOUT"
 
 
@@ -23,9 +25,46 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class JobLog:
+    """The part of a job's log copied into the task log so far: whole lines only, each once, and the last
+    `LOG_TAIL_LINES` kept for the trigger's event."""
+
+    def __init__(self, submission_id: str, log: Any) -> None:
+        self.submission_id = submission_id
+        self.log = log
+        self.chars = 0  # characters of the job's log received so far
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._partial = ""
+
+    def add(self, chunk: str) -> None:
+        self.chars += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split("\n")
+        for line in lines:
+            self._show(line)
+
+    def add_rest(self, whole_log: str) -> None:
+        """Catch up from the whole log, fetched once (when the stream was not available)."""
+        self.add(whole_log[self.chars:] if len(whole_log) >= self.chars else whole_log)
+
+    def close(self) -> None:
+        if self._partial:
+            self._show(self._partial)
+            self._partial = ""
+
+    def _show(self, line: str) -> None:
+        line = line.rstrip("\r")
+        self.log.info("[ray job %s] %s", self.submission_id, line)
+        self.tail.append(line)
+
+
 class RayJobTrigger(BaseTrigger):
-    """Polls a Ray job until it ends or ``deadline`` passes (then stops it), copying new log lines into the
-    task log as they appear. Fires one event: ``{"status", "submission_id", "message", "exit_code", "log_tail"}``."""
+    """Polls a Ray job until it ends or ``deadline`` passes (then stops it), copying its log into the task
+    log line by line as the job writes it. Fires one event: ``{"status", "submission_id", "message",
+    "exit_code", "log_tail"}``.
+
+    The log comes from Ray's streaming endpoint, so a long job's log is sent once, not again on every
+    poll. Where the stream cannot be opened (a proxy without WebSockets), the log is fetched once, when
+    the job ends."""
 
     def __init__(self, *, submission_id: str, ray_conn_id: str, deadline: str, poll_interval: float = 30.0) -> None:
         super().__init__()
@@ -42,37 +81,56 @@ class RayJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = RayJobHook(self.ray_conn_id)
         deadline = dt.datetime.fromisoformat(self.deadline)
-        shown = 0
-        while True:
-            job = await hook.ajob(self.submission_id)
-            logs = await hook.alogs(self.submission_id)
-            shown = self._show_new_lines(logs, shown)
-            if job.status in TERMINAL_STATUSES:
-                yield TriggerEvent(self._event(job.status, job.message, job.driver_exit_code, logs))
-                return
-            if _now() >= deadline:
-                self.log.error("Ray job %s is still %s at its deadline %s; stopping it",
-                               self.submission_id, job.status, self.deadline)
-                await hook.astop(self.submission_id)
-                yield TriggerEvent(self._event(TIMEOUT, f"stopped at its deadline {self.deadline}", None, logs))
-                return
-            await asyncio.sleep(self.poll_interval)
+        log = JobLog(self.submission_id, self.log)
+        follower = asyncio.create_task(self._follow(hook, log))
+        try:
+            while True:
+                job = await hook.ajob(self.submission_id)
+                if job.status in TERMINAL_STATUSES:
+                    await self._finish(hook, log, follower)
+                    yield TriggerEvent(self._event(job.status, job.message, job.driver_exit_code, log))
+                    return
+                if _now() >= deadline:
+                    self.log.error("Ray job %s is still %s at its deadline %s; stopping it",
+                                   self.submission_id, job.status, self.deadline)
+                    await hook.astop(self.submission_id)
+                    await self._finish(hook, log, follower)
+                    yield TriggerEvent(self._event(TIMEOUT, f"stopped at its deadline {self.deadline}", None, log))
+                    return
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            follower.cancel()
 
     async def on_kill(self) -> None:
         """The user killed the deferred task (marked it failed, cleared it): stop the Ray job too."""
         self.log.warning("task killed; stopping Ray job %s", self.submission_id)
         await RayJobHook(self.ray_conn_id).astop(self.submission_id)
 
-    def _show_new_lines(self, logs: str, shown: int) -> int:
-        if len(logs) < shown:  # the log was rotated or truncated: start over
-            shown = 0
-        for line in logs[shown:].splitlines():
-            self.log.info("[ray job %s] %s", self.submission_id, line)
-        return len(logs)
+    async def _follow(self, hook: RayJobHook, log: JobLog) -> bool:
+        """Copy the log stream into ``log`` until the job ends; False if the stream could not be used."""
+        try:
+            async for chunk in hook.afollow_logs(self.submission_id):
+                log.add(chunk)
+        except Exception as err:  # the job's outcome does not depend on its log: carry on polling
+            self.log.warning("cannot follow the log of Ray job %s (%s); it is copied when the job ends",
+                             self.submission_id, err)
+            return False
+        return True
 
-    def _event(self, status: str, message: str | None, exit_code: int | None, logs: str) -> dict[str, Any]:
+    async def _finish(self, hook: RayJobHook, log: JobLog, follower: asyncio.Task) -> None:
+        """Let the stream deliver the log's last lines (Ray closes it once the job ends), or fetch the rest."""
+        try:
+            streamed = await asyncio.wait_for(asyncio.shield(follower), LOG_DRAIN_S)
+        except TimeoutError:
+            streamed = False
+        if not streamed:
+            follower.cancel()
+            log.add_rest(await hook.alogs(self.submission_id))
+        log.close()
+
+    def _event(self, status: str, message: str | None, exit_code: int | None, log: JobLog) -> dict[str, Any]:
         return {"status": status, "submission_id": self.submission_id, "message": message or "",
-                "exit_code": exit_code, "log_tail": "\n".join(logs.splitlines()[-LOG_TAIL_LINES:])}
+                "exit_code": exit_code, "log_tail": "\n".join(log.tail)}
 
 
 class InputPartitionTrigger(BaseTrigger):

@@ -5,6 +5,7 @@ Each does one thing by calling the library or a hook; the waiting happens in `al
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -118,8 +119,7 @@ class RayBatchJobOperator(BaseOperator):
             self._defer(job.submission_id, started)
         ti = context["ti"]
         sid = submission_id(ti.dag_id, partition_path, ti.try_number, {j.submission_id for j in jobs})
-        run_config = RunConfig(**{**self.run_settings, "run_id": sid})
-        entrypoint = shlex.join(run_argv(run_config))
+        entrypoint = shlex.join(run_argv(dataclasses.replace(config, run_id=sid)))
         metadata = {META_OUTPUT: output, META_PARTITION: partition_path, META_FINGERPRINT: fingerprint,
                     META_RUN_ID: sid, META_AIRFLOW: f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try{ti.try_number}"}
         self.log.info("submitting Ray job %s: %s", sid, entrypoint)
@@ -140,6 +140,7 @@ class RayBatchJobOperator(BaseOperator):
             self.log.info("Ray job %s succeeded; last lines of its log:\n%s", sid, event.get("log_tail", ""))
             from albert_batch.config import RunConfig
 
+            # A resumed task is a new process: the settings are read again, with the job's run id.
             partition_path = RunConfig(**{**self.run_settings, "run_id": sid}).partition_path
             return self._result(sid, sid, partition_path, reused=False)
         err = JobFailed(f"Ray job {sid} ended {status}: {event.get('message') or 'no message'}\n"

@@ -62,9 +62,9 @@ class RayJobTrigger(BaseTrigger):
     log line by line as the job writes it. Fires one event: ``{"status", "submission_id", "message",
     "exit_code", "log_tail"}``.
 
-    The log comes from Ray's streaming endpoint, so a long job's log is sent once, not again on every
-    poll. Where the stream cannot be opened (a proxy without WebSockets), the log is fetched once, when
-    the job ends."""
+    The log comes from Ray's streaming endpoint, so a long job's log is not sent again on every poll.
+    When the job ends, the whole log is fetched once to copy anything the stream did not deliver (all of
+    it behind a proxy without WebSockets)."""
 
     def __init__(self, *, submission_id: str, ray_conn_id: str, deadline: str, poll_interval: float = 30.0) -> None:
         super().__init__()
@@ -106,26 +106,23 @@ class RayJobTrigger(BaseTrigger):
         self.log.warning("task killed; stopping Ray job %s", self.submission_id)
         await RayJobHook(self.ray_conn_id).astop(self.submission_id)
 
-    async def _follow(self, hook: RayJobHook, log: JobLog) -> bool:
-        """Copy the log stream into ``log`` until the job ends; False if the stream could not be used."""
+    async def _follow(self, hook: RayJobHook, log: JobLog) -> None:
+        """Copy the log stream into ``log`` until the job ends."""
         try:
             async for chunk in hook.afollow_logs(self.submission_id):
                 log.add(chunk)
         except Exception as err:  # the job's outcome does not depend on its log: carry on polling
             self.log.warning("cannot follow the log of Ray job %s (%s); it is copied when the job ends",
                              self.submission_id, err)
-            return False
-        return True
 
     async def _finish(self, hook: RayJobHook, log: JobLog, follower: asyncio.Task) -> None:
-        """Let the stream deliver the log's last lines (Ray closes it once the job ends), or fetch the rest."""
+        """Let the stream deliver the log's last lines (Ray closes it once the job ends), then copy whatever
+        it did not deliver from the whole log, fetched this once."""
         try:
-            streamed = await asyncio.wait_for(asyncio.shield(follower), LOG_DRAIN_S)
+            await asyncio.wait_for(asyncio.shield(follower), LOG_DRAIN_S)
         except TimeoutError:
-            streamed = False
-        if not streamed:
             follower.cancel()
-            log.add_rest(await hook.alogs(self.submission_id))
+        log.add_rest(await hook.alogs(self.submission_id))
         log.close()
 
     def _event(self, status: str, message: str | None, exit_code: int | None, log: JobLog) -> dict[str, Any]:

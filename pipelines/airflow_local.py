@@ -13,12 +13,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,38 +71,9 @@ def prepare(today: dt.date) -> Path:
     return configs
 
 
-def start_ray(token: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    temp_dir = tempfile.mkdtemp(prefix="albert-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    with open(HERE / "ray-head.log", "wb") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={port}", f"--temp-dir={temp_dir}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(request, timeout=5).close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop(process)
-                sys.exit(f"the Ray head did not start; see {HERE / 'ray-head.log'}")
-            time.sleep(1)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from albert_batch.local_ray import start_head, stop_process_group
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--airflow-port", type=int, default=8080)
     parser.add_argument("--ray-dashboard-port", type=int, default=8265)
@@ -122,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         token_file.write_text(secrets.token_hex(16))
         token_file.chmod(0o600)
     token = token_file.read_text().strip()
-    ray_head = start_ray(token, args.ray_dashboard_port)
+    try:
+        ray_head = start_head(token=token, dashboard_port=args.ray_dashboard_port, log=HERE / "ray-head.log")
+    except RuntimeError as err:
+        sys.exit(str(err))
     home = HERE / "airflow-home"
     env = {
         **os.environ,
@@ -152,8 +122,8 @@ Starting Airflow (standalone); Ctrl-C stops Airflow and Ray.
     except KeyboardInterrupt:
         return 0
     finally:
-        stop(airflow)
-        stop(ray_head)
+        stop_process_group(airflow)
+        ray_head.stop()
 
 
 if __name__ == "__main__":

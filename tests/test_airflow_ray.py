@@ -11,14 +11,9 @@ import os
 import re
 import secrets
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
+from albert_batch.local_ray import LocalRayHead, start_head
 from conftest import FAKE_KEY_ID, FAKE_SECRET, TRICKY_TEXTS, free_port, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -37,58 +33,20 @@ VENV_BIN = Path(sys.executable).parent
 DAY = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
 
-@dataclass(frozen=True)
-class RayHead:
-    address: str
-    token: str
-    log: Path
-
-    def jobs(self) -> list[dict[str, Any]]:
-        request = urllib.request.Request(f"{self.address}/api/jobs/", headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-
 @pytest.fixture(scope="module")
-def ray_head(s3_endpoint: str) -> Any:
-    """`ray start --head --block` in its own process group (so teardown stops exactly this cluster), with
-    token auth, the moto credentials in its environment and the venv's `albert-batch` on its PATH."""
-    token = secrets.token_hex(16)
-    dashboard = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    log = Path(temp_dir) / "ray-start.log"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    head = RayHead(f"http://127.0.0.1:{dashboard}", token, log)
+def ray_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A local Ray head (`albert_batch.local_ray`) on free ports, with the moto credentials in its environment."""
+    head = start_head(token=secrets.token_hex(16), dashboard_port=free_port(),
+                      log=tmp_path_factory.mktemp("ray") / "ray-start.log",
+                      extra_args=[f"--port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2"])
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                head.jobs()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the Ray head did not come up:\n{log.read_text()[-3000:]}") from None
-                time.sleep(1)
         yield head
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop()
 
 
 @pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch, ray_head: RayHead, s3: str) -> None:
+def connections(monkeypatch: pytest.MonkeyPatch, ray_head: LocalRayHead, s3: str) -> None:
     """`ray_default` and `aws_default` as a deployment defines them: environment variables."""
     monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps(
         {"conn_type": "ray", "host": ray_head.address, "password": ray_head.token}))
@@ -102,7 +60,7 @@ def airflow_db() -> None:
     subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, timeout=300)
 
 
-def partition_jobs(head: RayHead, partition: str, output: str = "s3://results/reviews") -> list[dict[str, Any]]:
+def partition_jobs(head: LocalRayHead, partition: str, output: str = "s3://results/reviews") -> list[dict[str, Any]]:
     """The cluster's jobs for one output partition (other tests' jobs share the head)."""
     return [j for j in head.jobs() if (j.get("metadata") or {}).get("albert_batch.partition") == partition
             and j["metadata"].get("albert_batch.output") == output]
@@ -251,7 +209,7 @@ def _published_run_ids(s3: str, day: str) -> list[str]:
     return sorted(r[0] for r in rows)
 
 
-def sleeping_job(head: RayHead, partition: str, seconds: int = 300) -> str:
+def sleeping_job(head: LocalRayHead, partition: str, seconds: int = 300) -> str:
     """A long job on the cluster that claims ``partition`` of ``s3://results/reviews``."""
     from albert_batch.airflow.hooks import RayJobHook
     from albert_batch.airflow.operators import META_OUTPUT, META_PARTITION
@@ -263,7 +221,7 @@ def sleeping_job(head: RayHead, partition: str, seconds: int = 300) -> str:
     return sid
 
 
-def job_status(head: RayHead, sid: str) -> str:
+def job_status(head: LocalRayHead, sid: str) -> str:
     return next(j["status"] for j in head.jobs() if j["submission_id"] == sid)
 
 
@@ -365,7 +323,7 @@ def test_the_job_log_is_cut_into_whole_lines_whatever_the_chunks():
     assert shown == ["alpha", "beta", "gamma", "delta"] and list(log.tail) == shown
 
 
-def _wait_for_status(head: RayHead, sid: str, status: str, timeout: float = 60) -> None:
+def _wait_for_status(head: LocalRayHead, sid: str, status: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while job_status(head, sid) != status:
         assert time.monotonic() < deadline, f"job {sid} is {job_status(head, sid)}, not {status}"

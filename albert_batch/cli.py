@@ -25,6 +25,19 @@ EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 log = logging.getLogger("albert_batch")
 
 
+# Every `ResourceConfig` setting, as a flag: ``--model-actors N`` and so on (the Airflow operator submits
+# its runs as command lines, so each setting needs one).
+RESOURCE_FLAGS = {
+    "model_actors": ("N", "model actors (default: from cluster resources)"),
+    "num_gpus_per_actor": ("X", "GPUs per model actor, fractions allowed (default: 0)"),
+    "num_cpus_per_actor": ("X", "CPUs per model actor (default: from cluster resources)"),
+    "tokenizer_actors": ("N", "tokenizer actors (default: from cluster resources)"),
+    "batch_size": ("ROWS", "rows per model batch (default: 4096)"),
+    "max_tokens_per_forward": ("TOKENS", "tokens per forward pass, padding included (default: 2048 on CPUs)"),
+    "ner_window_overlap": ("TOKENS", "overlap of the windows a long NER text is cut into (default: 128)"),
+}
+assert set(RESOURCE_FLAGS) == {f.name for f in dataclasses.fields(ResourceConfig)}, "a resource setting without a flag"
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-batch", description="Batch ALBERT classification and NER on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'auto' or host:port to join a cluster (default: embedded local Ray, or RAY_ADDRESS)")
     run.add_argument("--allow-pickle-weights", action="store_true", default=None,
                      help="accept pytorch_model.bin weights (runs pickle: only for models you trust)")
-    run.add_argument("--model-actors", type=int, metavar="N", help="model actors (default: from cluster resources)")
-    run.add_argument("--num-gpus-per-actor", type=float, metavar="X", help="GPUs per model actor, fractions allowed")
+    for name, (metavar, text) in RESOURCE_FLAGS.items():
+        run.add_argument(f"--{name.replace('_', '-')}", type=float if name.startswith("num_") else int, metavar=metavar,
+                         help=text)
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
@@ -87,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    resources = {k: v for k, v in (("model_actors", args.model_actors), ("num_gpus_per_actor", args.num_gpus_per_actor))
-                 if v is not None}
+    resources = {name: getattr(args, name) for name in RESOURCE_FLAGS if getattr(args, name) is not None}
     return RunConfig.from_sources(
         args.config,
         input=args.input,
@@ -124,17 +137,11 @@ def run_argv(config: RunConfig) -> list[str]:
         argv += ["--ray-address", config.ray_address]
     if config.allow_pickle_weights:
         argv.append("--allow-pickle-weights")
-    resources, defaults = config.resources, ResourceConfig()
-    if resources.model_actors is not None:
-        argv += ["--model-actors", str(resources.model_actors)]
-    if resources.num_gpus_per_actor:
-        argv += ["--num-gpus-per-actor", repr(resources.num_gpus_per_actor)]
-    flagless = sorted(f.name for f in dataclasses.fields(ResourceConfig)
-                      if f.name not in ("model_actors", "num_gpus_per_actor")
-                      and getattr(resources, f.name) != getattr(defaults, f.name))
-    if flagless:
-        raise ConfigError(f"resources {', '.join(flagless)} have no command-line flag; keep their defaults or "
-                          "put them in a --config file that the job can read")
+    defaults = ResourceConfig()
+    for name in RESOURCE_FLAGS:
+        value = getattr(config.resources, name)
+        if value != getattr(defaults, name):
+            argv += [f"--{name.replace('_', '-')}", repr(value)]
     return argv
 
 

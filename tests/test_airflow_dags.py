@@ -141,10 +141,11 @@ def test_a_missing_config_folder_is_an_import_error(monkeypatch, tmp_path):
 
 
 def test_the_job_gets_the_run_settings_with_templates_left_for_airflow():
-    settings = spec(run={"precision": "bf16", "model_actors": 2}, partition={"dt": "{{ ds }}", "hour": "00"}).run_settings()
+    settings = spec(run={"precision": "bf16", "model_actors": 2, "batch_size": 1024},
+                    partition={"dt": "{{ ds }}", "hour": "00"}).run_settings()
     assert settings["input"] == "s3://corpus/reviews/dt={{ ds }}/"
     assert settings["partition"] == {"dt": "{{ ds }}", "hour": "00"}
-    assert settings["precision"] == "bf16" and settings["resources"] == {"model_actors": 2}
+    assert settings["precision"] == "bf16" and settings["resources"] == {"model_actors": 2, "batch_size": 1024}
     task = build_dag(spec(run={"precision": "bf16"})).task_dict["run_batch_job"]
     assert task.run_settings["input"] == "s3://corpus/reviews/dt={{ ds }}/"
     assert task.entrypoint_resources == {"entrypoint_num_cpus": 0}

@@ -94,6 +94,29 @@ def test_yaml_holds_everything_and_flags_override_it(tmp_path):
     assert from_yaml_only.partition == (("dt", "2026-11-27"),) and from_yaml_only.precision is Precision.BF16
 
 
+def test_the_command_line_a_config_gives_rebuilds_it_every_resource_setting_included():
+    from albert_batch.cli import run_argv
+
+    resources = {"model_actors": 2, "num_gpus_per_actor": 0.25, "num_cpus_per_actor": 1.5, "tokenizer_actors": 3,
+                 "batch_size": 1024, "max_tokens_per_forward": 4096, "ner_window_overlap": 64}
+    config = RunConfig(input="s3://corpus/reviews/", output="s3://results/reviews", tasks=["classify"],
+                       classifier_model="s3://m/c", run_id="r1", precision="bf16", resources=resources)
+    argv = run_argv(config)
+    assert "--batch-size" in argv and argv[argv.index("--num-cpus-per-actor") + 1] == "1.5"
+    rebuilt = config_from_args(build_parser().parse_args(argv[1:]))
+    assert rebuilt == config
+    assert "--batch-size" not in run_argv(RunConfig(input="/a", output="/b", tasks=["classify"],
+                                                    classifier_model="m", run_id="r"))  # defaults stay implicit
+
+
+def test_resource_flags_add_to_the_config_file_s_resources(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: /a\noutput: /b\ntasks: [classify]\nclassifier_model: m\n"
+                    "resources: {model_actors: 3, batch_size: 2048}\n")
+    config = config_from_args(build_parser().parse_args(["run", "--config", str(path), "--batch-size", "512"]))
+    assert (config.resources.model_actors, config.resources.batch_size) == (3, 512)
+
+
 def test_unknown_yaml_keys_and_missing_required_settings_are_named(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("inputs: /a\noutput: /b\n")

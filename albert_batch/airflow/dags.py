@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from albert_batch.config import RunConfig, load_yaml, tables_for
+from albert_batch.config import ResourceConfig, RunConfig, load_yaml, tables_for
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 TEMPLATE = re.compile(r"{{.*?}}")
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-RUN_KEYS = ("precision", "text_column", "id_column", "model_actors", "num_gpus_per_actor", "allow_pickle_weights")
+RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(ResourceConfig))
+RUN_KEYS = ("precision", "text_column", "id_column", "allow_pickle_weights", *RESOURCE_KEYS)
 JOB_KEYS = ("timeout_hours", "poll_seconds", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
             "entrypoint_resources", "runtime_env")
 WAIT_KEYS = ("timeout_hours", "poke_seconds", "marker", "deferrable")
@@ -103,7 +104,7 @@ class DagSpec:
         settings = {"input": self.input, "output": self.output, "tasks": list(self.tasks),
                     "classifier_model": self.classifier_model, "ner_model": self.ner_model,
                     "partition": {str(k): str(v) for k, v in self.partition.items()}, **self.run}
-        resources = {k: settings.pop(k) for k in ("model_actors", "num_gpus_per_actor") if k in settings}
+        resources = {k: settings.pop(k) for k in RESOURCE_KEYS if k in settings}
         if resources:
             settings["resources"] = resources
         settings = {k: v for k, v in settings.items() if v is not None}

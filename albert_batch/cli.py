@@ -38,6 +38,11 @@ RESOURCE_FLAGS = {
 }
 assert set(RESOURCE_FLAGS) == {f.name for f in dataclasses.fields(ResourceConfig)}, "a resource setting without a flag"
 
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-batch", description="Batch ALBERT classification and NER on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,8 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-pickle-weights", action="store_true", default=None,
                      help="accept pytorch_model.bin weights (runs pickle: only for models you trust)")
     for name, (metavar, text) in RESOURCE_FLAGS.items():
-        run.add_argument(f"--{name.replace('_', '-')}", type=float if name.startswith("num_") else int, metavar=metavar,
-                         help=text)
+        run.add_argument(_flag(name), type=ResourceConfig.kind(name), metavar=metavar, help=text)
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
@@ -141,7 +145,7 @@ def run_argv(config: RunConfig) -> list[str]:
     for name in RESOURCE_FLAGS:
         value = getattr(config.resources, name)
         if value != getattr(defaults, name):
-            argv += [f"--{name.replace('_', '-')}", repr(value)]
+            argv += [_flag(name), repr(value)]
     return argv
 
 

@@ -135,10 +135,15 @@ class ResourceConfig:
     max_tokens_per_forward: int | None = None
     ner_window_overlap: int = 128
 
+    @staticmethod
+    def kind(name: str) -> type:
+        """The number type of setting ``name``: CPU and GPU counts take fractions, the rest are whole."""
+        return float if name.startswith("num_") else int
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind = float if f.name.startswith("num_") else int
+            kind = self.kind(f.name)
             if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
                 continue
             try:

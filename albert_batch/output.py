@@ -28,7 +28,6 @@ from albert_batch.storage import Location
 SAMPLE_ENTITIES_PER_WRITE = 5
 
 
-
 def schema(table: str, id_type: pa.DataType) -> pa.Schema:
     id_field = pa.field("id", id_type, nullable=False)
     if table == CLASSIFICATIONS:

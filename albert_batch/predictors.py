@@ -187,7 +187,6 @@ class Predictor(ABC):
         self.max_tokens_per_forward = max_tokens_per_forward
         if parallel_passes < 1:
             raise ValueError(f"parallel_passes must be at least 1, got {parallel_passes}")
-        self.parallel_passes = parallel_passes
         self._pass_pool = pass_threads(parallel_passes) if parallel_passes > 1 else None
         self.model = None
         if load_model:

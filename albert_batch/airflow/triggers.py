@@ -43,7 +43,8 @@ class JobLog:
             self._show(line)
 
     def add_rest(self, whole_log: str) -> None:
-        """Catch up from the whole log, fetched once (when the stream was not available)."""
+        """Catch up from the whole log, fetched once when the job ends: only what the stream did not deliver
+        is shown (all of it if the stream never worked; all again if the log was truncated meanwhile)."""
         self.add(whole_log[self.chars:] if len(whole_log) >= self.chars else whole_log)
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ class TreeUsage:
 
     pss: int = 0
     rss: int = 0
+    machine_used: int = 0  # the machine's memory in use above its level when sampling started
     processes: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)
     cpu_by_process: dict[tuple[int, float], float] = field(default_factory=dict)  # (pid, start time) -> CPU s
@@ -45,7 +46,12 @@ class TreeUsage:
         return max(chosen, default=0)
 
 
-def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float) -> None:
+def machine_memory_in_use() -> int:
+    memory = psutil.virtual_memory()
+    return memory.total - memory.available
+
+
+def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float, machine_baseline: int = 0) -> None:
     """Add one sample of ``root`` and its descendants to ``usage``; processes that exit meanwhile are skipped
     (their CPU time counts up to their last sample)."""
     pss = rss = count = 0
@@ -65,6 +71,7 @@ def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float) -> None:
         rss += info.rss
         count += 1
         usage.cpu_by_process[key] = times.user + times.system
+    usage.machine_used = max(usage.machine_used, machine_memory_in_use() - machine_baseline)
     if count:
         usage.pss = max(usage.pss, pss)
         usage.rss = max(usage.rss, rss)
@@ -85,6 +92,7 @@ class TreeSampler:
 
     def __enter__(self) -> TreeSampler:
         self._started = time.monotonic()
+        self._machine_baseline = machine_memory_in_use()
         self._thread.start()
         return self
 
@@ -94,5 +102,5 @@ class TreeSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            sample_tree(self.root, self.usage, time.monotonic() - self._started)
+            sample_tree(self.root, self.usage, time.monotonic() - self._started, self._machine_baseline)
             self._stop.wait(self.interval_s)

@@ -130,12 +130,13 @@ def _streaming(s: dict[str, Any]) -> list[str]:
     return ["## Bounded memory (streaming)", "",
             "Materialised: the input, the tokenizer's features and the results as Arrow, were they held at once.", "",
             "| rows | tasks | seconds | rows/s | materialised GiB (input + features + results) "
-            "| peak PSS GiB (1st half / 2nd half) | Σ RSS GiB |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| peak PSS GiB (1st half / 2nd half) | Σ RSS GiB | machine's memory in use, above the start, GiB |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| {s['rows']:,} | {','.join(s['tasks'])} | {s['seconds']:.1f} | {s['rows_per_s']:.0f} | "
             f"{s['materialised_gib']:.2f} ({s['input_in_memory_gib']:.2f} + {s['features_in_memory_gib']:.2f} + "
             f"{s['results_in_memory_gib']:.2f}) | {s['peak_pss_gib']:.2f} ({s['peak_pss_first_half_gib']:.2f} / "
-            f"{s['peak_pss_second_half_gib']:.2f}) | {s['peak_rss_sum_gib']:.2f} |", ""]
+            f"{s['peak_pss_second_half_gib']:.2f}) | {s['peak_rss_sum_gib']:.2f} | "
+            f"{_fmt(s.get('peak_machine_used_gib'))} |", ""]
 
 
 def save(results_dir: Path, report: dict[str, Any], table: str, log_file: Path) -> None:

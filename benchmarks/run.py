@@ -77,24 +77,28 @@ def run_child(name: str, params: dict[str, Any], log_file: Path) -> tuple[dict[s
     return result, sampler.usage
 
 
-def measure(name: str, label: str, task: str, corpus: workload.Corpus, params: dict[str, Any], log_file: Path,
-            repeat: int) -> Measurement:
-    """The fastest of ``repeat`` runs (on a shared machine the fastest is the one least disturbed)."""
-    print(f"  {label:<14} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
-    runs = [run_child(name, params, log_file) for _ in range(repeat)]
+def measure(label: str, task: str, corpus: workload.Corpus, runs: list[tuple[dict[str, Any], TreeUsage]],
+            log_file: Path) -> Measurement:
+    """The fastest of a contender's runs (on a shared machine the fastest is the one least disturbed)."""
     result, usage = min(runs, key=lambda r: r[0]["seconds"])
     details = {k: v for k, v in result.items() if k not in ("seconds", "ray_stats")}
-    if repeat > 1:
+    if len(runs) > 1:
         details["all_seconds"] = [round(r[0]["seconds"], 2) for r in runs]
     if "ray_stats" in result:
         (log_file.parent / f"ray-stats-{label}-{task}-{corpus.docs}.txt").write_text(result["ray_stats"])
-    m = Measurement(contender=label, task=task, docs=corpus.docs, real_tokens=corpus.real_tokens,
-                    seconds=result["seconds"], peak_pss_gib=round(usage.pss / GIB, 3),
-                    peak_rss_sum_gib=round(usage.rss / GIB, 3), processes=usage.processes, cpu_s=round(usage.cpu_s, 1),
-                    details=details)
-    print(f"{m.seconds:7.1f}s  {m.tokens_per_s:8.0f} tokens/s  peak PSS {m.peak_pss_gib:.2f} GiB  "
-          f"CPU {m.cpu_s:.0f}s", flush=True)
-    return m
+    return Measurement(contender=label, task=task, docs=corpus.docs, real_tokens=corpus.real_tokens,
+                       seconds=result["seconds"], peak_pss_gib=round(usage.pss / GIB, 3),
+                       peak_rss_sum_gib=round(usage.rss / GIB, 3), processes=usage.processes,
+                       cpu_s=round(usage.cpu_s, 1), details=details)
+
+
+def run_and_print(name: str, label: str, task: str, corpus: workload.Corpus, params: dict[str, Any],
+                  log_file: Path) -> tuple[dict[str, Any], TreeUsage]:
+    print(f"  {label:<14} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
+    result, usage = run_child(name, params, log_file)
+    print(f"{result['seconds']:7.1f}s  {corpus.real_tokens / result['seconds']:8.0f} tokens/s  "
+          f"peak PSS {usage.pss / GIB:.2f} GiB  CPU {usage.cpu_s:.0f}s", flush=True)
+    return result, usage
 
 
 def contender_params(contender: str, task: str, models: workload.Models, corpus: workload.Corpus, work: Path,
@@ -142,12 +146,19 @@ def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
         print(f"corpus: {docs} docs, {corpus.real_tokens} real tokens (mean {corpus.mean_tokens:.1f}, "
               f"max {corpus.max_tokens})", flush=True)
         for task in args.tasks:
+            timed = {}
             for contender in contenders:
                 name, params = contender_params(contender, task, models, corpus, work, args)
                 if contender == "agreement":
                     agreements.append(measure_agreement(task, corpus, params, log_file))
                 else:
-                    measurements.append(measure(name, contender, task, corpus, params, log_file, args.repeat))
+                    timed[contender] = (name, params)
+            # Repeats take turns (a b a b, not a a b b), so a slow spell of the machine hits every contender.
+            runs: dict[str, list[tuple[dict[str, Any], TreeUsage]]] = {contender: [] for contender in timed}
+            for _ in range(args.repeat):
+                for contender, (name, params) in timed.items():
+                    runs[contender].append(run_and_print(name, contender, task, corpus, params, log_file))
+            measurements += [measure(contender, task, corpus, done, log_file) for contender, done in runs.items()]
     results = [m.to_json() for m in measurements]
     return {"models": models.__dict__, "corpora": corpora, "measurements": results, "ratios": ratios(results),
             "agreement": agreements}
@@ -185,6 +196,7 @@ def streaming(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
         **{f"{name}_in_memory_gib": round(size / GIB, 3) for name, size in sizes.items()},
         "materialised_gib": round(sum(sizes.values()) / GIB, 3),
         "peak_pss_gib": round(usage.pss / GIB, 3), "peak_rss_sum_gib": round(usage.rss / GIB, 3),
+        "peak_machine_used_gib": round(usage.machine_used / GIB, 3),
         "peak_pss_first_half_gib": round(usage.peak_between(0.0, 0.5) / GIB, 3),
         "peak_pss_second_half_gib": round(usage.peak_between(0.5, 1.0) / GIB, 3),
         "max_processes": usage.processes,
@@ -212,7 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steady-docs", type=int, metavar="N",
                         help="a corpus of N documents for the steady state, run by albert-batch and the hand loops "
                              "only (default 12000: three model batches; 0 to skip; skipped with --quick)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the fastest counts (default 1)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per contender, taking turns; the fastest counts (default 1)")
     parser.add_argument("--precision", default="auto", help="albert-batch's --precision (default auto)")
     parser.add_argument("--streaming-rows", type=int, metavar="N",
                         help="instead: run N rows through albert-batch and report peak memory (tiny models)")
@@ -230,6 +243,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.contenders) - set(CONTENDERS)) + sorted(set(args.tasks) - {"classify", "ner"})
     if unknown:
         parser.error(f"unknown contender or task: {', '.join(unknown)}")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if bool(args.classifier_model) != bool(args.ner_model):
         parser.error("give both --classifier-model and --ner-model, or neither")
     return args

@@ -73,4 +73,5 @@ def test_the_sampler_sees_the_whole_process_tree():
     assert sampler.usage.processes == 2
     assert sampler.usage.rss > 300 << 20
     assert sampler.usage.pss > 280 << 20
+    assert sampler.usage.machine_used > 200 << 20, "the machine-wide figure sees the tree's memory too"
     assert sampler.usage.cpu_s > 0

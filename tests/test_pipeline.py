@@ -193,28 +193,27 @@ def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):
     assert result.stdout.strip() == "[]"
 
 
-def test_the_model_stage_hands_freed_heap_pages_back_after_every_batch(tiny_models, monkeypatch):
-    """Passes of new shapes leave freed activations in glibc's arenas; the stage trims them once per batch."""
-    from albert_batch import stages
-    from albert_batch.config import Precision, Task
-
-    trim = stages._MALLOC_TRIM
-    assert trim is not None  # glibc here: the trim must be found, not silently skipped
-    calls = []
-
-    def counted_trim(pad: int) -> int:
-        calls.append(pad)
-        return trim(pad)
-
-    monkeypatch.setattr(stages, "_MALLOC_TRIM", counted_trim)
-    uris = {Task.CLASSIFY: tiny_models["classifier"], Task.NER: tiny_models["ner"]}
-    model = stages.ModelStage(model_uris=uris, precision=Precision.FP32, use_gpu=False, torch_threads=1,
-                              max_tokens_per_forward=512, window_overlap=0)
-    tokenize = stages.TokenizeStage(model_uris=uris)
-    for texts in (["Anna flew to Berlin."], ["Kraków and Lisbon.", "Nairobi, twice: Nairobi."]):
-        out = model(tokenize(pa.table({"id": list(range(len(texts))), "text": texts})))
-        assert out.num_rows == len(texts)
-    assert calls == [0, 0]
+def test_the_model_stage_hands_freed_heap_pages_back_after_every_batch(tiny_models):
+    """Passes of new shapes leave freed activations in glibc's arenas; the stage trims them once per batch.
+    (In a child process: the stage sets torch's threads and Arrow's allocator for its whole process.)"""
+    code = (
+        "import pyarrow as pa\n"
+        "from albert_batch import stages\n"
+        "from albert_batch.config import Precision, Task\n"
+        "trim, calls = stages._MALLOC_TRIM, []\n"
+        "assert trim is not None, 'glibc here: the trim must be found, not silently skipped'\n"
+        "stages._MALLOC_TRIM = lambda pad: calls.append(pad) or trim(pad)\n"
+        f"uris = {{Task.CLASSIFY: {tiny_models['classifier']!r}, Task.NER: {tiny_models['ner']!r}}}\n"
+        "model = stages.ModelStage(model_uris=uris, precision=Precision.FP32, use_gpu=False, torch_threads=1,\n"
+        "                          max_tokens_per_forward=512, window_overlap=0)\n"
+        "tokenize = stages.TokenizeStage(model_uris=uris)\n"
+        "for texts in (['Anna flew to Berlin.'], ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.']):\n"
+        "    out = model(tokenize(pa.table({'id': list(range(len(texts))), 'text': texts})))\n"
+        "    assert out.num_rows == len(texts)\n"
+        "print(calls)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0]"
 
 
 @pytest.mark.gpu

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from albert_batch import storage
+from albert_batch import heap, storage
 from albert_batch.config import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_TABLES, Task
 from albert_batch.stages import ENTITY_TYPE, SCORES_TYPE, TIMESTAMP_TYPE
 from albert_batch.storage import Location
@@ -75,6 +75,13 @@ class StagingSink(Datasink[dict]):
         return self.rows_per_file
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
+        heap.use_the_system_allocator_for_arrow()
+        try:
+            return self._write(blocks, ctx)
+        finally:
+            heap.return_freed_heap_pages()  # a file's worth of buffers, freed
+
+    def _write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         batch = pa.concat_tables([BlockAccessor.for_block(b).to_arrow() for b in blocks], promote_options="default")
         report: dict[str, Any] = {"files": {}, "rows": {}, "rejects": Counter(), "labels": Counter(), "samples": []}
         if batch.num_rows == 0:

@@ -15,6 +15,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from albert_batch import models, publish, storage
+from albert_batch.backpressure import bounded_queues
 from albert_batch.config import REJECTS, TASK_TABLES, RunConfig, Task, tables_for
 from albert_batch.errors import AlbertBatchError, ConfigError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
@@ -82,6 +83,7 @@ class StageSizing:
     cpus_per_tokenizer_actor: float
     batch_size: int
     max_tokens_per_forward: int
+    max_rows_ahead: int  # how far each stage may run ahead of the next (albert_batch/backpressure.py)
 
 
 def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
@@ -117,6 +119,7 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizin
     cpus_per_actor = res.num_cpus_per_actor or spare * 0.75 / actors
     threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(cpus // actors)
     tokenizers = res.tokenizer_actors or math.ceil(cpus / CPUS_PER_TOKENIZER_ACTOR)
+    batch_size = res.batch_size or BATCH_ROWS
     return StageSizing(
         model_actors=actors,
         cpus_per_model_actor=round(cpus_per_actor, 3),
@@ -124,8 +127,9 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizin
         torch_threads=max(1, threads),
         tokenizer_actors=tokenizers,
         cpus_per_tokenizer_actor=_tokenizer_share(spare - cpus_per_actor * actors, tokenizers),
-        batch_size=res.batch_size or BATCH_ROWS,
+        batch_size=batch_size,
         max_tokens_per_forward=res.max_tokens_per_forward or CPU_TOKENS_PER_FORWARD,
+        max_rows_ahead=_rows_ahead(batch_size, actors),
     )
 
 
@@ -138,6 +142,7 @@ def _size_gpu_stages(config: RunConfig, spare: float, gpus: float) -> StageSizin
     cpus_per_actor = res.num_cpus_per_actor or min(1.0, spare / (2 * actors))
     left = spare - cpus_per_actor * actors
     tokenizers = res.tokenizer_actors or max(1, min(math.ceil(TOKENIZER_ACTORS_PER_GPU * max(gpus, 1.0)), int(left)))
+    batch_size = res.batch_size or BATCH_ROWS
     return StageSizing(
         model_actors=actors,
         cpus_per_model_actor=round(cpus_per_actor, 3),
@@ -145,9 +150,17 @@ def _size_gpu_stages(config: RunConfig, spare: float, gpus: float) -> StageSizin
         torch_threads=max(1, int(cpus_per_actor)),
         tokenizer_actors=tokenizers,
         cpus_per_tokenizer_actor=_tokenizer_share(left, tokenizers),
-        batch_size=res.batch_size or BATCH_ROWS,
+        batch_size=batch_size,
         max_tokens_per_forward=res.max_tokens_per_forward or GPU_TOKENS_PER_FORWARD,
+        max_rows_ahead=_rows_ahead(batch_size, actors),
     )
+
+
+def _rows_ahead(batch_size: int, model_actors: int) -> int:
+    """A spare batch waiting for each model actor (at least two), beside the batches Ray Data has already
+    handed to each actor: enough to keep the model stage fed, while the queues stay a few batches long
+    however large the corpus."""
+    return batch_size * max(2, model_actors)
 
 
 def _tokenizer_share(left: float, tokenizers: int) -> float:
@@ -232,33 +245,8 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
         rows_per_file=ROWS_PER_FILE,
     )
     try:
-        ds = read_input(config, plan, rows_per_block=sizing.batch_size)
-        ds = ds.map_batches(
-            TokenizeStage,
-            fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights},
-            batch_format="pyarrow",
-            batch_size=sizing.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
-            num_cpus=sizing.cpus_per_tokenizer_actor,
-        )
-        ds = ds.map_batches(
-            ModelStage,
-            fn_constructor_kwargs={
-                "model_uris": model_uris,
-                "precision": config.precision,
-                "use_gpu": sizing.gpus_per_model_actor > 0,
-                "torch_threads": sizing.torch_threads,
-                "max_tokens_per_forward": sizing.max_tokens_per_forward,
-                "window_overlap": config.resources.ner_window_overlap,
-                "allow_pickle_weights": config.allow_pickle_weights,
-            },
-            batch_format="pyarrow",
-            batch_size=sizing.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=sizing.model_actors),
-            num_cpus=sizing.cpus_per_model_actor,
-            num_gpus=sizing.gpus_per_model_actor or None,
-        )
-        ds.write_datasink(sink)
+        with bounded_queues(sizing.max_rows_ahead, batch_rows=sizing.batch_size):
+            _stream(config, plan, sizing, model_uris, sink)
     except AlbertBatchError:
         publish.discard(output, config.run_id)
         raise
@@ -267,6 +255,41 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
         raise AlbertBatchError(f"run {config.run_id} failed while processing {plan.location}: {_root_cause(err)}") from err
     assert sink.result is not None
     return {**sink.result, "stages": asdict(sizing)}
+
+
+def _stream(
+    config: RunConfig, plan: InputPlan, sizing: StageSizing, model_uris: dict[Task, str], sink: StagingSink
+) -> None:
+    """Read -> tokenize -> model -> write, streamed through Ray Data; returns once the sink has every row."""
+    import ray.data
+
+    ds = read_input(config, plan, rows_per_block=sizing.batch_size)
+    ds = ds.map_batches(
+        TokenizeStage,
+        fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights},
+        batch_format="pyarrow",
+        batch_size=sizing.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
+        num_cpus=sizing.cpus_per_tokenizer_actor,
+    )
+    ds = ds.map_batches(
+        ModelStage,
+        fn_constructor_kwargs={
+            "model_uris": model_uris,
+            "precision": config.precision,
+            "use_gpu": sizing.gpus_per_model_actor > 0,
+            "torch_threads": sizing.torch_threads,
+            "max_tokens_per_forward": sizing.max_tokens_per_forward,
+            "window_overlap": config.resources.ner_window_overlap,
+            "allow_pickle_weights": config.allow_pickle_weights,
+        },
+        batch_format="pyarrow",
+        batch_size=sizing.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=sizing.model_actors),
+        num_cpus=sizing.cpus_per_model_actor,
+        num_gpus=sizing.gpus_per_model_actor or None,
+    )
+    ds.write_datasink(sink)
 
 
 def read_input(config: RunConfig, plan: InputPlan, *, rows_per_block: int) -> ray.data.Dataset:

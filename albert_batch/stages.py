@@ -8,7 +8,6 @@ on a small table, without a cluster.
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import os
 from enum import StrEnum
@@ -18,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from albert_batch import models
+from albert_batch import heap, models
 from albert_batch.arrowcols import from_list_array, to_list_array
 from albert_batch.config import Precision, Task
 from albert_batch.predictors import Predictor, build_predictor
@@ -33,8 +32,6 @@ FEATURE_TYPES: dict[Task, dict[str, pa.DataType]] = {
     Task.CLASSIFY: {"input_ids": pa.list_(pa.int32()), "truncated": pa.bool_()},
     Task.NER: {"input_ids": pa.list_(pa.int32()), "offsets": pa.list_(pa.int32()), "special": pa.list_(pa.bool_())},
 }
-# glibc's malloc_trim; None where the C library has none (musl, macOS).
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 class RejectReason(StrEnum):
@@ -69,22 +66,6 @@ def _load_predictors(model_uris: dict[Task, str], **kwargs: Any) -> dict[Task, P
     }
 
 
-def _use_the_system_allocator_for_arrow() -> None:
-    """Give this actor's Arrow buffers to the C library's allocator. pyarrow's default, mimalloc, keeps
-    freed pages in a long-lived actor: 150,000 rows through the pipeline peaked at 2.56 and 2.58 GiB with
-    it, 2.42 GiB without (see BENCHMARKS.md)."""
-    pa.set_memory_pool(pa.system_memory_pool())
-
-
-def _return_freed_heap_pages() -> None:
-    """Give the C library's free heap pages back to the system. Every forward pass of a batch has a shape of
-    its own, so its activations are blocks of new sizes; glibc keeps the freed ones in each thread's arena
-    and the model actor's memory creeps up batch after batch. Trimmed once per batch (milliseconds), the
-    actor held ~0.3 GiB less after 80,000 rows, no slower (see BENCHMARKS.md)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
     """Place results of the accepted rows back at their row positions; other rows get ``fill``."""
     out = [fill] * size
@@ -102,7 +83,7 @@ class TokenizeStage:
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # read by the tokenizer on every call
-        _use_the_system_allocator_for_arrow()
+        heap.use_the_system_allocator_for_arrow()
         self.predictors = _load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -142,7 +123,7 @@ class ModelStage:
         window_overlap: int,
         allow_pickle_weights: bool = False,
     ):
-        _use_the_system_allocator_for_arrow()
+        heap.use_the_system_allocator_for_arrow()
         # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
         # threads; torch reads the variable once, when it loads OpenMP (the first torch import below).
         # On CPUs the predictor runs ``torch_threads`` forward passes side by side, one thread each, so
@@ -189,5 +170,5 @@ class ModelStage:
         now = dt.datetime.now(dt.UTC)
         columns["processed_at"] = pa.array([now] * size, TIMESTAMP_TYPE)
         output = pa.table(columns)
-        _return_freed_heap_pages()
+        heap.return_freed_heap_pages()
         return output

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
-from albert_batch import RunConfig, run
+from albert_batch import RunConfig, backpressure, run
 from albert_batch.inputs import plan_input
 from albert_batch.runner import read_input
 from conftest import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
@@ -178,6 +178,33 @@ def test_one_input_file_reaches_the_stages_in_blocks_of_one_batch(tmp_path, tiny
     assert sum(sizes) == 1000 and max(sizes) <= 128 and len(sizes) >= 8, sizes
 
 
+def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_models, ray_cluster, monkeypatch):
+    """The tokenizer is many times faster than the model. Left to Ray Data, its features for most of the
+    corpus would wait in the object store, so memory would grow with the corpus; each stage is held to a
+    spare batch per model actor (at least two) ahead of the next. The write gathers a whole output file's
+    rows before it starts, and the model stage does not wait for that."""
+    (tmp_path / "input").mkdir()
+    ids, texts = corpus_rows(6000)
+    write_corpus(tmp_path / "input/part.parquet", ids, texts)
+    most_waiting: dict[str, int] = {}
+    measure = backpressure.rows_waiting
+
+    def recording(op):
+        waiting = measure(op)
+        most_waiting[op.name] = max(waiting, most_waiting.get(op.name, 0))
+        return waiting
+
+    monkeypatch.setattr(backpressure, "rows_waiting", recording)
+    summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
+
+    assert summary.accepted_rows == 6000 and len(read_published(tmp_path / "output", "classifications")) == 6000
+    assert summary.stages["max_rows_ahead"] == 400  # two batches: one model actor on this cluster
+    tokenizer, model = (next(v for k, v in most_waiting.items() if stage in k) for stage in ("Tokenize", "ModelStage"))
+    # Checked before each new task; the tokenizer's one actor may have two tasks in flight past that.
+    assert tokenizer <= 400 + 2 * 200, most_waiting
+    assert model <= 400 + 2 * 200, most_waiting
+
+
 def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):
     """Tokenizer actors start in a fraction of a second and stay small: they call the Rust tokenizer only."""
     code = (
@@ -193,27 +220,34 @@ def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):
     assert result.stdout.strip() == "[]"
 
 
-def test_the_model_stage_hands_freed_heap_pages_back_after_every_batch(tiny_models):
-    """Passes of new shapes leave freed activations in glibc's arenas; the stage trims them once per batch.
-    (In a child process: the stage sets torch's threads and Arrow's allocator for its whole process.)"""
+def test_the_model_stage_and_the_writer_hand_freed_heap_pages_back(tiny_models, tmp_path):
+    """Passes of new shapes leave freed activations in glibc's arenas, and a write leaves a file's buffers:
+    the model stage trims once per batch, the writer once per file. (In a child process: the stage sets
+    torch's threads and Arrow's allocator for its whole process.)"""
     code = (
         "import pyarrow as pa\n"
-        "from albert_batch import stages\n"
+        "from types import SimpleNamespace\n"
+        "from albert_batch import heap, output, stages\n"
         "from albert_batch.config import Precision, Task\n"
-        "trim, calls = stages._MALLOC_TRIM, []\n"
+        "from albert_batch.storage import Location\n"
+        "trim, calls = heap._MALLOC_TRIM, []\n"
         "assert trim is not None, 'glibc here: the trim must be found, not silently skipped'\n"
-        "stages._MALLOC_TRIM = lambda pad: calls.append(pad) or trim(pad)\n"
+        "heap._MALLOC_TRIM = lambda pad: calls.append(pad) or trim(pad)\n"
         f"uris = {{Task.CLASSIFY: {tiny_models['classifier']!r}, Task.NER: {tiny_models['ner']!r}}}\n"
         "model = stages.ModelStage(model_uris=uris, precision=Precision.FP32, use_gpu=False, torch_threads=1,\n"
         "                          max_tokens_per_forward=512, window_overlap=0)\n"
         "tokenize = stages.TokenizeStage(model_uris=uris)\n"
-        "for texts in (['Anna flew to Berlin.'], ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.']):\n"
-        "    out = model(tokenize(pa.table({'id': list(range(len(texts))), 'text': texts})))\n"
-        "    assert out.num_rows == len(texts)\n"
+        "outs = [model(tokenize(pa.table({'id': list(range(len(texts))), 'text': texts})))\n"
+        "        for texts in (['Anna flew to Berlin.'], ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.'])]\n"
+        "print(calls)\n"
+        f"sink = output.StagingSink(staging=Location.parse({str(tmp_path)!r}), run_id='r', models=uris,\n"
+        "                          id_type=pa.int64(), rows_per_file=100)\n"
+        "report = sink.write(outs, SimpleNamespace(task_idx=0))\n"
+        "assert report['rows']['classifications'] == 3, report\n"
         "print(calls)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.strip().splitlines()[-1] == "[0, 0]"
+    assert result.stdout.strip().splitlines()[-2:] == ["[0, 0]", "[0, 0, 0]"]
 
 
 @pytest.mark.gpu

@@ -91,3 +91,15 @@ def test_any_explicit_batch_setting_wins_even_a_small_one(resources):
     config = RunConfig(**BASE, resources={**resources, "batch_size": 256, "max_tokens_per_forward": 2048})
     sizing = size_stages(config, {"CPU": 16, "GPU": 1})
     assert (sizing.batch_size, sizing.max_tokens_per_forward) == (256, 2048)
+
+
+@pytest.mark.parametrize(("resources", "cluster", "batches"), [
+    ({}, {"CPU": 2}, 2),                                      # one CPU model actor: at least two batches
+    ({"batch_size": 64}, {"CPU": 64}, 8),                     # eight CPU model actors
+    ({"num_gpus_per_actor": 0.25}, {"CPU": 16, "GPU": 1}, 4),  # four replicas on one GPU
+])
+def test_each_stage_may_run_a_spare_batch_per_model_actor_ahead(resources, cluster, batches):
+    """Enough waiting work for every model actor, and the queues stay a few batches long however large the
+    corpus (albert_batch/backpressure.py holds each stage to it)."""
+    sizing = size_stages(RunConfig(**BASE, resources=resources), cluster)
+    assert sizing.max_rows_ahead == batches * sizing.batch_size

@@ -3,6 +3,7 @@ Data, check that every input row is accounted for, then publish each partition a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -10,6 +11,7 @@ import os
 import platform
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROWS_PER_FILE = 100_000
+READ_TASK_BYTES = 16 * 2**20  # uncompressed row groups per read task (read_input)
 VERSIONED_PACKAGES = ("albert-batch", "ray", "transformers", "torch", "tokenizers", "pyarrow")
 
 
@@ -297,19 +300,41 @@ def read_input(config: RunConfig, plan: InputPlan, *, rows_per_block: int) -> ra
 
     A map stage writes its output into blocks of up to 128 MiB, so one input file would reach the model
     stage as one block: one task, on one actor, however many actors there are. Blocks of one batch each
-    spread the work over every tokenizer and model actor."""
+    spread the work over every tokenizer and model actor.
+
+    The read runs one task at a time, each over at most ``READ_TASK_BYTES`` of row groups (a row group is
+    never split). A read task runs to its end once started, whatever the stages after it can take, and
+    Ray Data's default packs 128 MiB of row groups into each and starts them all at once: three million
+    short rows of text then waited in the object store, and one worker held 1.6 GiB splitting them (see
+    BENCHMARKS.md). One task decodes Parquet text far faster than any model stage consumes it."""
     import ray.data
 
-    ds = ray.data.read_parquet(
-        plan.uris if plan.location.scheme == "s3" else list(plan.files),
-        filesystem=plan.location.filesystem,
-        columns=[config.id_column, config.text_column],
-        partitioning=None,
-        file_extensions=None,  # every listed file is data: never drop one for its name
-    )
+    with _environment(RAY_DATA_PARQUET_BIN_PACKING_BYTES=str(READ_TASK_BYTES)):  # read when the read is planned
+        ds = ray.data.read_parquet(
+            plan.uris if plan.location.scheme == "s3" else list(plan.files),
+            filesystem=plan.location.filesystem,
+            columns=[config.id_column, config.text_column],
+            partitioning=None,
+            file_extensions=None,  # every listed file is data: never drop one for its name
+            concurrency=1,
+        )
     if (config.id_column, config.text_column) != ("id", "text"):
         ds = ds.rename_columns({config.id_column: "id", config.text_column: "text"})
     return ds.repartition(target_num_rows_per_block=rows_per_block)
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _root_cause(err: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
-from albert_batch import RunConfig, backpressure, run
+from albert_batch import RunConfig, backpressure, run, runner
 from albert_batch.inputs import plan_input
 from albert_batch.runner import read_input
 from conftest import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
@@ -176,6 +177,23 @@ def test_one_input_file_reaches_the_stages_in_blocks_of_one_batch(tmp_path, tiny
     ds = read_input(settings, plan, rows_per_block=128)
     sizes = [len(block) for block in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
     assert sum(sizes) == 1000 and max(sizes) <= 128 and len(sizes) >= 8, sizes
+
+
+def test_the_read_takes_a_few_row_groups_per_task_so_it_cannot_run_far_ahead(tmp_path, tiny_models, ray_cluster,
+                                                                             monkeypatch):
+    """A read task runs to its end once started, and Ray Data packs 128 MiB of row groups into each by
+    default. The run reads at most READ_TASK_BYTES per task (16 MiB; 100 kB here, about one file)."""
+    (tmp_path / "input").mkdir()
+    for number in range(4):
+        ids = list(range(number * 1000, (number + 1) * 1000))
+        write_corpus(tmp_path / f"input/part-{number}.parquet", ids, [f"text number {i} " + "x" * 80 for i in ids])
+    settings = config(tmp_path, tiny_models)
+    plan = plan_input(settings.input_location, id_column="id", text_column="text")
+    monkeypatch.setattr(runner, "READ_TASK_BYTES", 100_000)
+    ds = read_input(settings, plan, rows_per_block=128).materialize()
+    assert ds.count() == 4000
+    assert "ReadFilesParquetV2: 4 tasks executed" in ds.stats()
+    assert "RAY_DATA_PARQUET_BIN_PACKING_BYTES" not in os.environ, "set only while the read is planned"
 
 
 def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_models, ray_cluster, monkeypatch):

@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from albert_batch import models, publish, storage
-from albert_batch.backpressure import bounded_queues
+from albert_batch.backpressure import RowLimits, bounded_queues
 from albert_batch.config import REJECTS, TASK_TABLES, RunConfig, Task, tables_for
 from albert_batch.errors import AlbertBatchError, ConfigError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
@@ -248,7 +248,8 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
         rows_per_file=ROWS_PER_FILE,
     )
     try:
-        with bounded_queues(sizing.max_rows_ahead, batch_rows=sizing.batch_size):
+        limits = RowLimits(between_stages=sizing.max_rows_ahead, into_write=ROWS_PER_FILE + sizing.max_rows_ahead)
+        with bounded_queues(limits, batch_rows=sizing.batch_size):
             _stream(config, plan, sizing, model_uris, sink)
     except AlbertBatchError:
         publish.discard(output, config.run_id)

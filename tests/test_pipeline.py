@@ -199,8 +199,8 @@ def test_the_read_takes_a_few_row_groups_per_task_so_it_cannot_run_far_ahead(tmp
 def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_models, ray_cluster, monkeypatch):
     """The tokenizer is many times faster than the model. Left to Ray Data, its features for most of the
     corpus would wait in the object store, so memory would grow with the corpus; each stage is held to a
-    spare batch per model actor (at least two) ahead of the next. The write gathers a whole output file's
-    rows before it starts, and the model stage does not wait for that."""
+    spare batch per model actor (at least two) ahead of the next. The write gathers an output file's rows
+    (1,000 here) per task, and the model stage may run that far ahead of it, and the same two batches."""
     (tmp_path / "input").mkdir()
     ids, texts = corpus_rows(6000)
     write_corpus(tmp_path / "input/part.parquet", ids, texts)
@@ -213,14 +213,17 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
         return waiting
 
     monkeypatch.setattr(backpressure, "rows_waiting", recording)
+    monkeypatch.setattr(runner, "ROWS_PER_FILE", 1000)
     summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
 
     assert summary.accepted_rows == 6000 and len(read_published(tmp_path / "output", "classifications")) == 6000
     assert summary.stages["max_rows_ahead"] == 400  # two batches: one model actor on this cluster
     tokenizer, model = (next(v for k, v in most_waiting.items() if stage in k) for stage in ("Tokenize", "ModelStage"))
-    # Checked before each new task; the tokenizer's one actor may have two tasks in flight past that.
+    # Checked before each new task; an actor may have two tasks in flight past that.
     assert tokenizer <= 400 + 2 * 200, most_waiting
-    assert model <= 400 + 2 * 200, most_waiting
+    assert model <= 1000 + 400 + 2 * 200, most_waiting
+    assert len(published_partitions(tmp_path / "output", "classifications")) == 1
+    assert len(list((tmp_path / "output/classifications/dt=2026-11-01").glob("*.parquet"))) == 6
 
 
 def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):

@@ -8,12 +8,15 @@ would wait in the object store for the model stage (0.75 GiB of a million short 
 BENCHMARKS.md). Capping that budget instead stalls the model stage, whose outputs count against it too.
 
 ``RowsAhead`` is a Ray Data backpressure policy: an operator may start a new task only while fewer than
-``RowLimits.between_stages`` of its rows wait for a task of the operator after it. Tasks already running
-finish, and the last operator (the write) is never held back. The write gathers a whole output file's
-rows before it starts a task, so the stage before it may run ``RowLimits.into_write`` rows ahead: a
-file's rows and a few batches more, so that the model stage does not wait while the write gathers a file
-or waits for a CPU. A limit must be at least one batch, or a stage that needs a full batch could wait
-forever for an upstream stage that waits for it; ``bounded_queues`` checks that.
+``QueueLimits.rows`` of its rows, or less than ``QueueLimits.bytes`` of its output, wait for a task of the
+operator after it. The rows keep the next stage fed (a spare batch per model actor) and make the limit
+safe: a stage that needs a full batch never waits for an upstream stage that waits for it. The bytes let
+cheap queues run a little longer: text is ~140 bytes a row, and held to two batches, the repartition of
+the next input file waited until the tokenizer had almost run dry. Tasks already running finish, and
+the last operator (the write) is never held back. The write gathers a whole output file's rows before it
+starts a task, so the stage before it may run ``QueueLimits.rows_into_write`` rows ahead: a file's rows
+and a few batches more, so that the model stage does not wait while the write gathers a file or waits
+for a CPU.
 
 It plugs in through Ray Data's ``backpressure_policies.enabled`` setting, which is internal to Ray Data:
 ``pyproject.toml`` pins ray to 2.60.x, and tests/test_pipeline.py checks the bound on a real run.
@@ -36,46 +39,43 @@ from ray.data.context import DataContext
 if TYPE_CHECKING:
     from ray.data._internal.execution.interfaces.physical_operator import PhysicalOperator
 
-LIMITS_KEY = "albert_batch.row_limits"
+LIMITS_KEY = "albert_batch.queue_limits"
 FOREVER_S = 10**9  # Ray Data's no-progress timeout may be off (-1); a positive wait is needed to wait at all
 
 
 @dataclass(frozen=True)
-class RowLimits:
-    between_stages: int  # rows a stage may have waiting for the next stage
-    into_write: int  # rows the last stage before the write may have waiting for it
+class QueueLimits:
+    rows: int  # a stage may run ahead of the next by this many rows ...
+    rows_into_write: int  # ... the last stage before the write by this many
+    bytes: int  # ... or, in either case, by this much output
 
 
 class RowsAhead(BackpressurePolicy):
-    """Refuse an operator new tasks while its limit of rows waits for the next operator."""
+    """Refuse an operator new tasks while its limit of rows, and of bytes, waits for the next operator."""
 
     @property
     def name(self) -> str:
         return "RowsAhead"
 
     def can_add_input(self, op: PhysicalOperator) -> bool:
-        limits: RowLimits | None = self._data_context.get_config(LIMITS_KEY, None)
+        limits: QueueLimits | None = self._data_context.get_config(LIMITS_KEY, None)
         if limits is None or len(op.output_dependencies) != 1:
             return True
         (after,) = op.output_dependencies
-        limit = limits.between_stages if after.output_dependencies else limits.into_write
-        return rows_waiting(op) < limit
+        rows, size = waiting(op, after)
+        return rows < (limits.rows if after.output_dependencies else limits.rows_into_write) or size < limits.bytes
 
 
-def rows_waiting(op: PhysicalOperator) -> int:
-    """Rows ``op`` has produced, or is producing in tasks already started, that no task of the (one)
-    operator after it has taken yet.
-
-    Rows of started tasks count from the start: Ray Data starts tasks faster than they produce output,
-    and counting only output let the repartition start a task for every input file at once. (The stages
-    after the read keep their rows: one row out per row in.)"""
-    (after,) = op.output_dependencies
-    started = max(op.metrics.rows_task_outputs_generated, op.metrics.rows_inputs_of_submitted_tasks)
-    return started - after.metrics.rows_inputs_of_submitted_tasks
+def waiting(op: PhysicalOperator, after: PhysicalOperator) -> tuple[int, int]:
+    """Rows and bytes that ``op`` has produced and no task of ``after`` has taken yet."""
+    return (
+        op.metrics.rows_task_outputs_generated - after.metrics.rows_inputs_of_submitted_tasks,
+        op.metrics.bytes_task_outputs_generated - after.metrics.bytes_inputs_of_submitted_tasks,
+    )
 
 
 @contextlib.contextmanager
-def bounded_queues(limits: RowLimits, *, batch_rows: int) -> Iterator[None]:
+def bounded_queues(limits: QueueLimits, *, batch_rows: int) -> Iterator[None]:
     """Within this block, Ray Data runs started in this process hold each stage to ``limits``.
 
     They also start with every actor of the run up: while no operator has a task running, Ray Data lets
@@ -83,8 +83,8 @@ def bounded_queues(limits: RowLimits, *, batch_rows: int) -> Iterator[None]:
     the read, the repartition and the tokenizer would run ahead that way. The wait ends in a timeout error
     after Ray Data's no-progress timeout (30 minutes by default), the time it would otherwise wait for a
     stage that cannot start."""
-    if min(limits.between_stages, limits.into_write) < batch_rows:
-        raise ValueError(f"row limits {limits} must each be at least one batch ({batch_rows} rows)")
+    if min(limits.rows, limits.rows_into_write) < batch_rows:
+        raise ValueError(f"{limits}: the row limits must each be at least one batch ({batch_rows} rows)")
     context = DataContext.get_current()
     saved_wait = context.wait_for_min_actors_s
     saved = {key: context.get_config(key, None) for key in (LIMITS_KEY, ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)}

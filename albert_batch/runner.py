@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from albert_batch import models, publish, storage
-from albert_batch.backpressure import RowLimits, bounded_queues
+from albert_batch.backpressure import QueueLimits, bounded_queues
 from albert_batch.config import REJECTS, TASK_TABLES, RunConfig, Task, tables_for
 from albert_batch.errors import AlbertBatchError, ConfigError, PublishError
 from albert_batch.inputs import InputPlan, plan_input
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_FILE = 100_000
 READ_TASK_BYTES = 16 * 2**20  # uncompressed row groups per read task (read_input)
+QUEUE_BYTES = 32 * 2**20  # output a stage may have waiting for the next, beside its rows (backpressure.py)
 VERSIONED_PACKAGES = ("albert-batch", "ray", "transformers", "torch", "tokenizers", "pyarrow")
 
 
@@ -248,7 +249,9 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
         rows_per_file=ROWS_PER_FILE,
     )
     try:
-        limits = RowLimits(between_stages=sizing.max_rows_ahead, into_write=ROWS_PER_FILE + sizing.max_rows_ahead)
+        limits = QueueLimits(
+            rows=sizing.max_rows_ahead, rows_into_write=ROWS_PER_FILE + sizing.max_rows_ahead, bytes=QUEUE_BYTES
+        )
         with bounded_queues(limits, batch_rows=sizing.batch_size):
             _stream(config, plan, sizing, model_uris, sink)
     except AlbertBatchError:

@@ -205,15 +205,16 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
     ids, texts = corpus_rows(6000)
     write_corpus(tmp_path / "input/part.parquet", ids, texts)
     most_waiting: dict[str, int] = {}
-    measure = backpressure.rows_waiting
+    measure = backpressure.waiting
 
-    def recording(op):
-        waiting = measure(op)
-        most_waiting[op.name] = max(waiting, most_waiting.get(op.name, 0))
-        return waiting
+    def recording(op, after):
+        rows, size = measure(op, after)
+        most_waiting[op.name] = max(rows, most_waiting.get(op.name, 0))
+        return rows, size
 
-    monkeypatch.setattr(backpressure, "rows_waiting", recording)
+    monkeypatch.setattr(backpressure, "waiting", recording)
     monkeypatch.setattr(runner, "ROWS_PER_FILE", 1000)
+    monkeypatch.setattr(runner, "QUEUE_BYTES", 1)  # rows alone: this corpus's features are ~1 MB in all
     summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
 
     assert summary.accepted_rows == 6000 and len(read_published(tmp_path / "output", "classifications")) == 6000

@@ -235,7 +235,6 @@ def run(config: RunConfig) -> RunSummary:
 
 def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -> dict[str, Any]:
     import ray
-    import ray.data
 
     sizing = size_stages(config, ray.cluster_resources())
     log.info("stage sizing: %s", sizing)

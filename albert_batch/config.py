@@ -269,7 +269,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    settings = _snake_case_keys(data)
+    if isinstance(settings.get("resources"), dict):
+        settings["resources"] = _snake_case_keys(settings["resources"])
+    return settings
+
+
+def _snake_case_keys(mapping: Mapping[Any, Any]) -> dict[str, Any]:
+    """``model-actors`` and ``model_actors`` name the same setting."""
+    return {str(k).replace("-", "_"): v for k, v in mapping.items()}
 
 
 def _build(cls: type, settings: Mapping[str, Any], where: str) -> Any:

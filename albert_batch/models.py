@@ -64,8 +64,9 @@ class ModelInfo:
         }
 
 
-def resolve(uri: str) -> tuple[str, str | None]:
-    """Return ``(local folder, revision)`` for a model location, downloading it if needed."""
+def resolve(uri: str, *, allow_pickle_weights: bool = False) -> tuple[str, str | None]:
+    """Return ``(local folder, revision)`` for a model location, downloading it if needed. A hub download
+    fetches pickle weights (``pytorch_model*.bin``) only with ``allow_pickle_weights``."""
     if uri.startswith(("s3://", "s3a://")):
         return _download_s3(Location.parse(uri, what="model location")), None
     local = Location.parse(uri, what="model location") if uri.startswith("file://") else None
@@ -76,17 +77,18 @@ def resolve(uri: str) -> tuple[str, str | None]:
     if path.exists():
         raise ModelLoadError(f"model location {uri} is a file; give the model's folder")
     if local is None and match and not uri.startswith((".", "/", "~")):
-        return _download_hub(match["repo"], match["revision"])
+        return _download_hub(match["repo"], match["revision"], allow_pickle_weights=allow_pickle_weights)
     raise ModelLoadError(f"model folder {uri} does not exist")
 
 
-def _download_hub(repo: str, revision: str | None) -> tuple[str, str | None]:
+def _download_hub(repo: str, revision: str | None, *, allow_pickle_weights: bool) -> tuple[str, str | None]:
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "spiece.model", "*.txt"]
+    if allow_pickle_weights:
+        patterns.append("pytorch_model*.bin")
     try:
-        folder = snapshot_download(
-            repo, revision=revision, allow_patterns=["*.json", "*.safetensors", "spiece.model", "*.txt"]
-        )
+        folder = snapshot_download(repo, revision=revision, allow_patterns=patterns)
     except Exception as err:  # the hub client raises many unrelated types; all mean "cannot fetch"
         raise ModelLoadError(
             f"model {repo}{'@' + revision if revision else ''} is not a local folder, and fetching it from the "
@@ -137,7 +139,7 @@ def _download_s3(prefix: Location) -> str:
 
 def inspect(uri: str, task: Task, *, allow_pickle_weights: bool = False, hash_weights: bool = True) -> ModelInfo:
     """Resolve and check a model location without loading weights; raise ModelLoadError naming the gap."""
-    local_dir, revision = resolve(uri)
+    local_dir, revision = resolve(uri, allow_pickle_weights=allow_pickle_weights)
     folder = Path(local_dir)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -167,7 +169,9 @@ def inspect(uri: str, task: Task, *, allow_pickle_weights: bool = False, hash_we
                 "or opt in with allow_pickle_weights if you trust the source"
             )
         if not pickles:
-            raise ModelLoadError(f"model {uri} has no weights: expected model.safetensors")
+            raise ModelLoadError(
+                f"model {uri} has no weights: expected model.safetensors (or pytorch_model.bin, with allow_pickle_weights)"
+            )
         weights = pickles
     if not any((folder / n).is_file() for n in TOKENIZER_FILES):
         raise ModelLoadError(f"model {uri} has no tokenizer files: expected {' or '.join(TOKENIZER_FILES)}")

@@ -140,7 +140,8 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizin
 def _size_gpu_stages(config: RunConfig, spare: float, gpus: float) -> StageSizing:
     res = config.resources
     if gpus == 0:
-        log.warning("num_gpus_per_actor is set but the cluster reports no GPU; actors will wait for one")
+        log.warning("num_gpus_per_actor is set but the cluster reports no GPU: the run waits for GPU nodes to join "
+                    "until Ray Data's no-progress timeout; set num_gpus_per_actor to 0 on a CPU-only cluster")
     actors = res.model_actors or max(1, math.floor(gpus / res.num_gpus_per_actor + 1e-9))
     # Each model actor's CPU only launches kernels and postprocesses; tokenizers get at least half the CPUs.
     cpus_per_actor = res.num_cpus_per_actor or min(1.0, spare / (2 * actors))

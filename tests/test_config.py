@@ -117,6 +117,13 @@ def test_resource_flags_add_to_the_config_file_s_resources(tmp_path):
     assert (config.resources.model_actors, config.resources.batch_size) == (3, 512)
 
 
+def test_a_config_file_may_spell_its_keys_with_dashes_in_the_resources_block_too(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: /a\noutput: /b\ntasks: [classify]\nclassifier-model: m\n"
+                    "resources: {model-actors: 3, num_cpus_per_actor: 0.5}\n")
+    config = RunConfig.from_sources(path)
+    assert (config.classifier_model, config.resources.model_actors, config.resources.num_cpus_per_actor) == ("m", 3, 0.5)
+
 def test_unknown_yaml_keys_and_missing_required_settings_are_named(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("inputs: /a\noutput: /b\n")

@@ -3,6 +3,7 @@ fetched again when it changes; hub ids that cannot be fetched fail with a clear 
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -48,3 +49,25 @@ def test_an_unreachable_hub_id_says_it_is_neither_a_folder_nor_fetchable(monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=r"org/missing-model@v1 is not a local folder, and fetching it"):
         models.resolve("org/missing-model@v1")
+
+
+def test_a_hub_download_fetches_pickle_weights_only_when_they_are_allowed(monkeypatch, tmp_path):
+    import huggingface_hub  # no hub is reachable here: record what the download would ask for
+
+    asked: list[list[str]] = []
+
+    def snapshot_download(repo, revision, allow_patterns):
+        asked.append(allow_patterns)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert models.resolve("org/model@v2") == (str(tmp_path), "v2")
+    models.resolve("org/model@v2", allow_pickle_weights=True)
+
+    def fetched(name: str, patterns: list[str]) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    refused, allowed = asked
+    assert fetched("model.safetensors", refused) and fetched("spiece.model", refused)
+    assert not fetched("pytorch_model.bin", refused)
+    assert fetched("pytorch_model.bin", allowed) and fetched("pytorch_model-00001-of-00002.bin", allowed)

@@ -18,6 +18,7 @@ from albert_batch.errors import (
     NotFound,
     PermissionDenied,
     PublishError,
+    RayUnavailable,
     StorageError,
     Transient,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "PermissionDenied",
     "Precision",
     "PublishError",
+    "RayUnavailable",
     "ResourceConfig",
     "RunConfig",
     "RunSummary",

@@ -10,6 +10,7 @@
     │   └── Transient                worth retrying (throttling, timeouts, connection resets)
     ├── PublishError                 results could not be published atomically; nothing half-written is visible
     ├── ValidationError              a published partition does not keep the output contract (counts, schema)
+    ├── RayUnavailable               the Ray cluster (its GCS or its dashboard) did not answer; worth retrying
     └── JobFailed                    a Ray job ran by the Airflow operator failed, was stopped or timed out
 
 Every message names the thing that is wrong (the column, the file, the setting) and never contains a
@@ -59,6 +60,11 @@ class PublishError(AlbertBatchError):
 
 class ValidationError(AlbertBatchError):
     """A published partition is missing, incomplete or does not match the output contract."""
+
+
+class RayUnavailable(AlbertBatchError):
+    """The Ray cluster could not be reached: connection refused, a timeout, or its dashboard answered 5xx
+    (a head restarting behind a proxy). Nothing is known about the job's state."""
 
 
 class JobFailed(AlbertBatchError):

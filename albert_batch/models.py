@@ -183,7 +183,7 @@ def inspect(uri: str, task: Task, *, allow_pickle_weights: bool = False, hash_we
         revision=revision,
         labels=labels,
         max_length=max_length,
-        weights_sha256=_sha256_files(_weight_files(weights)) if hash_weights else "",
+        weights_sha256=_sha256_files(_weight_files(uri, weights)) if hash_weights else "",
     )
 
 
@@ -195,14 +195,21 @@ def _tokenizer_max_length(folder: Path) -> int:
     return int(value) if isinstance(value, (int, float)) and 0 < value < 1_000_000 else 1_000_000
 
 
-def _weight_files(found: list[Path]) -> list[Path]:
+def _weight_files(uri: str, found: list[Path]) -> list[Path]:
+    """The weight files, with a sharded model's index replaced by the shards it names."""
     files = []
     for path in found:
-        if path.name.endswith(".index.json"):
-            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
-            files.extend(path.parent / s for s in shards)
-        else:
+        if not path.name.endswith(".index.json"):
             files.append(path)
+            continue
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ModelLoadError(f"model {uri}: {path.name} is not a readable weight index ({type(err).__name__}: {err})") from err
+        missing = [s for s in shards if not (path.parent / s).is_file()]
+        if missing:
+            raise ModelLoadError(f"model {uri} lacks the weight shard(s) {', '.join(missing)} that {path.name} names")
+        files.extend(path.parent / s for s in shards)
     return files
 
 

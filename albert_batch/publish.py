@@ -6,8 +6,9 @@ for each table's partition: removes ``_SUCCESS``, removes the partition's old da
 files in, writes ``_manifest.json`` and finally ``_SUCCESS``. Consumers read a partition only when
 ``_SUCCESS`` exists, so they see either the old complete partition or the new one.
 
-Every step is idempotent, so a run killed after its commit is finished by the next run on the same
-output root (`recover`); a run killed before its commit leaves the partitions as they were.
+Every step is idempotent, so a run killed after its commit is finished by the next run of the same
+partition (`recover`); a run killed before its commit leaves the partitions as they were. Runs of other
+partitions leave it alone: they cannot tell a dead run's commit from one being applied at that moment.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def publish(output: Location, run_id: str, partition_path: str, files: dict[str,
     except AlbertBatchError as err:
         raise PublishError(
             f"publishing run {run_id} to {output} failed: {err}. Completed partitions are intact; an interrupted "
-            f"one has no {SUCCESS} and is finished by the next run on this output"
+            f"one has no {SUCCESS} and is finished by the next run of partition {partition_path}"
         ) from err
 
 
@@ -66,8 +67,10 @@ def _apply(output: Location, staging: Location, commit: dict[str, Any]) -> None:
     storage.delete_dir(staging)
 
 
-def recover(output: Location) -> list[str]:
-    """Finish publications that were committed but interrupted; report abandoned staging folders."""
+def recover(output: Location, partition_path: str) -> list[str]:
+    """Finish the publications of ``partition_path`` that were committed but interrupted; report other
+    runs' staging folders. Another partition's commit may be a run publishing right now, so it is left to
+    that partition's next run."""
     finished = []
     for staging in storage.list_dirs(output.child(STAGING)):
         commit_file = staging.child(COMMIT)
@@ -79,6 +82,10 @@ def recover(output: Location) -> list[str]:
             )
             continue
         commit = json.loads(storage.read_bytes(commit_file))
+        if commit["partition_path"] != partition_path:
+            log.warning("run %s committed partition %s but has not finished publishing it (or is doing so now); "
+                        "the next run of that partition finishes it", commit["run_id"], commit["partition_path"])
+            continue
         log.warning("finishing the interrupted publication of run %s", commit["run_id"])
         try:
             _apply(output, staging, commit)

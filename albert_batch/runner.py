@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from albert_batch import models, publish, storage
 from albert_batch.backpressure import QueueLimits, bounded_queues
 from albert_batch.config import REJECTS, TASK_TABLES, RunConfig, Task, tables_for
-from albert_batch.errors import AlbertBatchError, ConfigError, PublishError
+from albert_batch.errors import AlbertBatchError, ConfigError, PublishError, RayUnavailable
 from albert_batch.inputs import InputPlan, plan_input
 from albert_batch.models import ModelInfo
 from albert_batch.output import StagingSink, parquet_bytes, schema
@@ -182,12 +182,15 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
+    joining = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if joining:
+            ray.init(address=address, **kwargs)  # None: Ray reads RAY_ADDRESS
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError) as err:
+        where = f"the Ray cluster at {joining}" if joining else "an embedded local Ray"
+        raise RayUnavailable(f"cannot start or join {where}: {type(err).__name__}: {err}") from err
     return True
 
 
@@ -218,7 +221,7 @@ def run(config: RunConfig) -> RunSummary:
     log.info("input %s: %d rows in %d files", plan.location, plan.num_rows, len(plan.files))
     started_ray = connect_ray(config.ray_address)
     try:
-        publish.recover(output)
+        publish.recover(output, config.partition_path)
         timings: dict[str, float] = {"checks_s": round(time.monotonic() - started, 3)}
         phase = time.monotonic()
         report = _process(config, plan, infos)
@@ -253,7 +256,7 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
             rows=sizing.max_rows_ahead, rows_into_write=ROWS_PER_FILE + sizing.max_rows_ahead, bytes=QUEUE_BYTES
         )
         with bounded_queues(limits, batch_rows=sizing.batch_size):
-            _stream(config, plan, sizing, model_uris, sink)
+            _stream(config, plan, sizing, infos, sink)
     except AlbertBatchError:
         publish.discard(output, config.run_id)
         raise
@@ -265,11 +268,13 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
 
 
 def _stream(
-    config: RunConfig, plan: InputPlan, sizing: StageSizing, model_uris: dict[Task, str], sink: StagingSink
+    config: RunConfig, plan: InputPlan, sizing: StageSizing, infos: dict[Task, ModelInfo], sink: StagingSink
 ) -> None:
     """Read -> tokenize -> model -> write, streamed through Ray Data; returns once the sink has every row."""
     import ray.data
 
+    model_uris = {task: info.uri for task, info in infos.items()}
+    weights_sha256 = {task: info.weights_sha256 for task, info in infos.items()}
     ds = read_input(config, plan, rows_per_block=sizing.batch_size)
     ds = ds.map_batches(
         TokenizeStage,
@@ -283,6 +288,7 @@ def _stream(
         ModelStage,
         fn_constructor_kwargs={
             "model_uris": model_uris,
+            "weights_sha256": weights_sha256,
             "precision": config.precision,
             "use_gpu": sizing.gpus_per_model_actor > 0,
             "torch_threads": sizing.torch_threads,

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from albert_batch import heap, models
 from albert_batch.arrowcols import from_list_array, to_list_array
 from albert_batch.config import Precision, Task
+from albert_batch.errors import ModelLoadError
 from albert_batch.predictors import Predictor, build_predictor
 
 SCORES_TYPE = pa.map_(pa.string(), pa.float64())
@@ -56,14 +57,23 @@ def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> 
     return reasons
 
 
-def _load_predictors(model_uris: dict[Task, str], **kwargs: Any) -> dict[Task, Predictor]:
+def _load_predictors(model_uris: dict[Task, str], weights_sha256: dict[Task, str] | None = None,
+                     **kwargs: Any) -> dict[Task, Predictor]:
+    """The predictors of ``model_uris``. With ``weights_sha256`` (what the driver inspected and put in the
+    manifest), weights that differ — the model was overwritten during the run, or a hub id without a
+    revision moved on — are refused, so one partition never mixes two models' results."""
     allow_pickle = kwargs.get("allow_pickle_weights", False)
-    return {
-        task: build_predictor(
-            models.inspect(uri, task, allow_pickle_weights=allow_pickle, hash_weights=False), **kwargs
-        )
-        for task, uri in model_uris.items()
-    }
+    predictors = {}
+    for task, uri in model_uris.items():
+        info = models.inspect(uri, task, allow_pickle_weights=allow_pickle, hash_weights=weights_sha256 is not None)
+        if weights_sha256 is not None and info.weights_sha256 != weights_sha256[task]:
+            raise ModelLoadError(
+                f"model {uri} changed during the run: its weights are {info.weights_sha256[:12]}… here, "
+                f"{weights_sha256[task][:12]}… when the run started. Pin a revision, or publish new models "
+                "to a new location"
+            )
+        predictors[task] = build_predictor(info, **kwargs)
+    return predictors
 
 
 def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
@@ -116,6 +126,7 @@ class ModelStage:
         self,
         *,
         model_uris: dict[Task, str],
+        weights_sha256: dict[Task, str],
         precision: Precision,
         use_gpu: bool,
         torch_threads: int,
@@ -136,6 +147,7 @@ class ModelStage:
         torch.set_num_threads(omp_threads)
         self.predictors = _load_predictors(
             model_uris,
+            weights_sha256,
             precision=precision,
             use_gpu=use_gpu,
             max_tokens_per_forward=max_tokens_per_forward,

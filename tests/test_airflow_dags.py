@@ -109,6 +109,7 @@ def test_an_invalid_config_keeps_its_schedule_so_its_runs_fail_until_it_is_mende
 
 @pytest.mark.parametrize(("text", "message"), [
     ("dag_id: [unclosed\n", "is not valid YAML"),
+    ("dag_id: x\ninput: s3://i/\noutput: s3://o\nstart_date: 2026-11-31\n", "is not valid YAML: day is out of range"),
     ("input: s3://i/\noutput: s3://o\nstart_date: 2026-01-01\n", "missing required setting(s) dag_id"),
     ("- a list\n", "must hold a mapping"),
 ])
@@ -173,6 +174,12 @@ def test_a_succeeded_job_on_the_same_input_is_reused_unless_forced():
     assert choose_job(jobs, "s3://o", "dt=2026-11-27", "fp", force=False) == ("reuse", jobs[1])
     assert choose_job(jobs, "s3://o", "dt=2026-11-27", "fp", force=True) == ("submit", None)
     assert choose_job(jobs, "s3://o", "dt=2026-11-27", "changed-input", force=False) == ("submit", None)
+
+
+def test_an_older_job_whose_output_was_published_over_is_not_reused():
+    jobs = [job("first", "SUCCEEDED", start=1), job("new-model", "SUCCEEDED", fingerprint="other", start=2)]
+    assert choose_job(jobs, "s3://o", "dt=2026-11-27", "fp", force=False) == ("submit", None)
+    assert choose_job(jobs, "s3://o", "dt=2026-11-27", "other", force=False) == ("reuse", jobs[1])
 
 
 def test_submission_ids_name_the_dag_partition_and_try_and_never_collide():

@@ -310,6 +310,63 @@ def test_without_a_log_stream_the_log_is_copied_once_when_the_job_ends(connectio
     assert lines[-2:] == ["first", "last"] and lines.count("first") == 1
 
 
+async def _watch_through_a_flaky_proxy(head: LocalRayHead, trigger: Any, failures: float) -> Any:
+    """Run ``trigger`` against a proxy in front of the head's dashboard (connection ``ray_flaky``) that
+    answers the first ``failures`` job-status requests with 502 Bad Gateway, as a proxy does while the
+    head restarts, and forwards everything else (it refuses the log stream)."""
+    from aiohttp import ClientSession, web
+
+    refused = 0
+
+    async def forward(request: web.Request) -> web.Response:
+        nonlocal refused
+        if request.path.endswith("/logs/tail"):
+            return web.Response(status=404)
+        if request.path.count("/") == 3 and refused < failures:  # /api/jobs/<id>
+            refused += 1
+            return web.Response(status=502, text="Bad Gateway")
+        async with ClientSession(headers={"Authorization": request.headers.get("Authorization", "")}) as session:
+            async with session.request(request.method, head.address + request.path_qs) as answer:
+                return web.Response(status=answer.status, body=await answer.read(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    os.environ["AIRFLOW_CONN_RAY_FLAKY"] = json.dumps(
+        {"conn_type": "ray", "host": f"http://127.0.0.1:{port}", "password": head.token})
+    try:
+        return await _first_event(trigger)
+    finally:
+        del os.environ["AIRFLOW_CONN_RAY_FLAKY"]
+        await runner.cleanup()
+
+
+def test_a_dashboard_that_does_not_answer_for_a_while_is_asked_again_then_given_up_on(
+        connections, ray_head, capsys, monkeypatch):
+    from albert_batch.airflow import triggers
+    from albert_batch.airflow.hooks import RayJobHook
+    from albert_batch.errors import RayUnavailable
+
+    sid = f"talker-{secrets.token_hex(4)}"
+    RayJobHook().submit(entrypoint="python -c \"print('done')\"", submission_id=sid, metadata={},
+                        runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+
+    def trigger() -> Any:
+        return triggers.RayJobTrigger(submission_id=sid, ray_conn_id="ray_flaky", poll_interval=0.2,
+                                      deadline=(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat())
+
+    event = asyncio.run(_watch_through_a_flaky_proxy(ray_head, trigger(), failures=3))
+    assert event.payload["status"] == "SUCCEEDED"
+    assert capsys.readouterr().out.count(f"no answer about Ray job {sid}") == 3
+
+    monkeypatch.setattr(triggers, "DASHBOARD_OUTAGE_S", 1.0)
+    with pytest.raises(RayUnavailable, match=r"GET http://127\.0\.0\.1:\d+/api/jobs/\S+ answered 502: Bad Gateway"):
+        asyncio.run(_watch_through_a_flaky_proxy(ray_head, trigger(), failures=float("inf")))
+
+
 def test_the_job_log_is_cut_into_whole_lines_whatever_the_chunks():
     from albert_batch.airflow.triggers import JobLog
 

@@ -4,6 +4,7 @@ fetched again when it changes; hub ids that cannot be fetched fail with a clear 
 from __future__ import annotations
 
 import fnmatch
+import shutil
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -71,3 +72,31 @@ def test_a_hub_download_fetches_pickle_weights_only_when_they_are_allowed(monkey
     assert fetched("model.safetensors", refused) and fetched("spiece.model", refused)
     assert not fetched("pytorch_model.bin", refused)
     assert fetched("pytorch_model.bin", allowed) and fetched("pytorch_model-00001-of-00002.bin", allowed)
+
+
+def test_an_actor_refuses_a_model_overwritten_since_the_run_started(tiny_models, tmp_path):
+    from albert_batch import stages
+
+    folder = tmp_path / "clf"
+    shutil.copytree(tiny_models["classifier"], folder)
+    at_start = {Task.CLASSIFY: models.inspect(str(folder), Task.CLASSIFY).weights_sha256}
+    assert stages._load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
+
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # a new version, published to the same place
+    with pytest.raises(ModelLoadError, match=rf"model {folder} changed during the run: its weights are \w+"):
+        stages._load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
+
+
+def test_a_sharded_model_missing_a_shard_or_with_a_broken_index_is_named(tiny_models, tmp_path):
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_models["classifier"], folder)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    index = folder / "model.safetensors.index.json"
+    index.write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+    with pytest.raises(ModelLoadError, match=r"lacks the weight shard\(s\) model-00002-of-00002.safetensors that "
+                                             r"model.safetensors.index.json names"):
+        models.inspect(str(folder), Task.CLASSIFY)
+    index.write_text('{"metadata": {}}')
+    with pytest.raises(ModelLoadError, match=r"model.safetensors.index.json is not a readable weight index \(KeyError"):
+        models.inspect(str(folder), Task.CLASSIFY)

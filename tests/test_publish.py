@@ -56,12 +56,18 @@ def test_a_run_that_dies_mid_publication_is_finished_by_the_next_run(tmp_path, t
     assert state(out, "rejects") == (True, {"old"})           # untouched, old
     assert (out / "_staging/new/_COMMIT.json").exists()
 
-    # Any later run on this output finishes the committed publication first.
+    # A run of another partition (it may run at the same time as a publication) leaves the commit alone.
     write_corpus(tmp_path / "input/a.parquet", [7], ["another day"])
-    run(make_config(tmp_path, tiny_models, "later", partition="dt=2026-11-11"))
+    run(make_config(tmp_path, tiny_models, "other-day", partition="dt=2026-11-11"))
+    assert state(out, "entities") == (False, set()) and (out / "_staging/new/_COMMIT.json").exists()
+
+    # The next run of the partition finishes the committed publication first, then publishes its own.
+    real_apply, applied = publish._apply, []
+    monkeypatch.setattr(publish, "_apply", lambda o, s, c: (applied.append(c["run_id"]), real_apply(o, s, c)))
+    run(make_config(tmp_path, tiny_models, "later"))
+    assert applied == ["new", "later"]
     for table in ("classifications", "entities", "rejects"):
-        assert state(out, table) == (True, {"new"})
-    assert sorted(r["id"] for r in read_published(out, "entities") if str(r["dt"]) == "2026-11-10") == list(range(100, 129))
+        assert state(out, table) == (True, {"later"} if table != "rejects" else set())
     assert not (out / "_staging/new").exists()
 
 
@@ -115,10 +121,12 @@ def test_killing_the_process_at_any_point_leaves_no_partial_partition(tmp_path, 
         assert (rows, run_ids) in ((ids, {"old"}), (after[table], {"killed"} if after[table] else set())), table
     assert not published_partitions(out, "classifications")[1:], "no other partition appeared"
 
-    # The next run leaves every partition complete, with no duplicates, and reports the dead run's leftovers.
-    write_corpus(tmp_path / "input/a.parquet", [1], ["tomorrow"])
-    run(make_config(tmp_path, tiny_models, "next", partition="dt=2026-11-11"))
+    # The next run of the partition (finishing the dead run's publication first, if it was committed)
+    # leaves every table complete with its own rows and no others.
+    write_corpus(tmp_path / "input/a.parquet", [1], ["again"])
+    run(make_config(tmp_path, tiny_models, "next"))
     for table in ("classifications", "entities", "rejects"):
         published, _ = state(out, table)
         rows = sorted(r["id"] for r in read_published(out, table) if str(r["dt"]) == "2026-11-10")
-        assert published and rows in (before[table], after[table]), table
+        assert published and rows == ([] if table == "rejects" else [1]), table
+    assert not (out / "_staging/killed/_COMMIT.json").exists()

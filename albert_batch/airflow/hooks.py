@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from albert_batch.errors import ConfigError, JobFailed
+from albert_batch.errors import ConfigError, JobFailed, RayUnavailable
 from albert_batch.storage import S3Settings
 
 DEFAULT_DASHBOARD_PORT = 8265
@@ -125,7 +125,7 @@ class RayJobHook(BaseHook):
         try:
             return JobSubmissionClient(address, headers=headers)
         except Exception as err:
-            raise JobFailed(f"cannot reach the Ray dashboard at {address} (connection {self.ray_conn_id!r}): "
+            raise RayUnavailable(f"cannot reach the Ray dashboard at {address} (connection {self.ray_conn_id!r}): "
                             f"{_without_secrets(err, headers)}") from err
 
     def list_jobs(self) -> list[RayJob]:
@@ -147,13 +147,18 @@ class RayJobHook(BaseHook):
 
         address, headers = dashboard_endpoint(await self.aget_connection(self.ray_conn_id))
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-            async with session.request(method, f"{address}{path}") as response:
-                if response.status >= 400:
-                    body = (await response.text())[:500]
-                    raise JobFailed(f"{method} {address}{path} answered {response.status}: "
+        try:
+            async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+                async with session.request(method, f"{address}{path}") as response:
+                    if response.status >= 400:
+                        body = (await response.text())[:500]
+                        error = RayUnavailable if response.status >= 500 else JobFailed
+                        raise error(f"{method} {address}{path} answered {response.status}: "
                                     f"{_without_secrets(body, headers)}")
-                return await response.json(content_type=None)
+                    return await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise RayUnavailable(f"{method} {address}{path} failed: {type(err).__name__}: "
+                                 f"{_without_secrets(err, headers)}") from err
 
     async def ajob(self, submission_id: str) -> RayJob:
         return RayJob.from_api(await self._arequest("GET", f"/api/jobs/{submission_id}"))

@@ -46,18 +46,18 @@ def submission_id(dag_id: str, partition_path: str, try_number: int, taken: set[
 def choose_job(jobs: Sequence[RayJob], output: str, partition_path: str, fingerprint: str,
                *, force: bool) -> tuple[str, RayJob | None]:
     """What to do for one partition, given the cluster's jobs: ``("attach", job)`` to a job for it that is
-    still going, ``("reuse", job)`` a job that already succeeded on the same input and settings (unless
-    ``force``), else ``("submit", None)``. So a retry or a cleared task never runs two jobs for one partition."""
+    still going, ``("reuse", job)`` the partition's latest succeeded job if it ran on the same input and
+    settings (unless ``force``; an older one's output was published over since), else ``("submit", None)``.
+    So a retry or a cleared task never runs two jobs for one partition."""
     mine = sorted((j for j in jobs if j.metadata.get(META_OUTPUT) == output
                    and j.metadata.get(META_PARTITION) == partition_path),
                   key=lambda j: j.start_time_ms or 0, reverse=True)
     for job in mine:
         if job.active:
             return "attach", job
-    if not force:
-        for job in mine:
-            if job.status == "SUCCEEDED" and job.metadata.get(META_FINGERPRINT) == fingerprint:
-                return "reuse", job
+    latest = next((job for job in mine if job.status == "SUCCEEDED"), None)
+    if not force and latest is not None and latest.metadata.get(META_FINGERPRINT) == fingerprint:
+        return "reuse", latest
     return "submit", None
 
 

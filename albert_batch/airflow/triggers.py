@@ -15,9 +15,11 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from albert_batch.airflow.hooks import TERMINAL_STATUSES, AwsS3Hook, RayJobHook
+from albert_batch.errors import RayUnavailable
 
 LOG_TAIL_LINES = 40
 LOG_DRAIN_S = 10.0  # how long an ended job's log stream may take to deliver its last lines
+DASHBOARD_OUTAGE_S = 600.0  # how long the dashboard may not answer (a head restarting) before the task fails
 TIMEOUT = "TIMEOUT"
 
 
@@ -65,7 +67,8 @@ class RayJobTrigger(BaseTrigger):
 
     The log comes from Ray's streaming endpoint, so a long job's log is not sent again on every poll.
     When the job ends, the whole log is fetched once to copy anything the stream did not deliver (all of
-    it behind a proxy without WebSockets)."""
+    it behind a proxy without WebSockets). A dashboard that does not answer is asked again at every poll,
+    for up to `DASHBOARD_OUTAGE_S`; then `RayUnavailable` fails the task, whose retry attaches to the job."""
 
     def __init__(self, *, submission_id: str, ray_conn_id: str, deadline: str, poll_interval: float = 30.0) -> None:
         super().__init__()
@@ -84,9 +87,20 @@ class RayJobTrigger(BaseTrigger):
         deadline = dt.datetime.fromisoformat(self.deadline)
         log = JobLog(self.submission_id, self.log)
         follower = asyncio.create_task(self._follow(hook, log))
+        unanswered_since: dt.datetime | None = None
         try:
             while True:
-                job = await hook.ajob(self.submission_id)
+                try:
+                    job = await hook.ajob(self.submission_id)
+                except RayUnavailable as err:
+                    unanswered_since = unanswered_since or _now()
+                    if (_now() - unanswered_since).total_seconds() >= DASHBOARD_OUTAGE_S:
+                        raise
+                    self.log.warning("no answer about Ray job %s (%s); asking again in %gs",
+                                     self.submission_id, err, self.poll_interval)
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                unanswered_since = None
                 if job.status in TERMINAL_STATUSES:
                     await self._finish(hook, log, follower)
                     yield TriggerEvent(self._event(job.status, job.message, job.driver_exit_code, log))

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from albert_batch import models, publish, storage
+from albert_batch import errors, models, publish, storage
 from albert_batch.backpressure import QueueLimits, bounded_queues
 from albert_batch.config import REJECTS, TASK_TABLES, RunConfig, Task, tables_for
 from albert_batch.errors import AlbertBatchError, ConfigError, PublishError, RayUnavailable
@@ -257,12 +258,12 @@ def _process(config: RunConfig, plan: InputPlan, infos: dict[Task, ModelInfo]) -
         )
         with bounded_queues(limits, batch_rows=sizing.batch_size):
             _stream(config, plan, sizing, infos, sink)
-    except AlbertBatchError:
+    except Exception as err:
         publish.discard(output, config.run_id)
-        raise
-    except Exception as err:  # Ray wraps worker failures in its own types; report the root cause
-        publish.discard(output, config.run_id)
-        raise AlbertBatchError(f"run {config.run_id} failed while processing {plan.location}: {_root_cause(err)}") from err
+        failure = worker_error(err, f"run {config.run_id} failed while processing {plan.location}")
+        if failure is err:
+            raise
+        raise failure from err
     assert sink.result is not None
     return {**sink.result, "stages": asdict(sizing)}
 
@@ -347,10 +348,36 @@ def _environment(**variables: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _root_cause(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return f"{type(err).__name__}: {err}"
+# A line of a traceback that names an exception: ``albert_batch.errors.StorageError: writing … failed``.
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.*\S)", re.MULTILINE)
+
+
+def worker_error(err: Exception, context: str) -> AlbertBatchError:
+    """The error to raise for ``err``, which a Ray Data execution raised: ``err`` itself if this process
+    raised it, else what the worker raised, in one line after ``context``. Ray hands a worker's error back
+    wrapped (``RayTaskError``, or ``ActorDiedError`` when an actor's ``__init__`` failed), with the worker's
+    whole traceback as its message; an error of albert-batch's own keeps its type and message, anything
+    else becomes an AlbertBatchError naming the root exception."""
+    from ray.exceptions import RayError
+
+    if not isinstance(err, RayError):
+        if isinstance(err, AlbertBatchError):
+            return err
+        while err.__cause__ is not None and str(err.__cause__):  # Ray Data chains an empty SystemException
+            err = err.__cause__
+        return AlbertBatchError(f"{context}: {type(err).__name__}: {err}")
+    raised = [(m["type"], m["message"]) for m in _EXCEPTION_LINE.finditer(str(err))]
+    ours = [(name, message) for name, message in raised if name.startswith("albert_batch.errors.")]
+    if ours:
+        name, message = ours[-1]  # the outermost: it names what failed, with its cause
+        kind = getattr(errors, name.rsplit(".", 1)[1], None)
+        if not (isinstance(kind, type) and issubclass(kind, AlbertBatchError)):
+            kind = AlbertBatchError
+        return kind(f"{context}: {message}")
+    others = [(name, message) for name, message in raised if not name.startswith("ray.")
+              and ("." in name or name.endswith(("Error", "Exception", "Exit", "Interrupt")))]
+    name, message = others[0] if others else (type(err).__name__, str(err).splitlines()[0])
+    return AlbertBatchError(f"{context}: {name}: {message}")
 
 
 def _publish(

@@ -138,8 +138,9 @@ def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
     measurements: list[Measurement] = []
     corpora, agreements = [], []
     runs = [(docs, args.contenders) for docs in args.docs]
-    if args.steady_docs:
-        runs.append((args.steady_docs, [c for c in args.contenders if c in STEADY_CONTENDERS]))
+    steady = [c for c in args.contenders if c in STEADY_CONTENDERS]
+    if args.steady_docs and steady:  # a corpus only when a contender runs on it
+        runs.append((args.steady_docs, steady))
     for docs, contenders in runs:
         corpus = workload.build_corpus(work, docs, models)
         corpora.append(corpus.__dict__)

@@ -4,7 +4,10 @@ problem, exit code 2 and nothing published."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -131,3 +134,15 @@ def test_a_missing_model_folder_is_named(tmp_path, tiny_models, corpus, capsys):
     args[args.index("--ner-model") + 1] = str(tmp_path / "no-such-model")
     code, err = run_cli(capsys, *args)
     assert code == 2 and f"model folder {tmp_path / 'no-such-model'} does not exist" in err
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_named_in_one_line_with_a_retryable_exit_code(
+        tmp_path, tiny_models, corpus):
+    (tmp_path / "no-ray").mkdir()  # where `auto` looks for a running cluster: nothing there
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(tmp_path / "no-ray")}
+    result = subprocess.run([sys.executable, "-m", "albert_batch.cli", "run", "-q",
+                             *base_args(tmp_path, tiny_models, corpus), "--ray-address", "auto"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "cannot start or join the Ray cluster at auto: ConnectionError: Could not find any running Ray" in result.stderr
+    assert "Traceback" not in result.stderr

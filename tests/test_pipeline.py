@@ -290,3 +290,30 @@ def test_gpu_actors_match_the_reference_pipelines_in_fp32(tmp_path, tiny_models,
         want = classify(text, truncation=True)[0]
         assert got[i]["label"] == want["label"]
         assert got[i]["score"] == pytest.approx(want["score"], abs=SCORE_TOLERANCE)
+
+
+def test_an_error_in_a_ray_worker_reaches_the_caller_as_one_line_of_its_own_type(ray_cluster):
+    import ray.data
+
+    from albert_batch import AlbertBatchError, ModelLoadError
+
+    class FailsToStart:  # local classes travel to the workers by value
+        def __init__(self):
+            raise ModelLoadError("model m changed during the run")
+
+        def __call__(self, batch):
+            return batch
+
+    def fails(batch):
+        raise ValueError("a bug")
+
+    def error_of(ds) -> AlbertBatchError:
+        with pytest.raises(Exception) as raised:  # what Ray hands back: the worker's traceback as the message
+            ds.materialize()
+        assert "Traceback" in str(raised.value) or 'File "' in str(raised.value)
+        return runner.worker_error(raised.value, "run r failed")
+
+    started = error_of(ray.data.range(4).map_batches(FailsToStart, compute=ray.data.ActorPoolStrategy(size=1)))
+    assert type(started) is ModelLoadError and str(started) == "run r failed: model m changed during the run"
+    called = error_of(ray.data.range(4).map_batches(fails))
+    assert type(called) is AlbertBatchError and str(called) == "run r failed: ValueError: a bug"

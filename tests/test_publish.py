@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from albert_batch import RunConfig, publish, run, storage
+from albert_batch import RunConfig, StorageError, publish, run, storage
 from conftest import published_partitions, read_published, write_corpus
 
 
@@ -130,3 +130,18 @@ def test_killing_the_process_at_any_point_leaves_no_partial_partition(tmp_path, 
         rows = sorted(r["id"] for r in read_published(out, table) if str(r["dt"]) == "2026-11-10")
         assert published and rows == ([] if table == "rejects" else [1]), table
     assert not (out / "_staging/killed/_COMMIT.json").exists()
+
+
+def test_a_write_that_fails_is_reported_as_the_storage_error_it_was_and_publishes_nothing(
+        tmp_path, tiny_models, ray_cluster):
+    (tmp_path / "input").mkdir()
+    write_corpus(tmp_path / "input/a.parquet", [1, 2], ["one", "two"])
+    staging = tmp_path / "output/_staging"
+    staging.mkdir(parents=True)
+    (staging / "blocked").write_text("a file where the run's staging folder goes")
+    with pytest.raises(StorageError) as failure:
+        run(make_config(tmp_path, tiny_models, "blocked"))
+    message = str(failure.value)
+    assert message.startswith("run blocked failed while processing ") and ": writing " in message, message
+    assert "Not a directory" in message and "\n" not in message and 'File "' not in message, message
+    assert not published_partitions(tmp_path / "output", "classifications")

@@ -124,6 +124,7 @@ def test_a_config_file_may_spell_its_keys_with_dashes_in_the_resources_block_too
     config = RunConfig.from_sources(path)
     assert (config.classifier_model, config.resources.model_actors, config.resources.num_cpus_per_actor) == ("m", 3, 0.5)
 
+
 def test_a_config_file_that_is_not_utf8_or_holds_an_impossible_date_is_a_config_error(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_bytes("input: /caf\u00e9\n".encode("latin-1"))

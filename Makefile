@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check airflow bench clean
+.PHONY: demo test unit check airflow bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest -m unit -q
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check albert_batch pipelines tests dags infra benchmarks

@@ -9,7 +9,8 @@ The public surface is small::
 Importing this package has no side effects and does not import torch or ray.
 """
 
-from albert_batch.config import Precision, ResourceConfig, RunConfig, Task
+from albert_batch.config import Precision, ResourceConfig, RunConfig
+from albert_batch.contract import Task
 from albert_batch.errors import (
     AlbertBatchError,
     ConfigError,
@@ -49,7 +50,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # `run` pulls in Ray Data; load it on first use so that importing the package stays light.
     if name in ("run", "RunSummary"):
-        from albert_batch import runner
+        from albert_batch.pipeline import runner
 
         return getattr(runner, name)
     raise AttributeError(f"module 'albert_batch' has no attribute {name!r}")

@@ -8,7 +8,7 @@ import datetime as dt
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -16,24 +16,9 @@ from typing import Any
 
 import yaml
 
+from albert_batch.contract import RESERVED_COLUMNS, Task
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
-
-
-class Task(StrEnum):
-    CLASSIFY = "classify"
-    NER = "ner"
-
-
-CLASSIFICATIONS = "classifications"
-ENTITIES = "entities"
-REJECTS = "rejects"
-TASK_TABLES = {Task.CLASSIFY: CLASSIFICATIONS, Task.NER: ENTITIES}
-
-
-def tables_for(tasks: Iterable[Task]) -> list[str]:
-    """The output tables a run of ``tasks`` writes: one per task, then the rejects."""
-    return [TASK_TABLES[Task(t)] for t in tasks] + [REJECTS]
 
 
 class Precision(StrEnum):
@@ -43,11 +28,20 @@ class Precision(StrEnum):
     FP16 = "fp16"
 
 
+def setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | None = None, default_factory: Any = None,
+            **flag: Any) -> Any:
+    """A settings field with the help text of its command-line flag (``--name-with-dashes``): the CLI builds
+    its flags, and the command line that rebuilds a config, from these fields. ``flag`` takes argparse's
+    ``type``, ``choices`` and ``action``."""
+    metadata = {"help": help, "metavar": metavar, **flag}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 PARTITION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COLUMN = re.compile(r"^[^\x00-\x1f\x7f]+$")
-RESERVED_PARTITION_KEYS = {"id", "label", "score", "scores", "truncated", "model", "run_id", "processed_at",
-                           "entities", "reason"}
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -81,7 +75,7 @@ def _parse_partition(value: Any) -> tuple[tuple[str, str], ...]:
     for key, val in pairs:
         if not PARTITION_KEY.match(key):
             raise ConfigError(f"partition key {key!r} must be letters, digits and underscores, not starting with a digit")
-        if key.lower() in RESERVED_PARTITION_KEYS:
+        if key.lower() in RESERVED_COLUMNS:
             raise ConfigError(f"partition key {key!r} is an output column name; choose another key")
         if key in seen:
             raise ConfigError(f"partition key {key!r} is given twice")
@@ -127,27 +121,28 @@ def _parse_tasks(value: Any) -> tuple[Task, ...]:
 class ResourceConfig:
     """How the model stage is laid out on the cluster. ``None`` means: derive from the cluster's resources."""
 
-    model_actors: int | None = None
-    num_gpus_per_actor: float = 0.0
-    num_cpus_per_actor: float | None = None
-    tokenizer_actors: int | None = None
-    batch_size: int | None = None
-    max_tokens_per_forward: int | None = None
-    ner_window_overlap: int = 128
-
-    @staticmethod
-    def kind(name: str) -> type:
-        """The number type of setting ``name``: CPU and GPU counts take fractions, the rest are whole."""
-        return float if name.startswith("num_") else int
+    model_actors: int | None = setting(None, metavar="N", type=int,
+                                       help="model actors (default: from cluster resources)")
+    num_gpus_per_actor: float = setting(0.0, metavar="X", type=float,
+                                        help="GPUs per model actor, fractions allowed (default: 0)")
+    num_cpus_per_actor: float | None = setting(None, metavar="X", type=float,
+                                               help="CPUs per model actor (default: from cluster resources)")
+    tokenizer_actors: int | None = setting(None, metavar="N", type=int,
+                                           help="tokenizer actors (default: from cluster resources)")
+    batch_size: int | None = setting(None, metavar="ROWS", type=int, help="rows per model batch (default: 4096)")
+    max_tokens_per_forward: int | None = setting(
+        None, metavar="TOKENS", type=int, help="tokens per forward pass, padding included (default: 2048 on CPUs)")
+    ner_window_overlap: int = setting(128, metavar="TOKENS", type=int,
+                                      help="overlap of the windows a long NER text is cut into (default: 128)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            kind = self.kind(f.name)
-            if value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+            number_type = f.metadata["type"]  # int, or float for CPU and GPU shares
+            if value is None or (isinstance(value, number_type) and not isinstance(value, bool)):
                 continue
             try:
-                object.__setattr__(self, f.name, kind(value))
+                object.__setattr__(self, f.name, number_type(value))
             except (TypeError, ValueError):
                 raise ConfigError(f"resources.{f.name} must be a number, not {value!r}") from None
         if self.model_actors is not None and self.model_actors < 1:
@@ -170,18 +165,25 @@ class ResourceConfig:
 class RunConfig:
     """Everything one batch run needs. Build it directly, or with `RunConfig.from_sources`."""
 
-    input: str
-    output: str
-    tasks: tuple[Task, ...] = (Task.CLASSIFY, Task.NER)
-    classifier_model: str | None = None
-    ner_model: str | None = None
-    text_column: str = "text"
-    id_column: str = "id"
-    partition: tuple[tuple[str, str], ...] = field(default_factory=today_partition)
-    precision: Precision = Precision.AUTO
-    run_id: str = field(default_factory=new_run_id)
-    ray_address: str | None = None
-    allow_pickle_weights: bool = False
+    input: str = setting(metavar="URI", help="Parquet file or folder: local path, file:// or s3://")
+    output: str = setting(metavar="URI", help="output root: local path, file:// or s3://")
+    tasks: tuple[Task, ...] = setting((Task.CLASSIFY, Task.NER), metavar="classify,ner",
+                                      help="comma-separated tasks (default: classify,ner)")
+    classifier_model: str | None = setting(None, metavar="URI", help="model folder, s3:// prefix or hub id[@revision]")
+    ner_model: str | None = setting(None, metavar="URI", help="model folder, s3:// prefix or hub id[@revision]")
+    text_column: str = setting("text", metavar="NAME", help="text column (default: text)")
+    id_column: str = setting("id", metavar="NAME", help="id column (default: id)")
+    partition: tuple[tuple[str, str], ...] = setting(
+        default_factory=today_partition, metavar="KEY=VALUE", action="append",
+        help="output partition; repeat for several keys (default: dt=<today, UTC>)")
+    precision: Precision = setting(Precision.AUTO, choices=[p.value for p in Precision],
+                                   help="model precision (default: auto)")
+    run_id: str = setting(default_factory=new_run_id, metavar="ID",
+                          help="run id recorded in every row (default: generated)")
+    ray_address: str | None = setting(
+        None, metavar="ADDRESS", help="'auto' or host:port to join a cluster (default: embedded local Ray, or RAY_ADDRESS)")
+    allow_pickle_weights: bool = setting(False, action="store_true",
+                                         help="accept pytorch_model.bin weights (runs pickle: only for models you trust)")
     resources: ResourceConfig = field(default_factory=ResourceConfig)
 
     def __post_init__(self) -> None:

@@ -15,11 +15,21 @@
 
 Every message names the thing that is wrong (the column, the file, the setting) and never contains a
 secret. Backend errors are translated in `albert_batch.storage` and re-raised with ``raise ... from err``.
-The CLI maps ConfigError, InputError and ModelLoadError to exit code 2 (nothing was done) and any other
-error to exit code 1.
+`exit_code` maps them to the command line's `ExitCode`: ConfigError, InputError and ModelLoadError to 2
+(nothing was done; retrying cannot help), any other error to 1 (worth retrying).
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``albert-batch``; Airflow's operator reads them from the Ray job."""
+
+    OK = 0  # every partition was published
+    FAILED = 1  # the run failed; nothing half-written is visible; worth retrying
+    UNUSABLE = 2  # settings, input or models are unusable; nothing was done; retrying cannot help
 
 
 class AlbertBatchError(Exception):
@@ -69,3 +79,8 @@ class RayUnavailable(AlbertBatchError):
 
 class JobFailed(AlbertBatchError):
     """A submitted Ray job did not succeed; the message carries its status, error and log tail."""
+
+
+def exit_code(err: AlbertBatchError) -> ExitCode:
+    """The exit code of a command that failed with ``err``."""
+    return ExitCode.UNUSABLE if isinstance(err, (ConfigError, InputError, ModelLoadError)) else ExitCode.FAILED

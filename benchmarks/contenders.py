@@ -108,7 +108,8 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     import torch
     from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
 
-    from albert_batch.predictors import fuse_tanh_gelu, map_longest_first, pass_threads, token_budget_batches
+    from albert_batch.inference.device import fuse_tanh_gelu
+    from albert_batch.inference.predictor import map_longest_first, pass_threads, token_budget_batches
 
     texts = json.loads(Path(texts_file).read_text())
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -145,9 +146,10 @@ def model_ceiling(model: str, texts_file: str, use_gpu: bool, seconds: float, ba
     """The model stage's ceiling on this device: `Predictor.forward` alone, in the precision ``auto`` picks,
     on batches of ``batch_rows`` pre-tokenized sequences (as a model actor gets them), for about
     ``seconds``. No Ray, no tokenizing, no I/O."""
-    from albert_batch import models
-    from albert_batch.config import Precision, Task
-    from albert_batch.predictors import build_predictor
+    from albert_batch.config import Precision
+    from albert_batch.contract import Task
+    from albert_batch.inference import models
+    from albert_batch.inference.predictors import build_predictor
 
     texts = json.loads(Path(texts_file).read_text())
     predictor = build_predictor(models.inspect(model, Task.CLASSIFY, hash_weights=False), precision=Precision.AUTO,
@@ -172,9 +174,10 @@ def model_ceiling(model: str, texts_file: str, use_gpu: bool, seconds: float, ba
 def agreement(task: str, model: str, texts_file: str) -> dict[str, Any]:
     """bf16 against fp32 on the corpus, through the pipeline's own predictors: the share of documents with
     the same label, or, for NER, the F1 of bf16's entity spans (label, start, end) against fp32's."""
-    from albert_batch import models
-    from albert_batch.config import Precision, Task
-    from albert_batch.predictors import build_predictor
+    from albert_batch.config import Precision
+    from albert_batch.contract import Task
+    from albert_batch.inference import models
+    from albert_batch.inference.predictors import build_predictor
 
     texts = json.loads(Path(texts_file).read_text())
     info = models.inspect(model, Task(task), hash_weights=False)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from albert_batch.runner import BATCH_ROWS, CPU_TOKENS_PER_FORWARD, GPU_TOKENS_PER_FORWARD
+from albert_batch.pipeline.sizing import BATCH_ROWS, CPU_TOKENS_PER_FORWARD, GPU_TOKENS_PER_FORWARD
 from benchmarks import workload
 from benchmarks.memory import GIB
 from benchmarks.report import save, steady_rate
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if use_gpu and not shutil.which("nvidia-smi"):
         print("benchmarks.gpu: nvidia-smi not found; is this a GPU machine? (--device cpu for a smoke test)")
         return 2
-    # The batch and forward-pass sizes the pipeline's model actors get (see albert_batch.runner.size_stages).
+    # The batch and forward-pass sizes the pipeline's model actors get (see albert_batch.pipeline.sizing.size_stages).
     tokens_per_forward = GPU_TOKENS_PER_FORWARD if use_gpu else CPU_TOKENS_PER_FORWARD
     work = Path(args.work).resolve()
     results = Path(args.results).resolve() if args.results else work / "gpu"

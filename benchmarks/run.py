@@ -123,14 +123,14 @@ def contender_params(contender: str, task: str, models: workload.Models, corpus:
 
 
 def machine() -> dict[str, Any]:
-    from albert_batch.predictors import cpu_has_amx
-    from albert_batch.runner import versions
+    from albert_batch.inference.device import cpu_has_amx
+    from albert_batch.pipeline.cluster import package_versions
 
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"cpu": model, "cpus": os.cpu_count(), "amx_bf16": cpu_has_amx(), "memory_gib": round(memory / GIB, 1),
-            "platform": platform.platform(), "versions": versions()}
+            "platform": platform.platform(), "versions": package_versions()}
 
 
 def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str, Any]:

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from albert_batch import corpus
-from albert_batch.config import Task
-from albert_batch.model_init import MAX_LENGTH, init_model, train_tokenizer
+from albert_batch.contract import Task
+from albert_batch.dev import corpus
+from albert_batch.training.model_init import MAX_LENGTH, init_model, train_tokenizer
 
 # Log-normal token lengths (special tokens included): mean 44; sigma 0.85 puts the longest of 384
 # documents near 390 tokens.

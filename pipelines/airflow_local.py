@@ -46,7 +46,7 @@ retry_delay_minutes: 1
 
 def prepare(today: dt.date) -> Path:
     """Demo models, a corpus partition for each of the last DAYS days, and the DAG config folder."""
-    from albert_batch import corpus
+    from albert_batch.dev import corpus
 
     models = DEMO / "models"
     if not all((models / task / "training_report.json").exists() for task in ("classify", "ner")):
@@ -72,7 +72,7 @@ def prepare(today: dt.date) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from albert_batch.local_ray import start_head, stop_process_group
+    from albert_batch.dev.local_ray import start_head, stop_process_group
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--airflow-port", type=int, default=8080)

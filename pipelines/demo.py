@@ -18,9 +18,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from albert_batch import RunConfig, Task, corpus, run
+from albert_batch import RunConfig, Task, run
 from albert_batch.cli import format_summary
-from albert_batch.training import REPORT, FinetuneConfig, finetune, write_labelled
+from albert_batch.dev import corpus
+from albert_batch.training.config import FinetuneConfig
+from albert_batch.training.data import write_labelled
+from albert_batch.training.finetune import REPORT, finetune
 
 ROOT = Path(__file__).resolve().parent.parent / ".demo"
 EVAL_DOCS = 500

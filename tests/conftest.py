@@ -1,26 +1,21 @@
-"""Shared fixtures: a real moto S3 server and a real local Ray (both once per session), tiny ALBERT
-models built on the fly, and helpers that write corpora and read results back as a warehouse would."""
+"""Shared fixtures: a real moto S3 server and a real local Ray (both once per session), and tiny ALBERT
+models built on the fly. Helpers that tests import are in `support`."""
 
 from __future__ import annotations
 
 import atexit
-import glob
-import json
 import os
 import shutil
-import socket
 import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from albert_batch.config import Task
-from albert_batch.model_init import init_model
+from albert_batch.contract import Task
+from albert_batch.training.model_init import init_model
+from support import CLASSIFIER_LABELS, FAKE_KEY_ID, FAKE_SECRET, NER_LABELS, TRICKY_TEXTS, free_port
 
 # Airflow reads its settings when first imported: give the test session its own home (SQLite database,
 # logs) and no example DAGs, before any test module imports it.
@@ -29,37 +24,16 @@ atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
-# Credentials the tests give moto; no output, log or error may ever contain the secret.
-FAKE_KEY_ID = "AKIATESTINGKEYID0000"
-FAKE_SECRET = "moto-secret-must-never-leak-7f3a9c"
-
-INT64 = pa.int64()
-# fp32 scores computed in differently shaped batches (padding, thread counts) differ by a few 1e-5: GEMM
-# kernels sum in different orders. Labels and offsets must match exactly; scores within this.
-SCORE_TOLERANCE = 1e-4
-CLASSIFIER_LABELS = ("negative", "neutral", "positive")
-NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
-
-TRICKY_TEXTS = [
-    "Anna Schmidt flew from Berlin to Paris with Acme Corp last Tuesday.",
-    "Café crème at Zürich's naïve bistro — très bien, señor Muñoz!",
-    "東京タワーは高い。北京 and 서울 are far from São Paulo.",
-    "Great 👍😀 product!!! 🙄 would buy again ✨",
-    "repeated    spaces   between     words",
-    "tabs\tand\nnewlines\r\n mixed\t\tin",
-    "   leading and trailing spaces   ",
-    "Literal [SEP] and [CLS] markers, and <unk> too.",
-    "ÀÉÎÕÜ ñ ß ø å Œuvre ﬁnance",
-    "x",
-    "Dr. O'Neil-Smith, Ph.D., visited St. Petersburg on 3/4/2025 at 10:30am.",
-    "THE SERVICE WAS TERRIBLE AND THE FOOD COLD",
-]
+# Tests that use none of these (nor the slow, gpu or docker markers) are the fast lane, `make unit`: they need
+# no Ray, no models (building them trains a tokenizer) and no S3 bucket.
+HEAVY_FIXTURES = frozenset({"ray_cluster", "tiny_models", "s3"})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_more = any(item.get_closest_marker(name) for name in ("slow", "gpu", "docker"))
+        if not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) and not needs_more:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -134,30 +108,3 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (ner / name).write_bytes((classifier / name).read_bytes())
     init_model(ner, Task.NER, NER_LABELS, vocab_size=400, initializer_range=0.4, seed=2)
     return {"classifier": str(classifier), "ner": str(ner)}
-
-
-def write_corpus(path: Path | str, ids: list[Any], texts: list[str | None], *, id_type: pa.DataType = INT64,
-                 filesystem: Any = None) -> None:
-    table = pa.table({"id": pa.array(ids, id_type), "text": pa.array(texts, pa.string()),
-                      "extra": pa.array([0] * len(ids), pa.int8())})
-    pq.write_table(table, str(path), filesystem=filesystem)
-
-
-def published_partitions(root: Path | str, table: str) -> list[Path]:
-    """Partition folders a consumer may read: those with _SUCCESS."""
-    return sorted(Path(p).parent for p in glob.glob(f"{root}/{table}/**/_SUCCESS", recursive=True))
-
-
-def read_published(root: Path | str, table: str) -> list[dict[str, Any]]:
-    """Rows of every published partition, read by DuckDB with Hive partitioning, as a warehouse would."""
-    files = [str(f) for d in published_partitions(root, table) for f in sorted(d.glob("*.parquet"))]
-    if not files:
-        return []
-    con = duckdb.connect()
-    result = con.execute("SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)", [files])
-    names = [c[0] for c in result.description]
-    return [dict(zip(names, row)) for row in result.fetchall()]
-
-
-def manifest(root: Path | str, table: str, partition: str) -> dict[str, Any]:
-    return json.loads((Path(root) / table / partition / "_manifest.json").read_text())

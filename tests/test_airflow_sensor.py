@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout, TaskDeferred
 
 from albert_batch.airflow.sensors import InputPartitionSensor
 from albert_batch.airflow.triggers import TIMEOUT, InputPartitionTrigger
-from conftest import FAKE_KEY_ID, FAKE_SECRET, write_corpus
+from support import FAKE_KEY_ID, FAKE_SECRET, write_corpus
 
 
 def deadline(seconds: float) -> str:

@@ -10,7 +10,7 @@ import pytest
 from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY
 from ray.data.context import DataContext
 
-from albert_batch.backpressure import LIMITS_KEY, QueueLimits, RowsAhead, bounded_queues
+from albert_batch.pipeline.backpressure import LIMITS_KEY, QueueLimits, RowsAhead, bounded_queues
 
 
 def policies() -> list[type]:

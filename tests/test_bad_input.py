@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from albert_batch.cli import main
-from conftest import write_corpus
+from support import write_corpus
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_an_unreadable_parquet_file_is_named_and_nothing_is_published(tmp_path, 
 
 
 def test_hidden_and_underscore_files_are_not_input(tmp_path, tiny_models, corpus, capsys):
-    from albert_batch.inputs import plan_input
+    from albert_batch.pipeline.inputs import plan_input
     from albert_batch.storage import Location
 
     (corpus / "_SUCCESS").write_bytes(b"")

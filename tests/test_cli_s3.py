@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FAKE_SECRET, TRICKY_TEXTS
+from support import FAKE_SECRET, TRICKY_TEXTS
 
 
 def upload_folder(fs: pafs.S3FileSystem, folder: str, prefix: str) -> None:

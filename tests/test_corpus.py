@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from albert_batch import corpus
-from albert_batch.corpus import ENTITY_TYPES, NER_LABELS, SENTIMENTS, Document, generate, to_table, write_corpus
+from albert_batch.dev import corpus, vocabulary
+from albert_batch.dev.corpus import ENTITY_TYPES, NER_LABELS, SENTIMENTS, Document, generate, to_table, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,11 @@ def test_label_vocabularies():
 
 def test_entity_spans_are_exact_sorted_and_non_overlapping(docs):
     people = (
-        {f"{first} {last}" for first in corpus._FIRST_NAMES for last in corpus._LAST_NAMES}
-        | {f"{last} {first}" for first in corpus._FIRST_NAMES for last in corpus._LAST_NAMES}
-        | set(corpus._LAST_NAMES)
+        {f"{first} {last}" for first in vocabulary.FIRST_NAMES for last in vocabulary.LAST_NAMES}
+        | {f"{last} {first}" for first in vocabulary.FIRST_NAMES for last in vocabulary.LAST_NAMES}
+        | set(vocabulary.LAST_NAMES)
     )
-    vocabulary = {"PER": people, "LOC": set(corpus._LOCATIONS), "ORG": set(corpus._ORGANISATIONS)}
+    surfaces = {"PER": people, "LOC": set(vocabulary.LOCATIONS), "ORG": set(vocabulary.ORGANISATIONS)}
     for doc in docs:
         assert doc.sentiment in SENTIMENTS
         previous_end = 0
@@ -81,7 +81,7 @@ def test_entity_spans_are_exact_sorted_and_non_overlapping(docs):
             assert label in ENTITY_TYPES
             assert previous_end <= start < end <= len(doc.text), doc
             assert surface == surface.strip(), (surface, doc)
-            assert surface in vocabulary[label], (surface, label, doc)
+            assert surface in surfaces[label], (surface, label, doc)
             # An entity is a whole word sequence, never glued to neighbouring letters (noise stays outside).
             assert start == 0 or not doc.text[start - 1].isalnum(), (surface, doc)
             assert end == len(doc.text) or not doc.text[end].isalnum(), (surface, doc)
@@ -100,10 +100,10 @@ def test_every_entity_type_appears_with_multilingual_and_multi_word_surfaces(doc
 
 
 def test_vocabulary_is_large_enough_to_vary():
-    assert len(corpus._FIRST_NAMES) >= 40 and len(corpus._LAST_NAMES) >= 40
-    assert len(corpus._LOCATIONS) >= 40 and len(corpus._ORGANISATIONS) >= 30
+    assert len(vocabulary.FIRST_NAMES) >= 40 and len(vocabulary.LAST_NAMES) >= 40
+    assert len(vocabulary.LOCATIONS) >= 40 and len(vocabulary.ORGANISATIONS) >= 30
     for genre in ("review", "news"):
-        _, bearing = corpus._TEMPLATES[genre]
+        _, bearing = corpus.TEMPLATES[genre]
         assert len(bearing["positive"]) >= 25 and len(bearing["negative"]) >= 25
 
 

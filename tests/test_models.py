@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from albert_batch import ModelLoadError, Task, models
+from albert_batch import ModelLoadError, Task
+from albert_batch.inference import models
 
 
 @pytest.fixture
@@ -75,17 +76,17 @@ def test_a_hub_download_fetches_pickle_weights_only_when_they_are_allowed(monkey
 
 
 def test_an_actor_refuses_a_model_overwritten_since_the_run_started(tiny_models, tmp_path):
-    from albert_batch import stages
+    from albert_batch.inference.predictors import load_predictors
 
     folder = tmp_path / "clf"
     shutil.copytree(tiny_models["classifier"], folder)
     at_start = {Task.CLASSIFY: models.inspect(str(folder), Task.CLASSIFY).weights_sha256}
-    assert stages._load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
+    assert load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
 
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # a new version, published to the same place
     with pytest.raises(ModelLoadError, match=rf"model {folder} changed during the run: its weights are \w+"):
-        stages._load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
+        load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
 
 
 def test_a_sharded_model_missing_a_shard_or_with_a_broken_index_is_named(tiny_models, tmp_path):

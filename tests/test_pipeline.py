@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
-from albert_batch import RunConfig, backpressure, run, runner
-from albert_batch.inputs import plan_input
-from albert_batch.runner import read_input
-from conftest import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
+from albert_batch import RunConfig, run
+from albert_batch.pipeline import backpressure, cluster, inputs, runner
+from albert_batch.pipeline.inputs import plan_input, read_input
+from support import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
 
 LONG = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
 
@@ -189,7 +189,7 @@ def test_the_read_takes_a_few_row_groups_per_task_so_it_cannot_run_far_ahead(tmp
         write_corpus(tmp_path / f"input/part-{number}.parquet", ids, [f"text number {i} " + "x" * 80 for i in ids])
     settings = config(tmp_path, tiny_models)
     plan = plan_input(settings.input_location, id_column="id", text_column="text")
-    monkeypatch.setattr(runner, "READ_TASK_BYTES", 100_000)
+    monkeypatch.setattr(inputs, "READ_TASK_BYTES", 100_000)
     ds = read_input(settings, plan, rows_per_block=128).materialize()
     assert ds.count() == 4000
     assert "ReadFilesParquetV2: 4 tasks executed" in ds.stats()
@@ -231,8 +231,8 @@ def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):
     """Tokenizer actors start in a fraction of a second and stay small: they call the Rust tokenizer only."""
     code = (
         "import sys, pyarrow as pa\n"
-        "from albert_batch.config import Task\n"
-        "from albert_batch.stages import TokenizeStage\n"
+        "from albert_batch.contract import Task\n"
+        "from albert_batch.pipeline.stages import TokenizeStage\n"
         f"stage = TokenizeStage(model_uris={{Task.CLASSIFY: {tiny_models['classifier']!r}, Task.NER: {tiny_models['ner']!r}}})\n"
         "out = stage(pa.table({'id': [1, 2], 'text': ['Anna flew to Berlin.', ' ']}))\n"
         "assert out.column('reject_reason').to_pylist() == [None, 'blank_text']\n"
@@ -249,12 +249,14 @@ def test_the_model_stage_and_the_writer_hand_freed_heap_pages_back(tiny_models, 
     code = (
         "import pyarrow as pa\n"
         "from types import SimpleNamespace\n"
-        "from albert_batch import heap, models, output, stages\n"
-        "from albert_batch.config import Precision, Task\n"
+        "from albert_batch.config import Precision\n"
+        "from albert_batch.contract import Task\n"
+        "from albert_batch.inference import models\n"
+        "from albert_batch.pipeline import heap, sink, stages\n"
         "from albert_batch.storage import Location\n"
-        "trim, calls = heap._MALLOC_TRIM, []\n"
+        "trim, calls = heap.MALLOC_TRIM, []\n"
         "assert trim is not None, 'glibc here: the trim must be found, not silently skipped'\n"
-        "heap._MALLOC_TRIM = lambda pad: calls.append(pad) or trim(pad)\n"
+        "heap.MALLOC_TRIM = lambda pad: calls.append(pad) or trim(pad)\n"
         f"uris = {{Task.CLASSIFY: {tiny_models['classifier']!r}, Task.NER: {tiny_models['ner']!r}}}\n"
         "weights = {task: models.inspect(uri, task).weights_sha256 for task, uri in uris.items()}\n"
         "model = stages.ModelStage(model_uris=uris, weights_sha256=weights, precision=Precision.FP32, use_gpu=False,\n"
@@ -263,10 +265,10 @@ def test_the_model_stage_and_the_writer_hand_freed_heap_pages_back(tiny_models, 
         "outs = [model(tokenize(pa.table({'id': list(range(len(texts))), 'text': texts})))\n"
         "        for texts in (['Anna flew to Berlin.'], ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.'])]\n"
         "print(calls)\n"
-        f"sink = output.StagingSink(staging=Location.parse({str(tmp_path)!r}), run_id='r', models=uris,\n"
+        f"writer = sink.StagingSink(staging=Location.parse({str(tmp_path)!r}), run_id='r', models=uris,\n"
         "                          id_type=pa.int64(), rows_per_file=100)\n"
-        "report = sink.write(outs, SimpleNamespace(task_idx=0))\n"
-        "assert report['rows']['classifications'] == 3, report\n"
+        "report = writer.write(outs, SimpleNamespace(task_idx=0))\n"
+        "assert report.rows['classifications'] == 3, report\n"
         "print(calls)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -311,7 +313,7 @@ def test_an_error_in_a_ray_worker_reaches_the_caller_as_one_line_of_its_own_type
         with pytest.raises(Exception) as raised:  # what Ray hands back: the worker's traceback as the message
             ds.materialize()
         assert "Traceback" in str(raised.value) or 'File "' in str(raised.value)
-        return runner.worker_error(raised.value, "run r failed")
+        return cluster.worker_error(raised.value, "run r failed")
 
     started = error_of(ray.data.range(4).map_batches(FailsToStart, compute=ray.data.ActorPoolStrategy(size=1)))
     assert type(started) is ModelLoadError and str(started) == "run r failed: model m changed during the run"

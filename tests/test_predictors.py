@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
-from albert_batch import models
-from albert_batch.config import Precision, Task
-from albert_batch.predictors import Encoder, NerPredictor, build_predictor, token_budget_batches
-from conftest import SCORE_TOLERANCE, TRICKY_TEXTS
+from albert_batch.config import Precision
+from albert_batch.contract import Task
+from albert_batch.inference import models
+from albert_batch.inference.ner import NerPredictor
+from albert_batch.inference.predictor import Encoder, token_budget_batches
+from albert_batch.inference.predictors import build_predictor
+from support import SCORE_TOLERANCE, TRICKY_TEXTS
 
 LONG_TEXT = " ".join(f"Anna Schmidt met Zhang Wei in Berlin, trip {i}, for Acme Corp." for i in range(150))
 

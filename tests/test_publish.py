@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from albert_batch import RunConfig, StorageError, publish, run, storage
-from conftest import published_partitions, read_published, write_corpus
+from albert_batch import RunConfig, StorageError, run, storage
+from albert_batch.pipeline import publish
+from support import published_partitions, read_published, write_corpus
 
 
 class Killed(BaseException):
@@ -62,8 +63,8 @@ def test_a_run_that_dies_mid_publication_is_finished_by_the_next_run(tmp_path, t
     assert state(out, "entities") == (False, set()) and (out / "_staging/new/_COMMIT.json").exists()
 
     # The next run of the partition finishes the committed publication first, then publishes its own.
-    real_apply, applied = publish._apply, []
-    monkeypatch.setattr(publish, "_apply", lambda o, s, c: (applied.append(c["run_id"]), real_apply(o, s, c)))
+    real_apply, applied = publish.apply_commit, []
+    monkeypatch.setattr(publish, "apply_commit", lambda o, s, c: (applied.append(c["run_id"]), real_apply(o, s, c)))
     run(make_config(tmp_path, tiny_models, "later"))
     assert applied == ["new", "later"]
     for table in ("classifications", "entities", "rejects"):

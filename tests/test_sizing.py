@@ -7,7 +7,7 @@ import pytest
 
 from albert_batch import RunConfig
 from albert_batch.errors import ConfigError
-from albert_batch.runner import size_stages
+from albert_batch.pipeline.sizing import size_stages
 
 BASE = {"input": "/in", "output": "/out", "classifier_model": "c", "ner_model": "n"}
 
@@ -100,6 +100,6 @@ def test_any_explicit_batch_setting_wins_even_a_small_one(resources):
 ])
 def test_each_stage_may_run_a_spare_batch_per_model_actor_ahead(resources, cluster, batches):
     """Enough waiting work for every model actor, and the queues stay a few batches long however large the
-    corpus (albert_batch/backpressure.py holds each stage to it)."""
+    corpus (albert_batch/pipeline/backpressure.py holds each stage to it)."""
     sizing = size_stages(RunConfig(**BASE, resources=resources), cluster)
     assert sizing.max_rows_ahead == batches * sizing.batch_size

@@ -10,10 +10,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from albert_batch import ConfigError, InputError, RunConfig, Task, corpus, models, run
+from albert_batch import ConfigError, InputError, RunConfig, Task, run
 from albert_batch.cli import main
-from albert_batch.training import REPORT, FinetuneConfig, finetune, write_labelled
-from conftest import read_published, write_corpus
+from albert_batch.dev import corpus
+from albert_batch.inference import models
+from albert_batch.training.config import FinetuneConfig
+from albert_batch.training.data import write_labelled
+from albert_batch.training.finetune import REPORT, finetune
+from support import read_published, write_corpus
 
 
 def labelled(tmp_path, task: Task, n: int, split: str) -> str:
@@ -95,8 +99,8 @@ def test_unusable_settings_and_data_are_refused_before_training(tmp_path, capsys
 def test_long_ner_texts_become_full_length_windows_optionally_only_the_first_few(tiny_models):
     from transformers import AutoTokenizer
 
-    from albert_batch.labels import bio_labels
-    from albert_batch.training import encode
+    from albert_batch.training.bio import bio_labels
+    from albert_batch.training.data import encode
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["ner"])
     text = " ".join(f"Anna Schmidt visited Lisbon on day {i}." for i in range(60))

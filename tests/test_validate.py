@@ -13,8 +13,8 @@ import pytest
 
 from albert_batch import RunConfig, run
 from albert_batch.errors import ValidationError
-from albert_batch.validate import validate_partition
-from conftest import TRICKY_TEXTS, write_corpus
+from albert_batch.pipeline.validate import validate_partition
+from support import TRICKY_TEXTS, write_corpus
 
 PARTITION = "dt=2026-11-02"
 
@@ -37,12 +37,13 @@ def output(published, tmp_path) -> Path:
 
 def test_a_published_partition_passes_and_is_summarised(published):
     summary = validate_partition(published, PARTITION, ["classify", "ner"], run_id="run-v")
-    assert summary["run_id"] == "run-v" and summary["partition"] == PARTITION
-    assert summary["input_rows"] == len(TRICKY_TEXTS) + 1 and summary["rejected_rows"] == 1
-    assert {t: v["rows"] for t, v in summary["tables"].items()} == {
+    assert summary.run_id == "run-v" and summary.partition == PARTITION
+    assert summary.input_rows == len(TRICKY_TEXTS) + 1 and summary.rejected_rows == 1
+    assert {t: v["rows"] for t, v in summary.tables.items()} == {
         "classifications": len(TRICKY_TEXTS), "entities": len(TRICKY_TEXTS), "rejects": 1}
-    assert sum(summary["label_counts"].values()) == len(TRICKY_TEXTS)
-    assert set(summary["models"]) == {"classify", "ner"} and all(m["weights_sha256"] for m in summary["models"].values())
+    assert sum(summary.label_counts.values()) == len(TRICKY_TEXTS)
+    assert set(summary.models) == {"classify", "ner"} and all(m["weights_sha256"] for m in summary.models.values())
+    assert json.loads(json.dumps(summary.as_dict())) == summary.as_dict(), "plain JSON, for XCom"
 
 
 def test_a_partition_without_success_is_refused(output):

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from albert_batch.config import ResourceConfig, RunConfig, load_yaml, tables_for
+from albert_batch.config import ResourceConfig, RunConfig, load_yaml
+from albert_batch.contract import tables_for
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
 

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from albert_batch.airflow.hooks import AwsS3Hook, RayJob, RayJobHook
 from albert_batch.airflow.triggers import RayJobTrigger
-from albert_batch.errors import JobFailed
+from albert_batch.errors import ExitCode, JobFailed
 
 # Ray job metadata keys: the partition a job writes is its identity, whoever submitted it.
 META_OUTPUT = "albert_batch.output"
@@ -27,7 +27,6 @@ META_PARTITION = "albert_batch.partition"
 META_FINGERPRINT = "albert_batch.fingerprint"
 META_RUN_ID = "albert_batch.run_id"
 META_AIRFLOW = "albert_batch.airflow"
-EXIT_UNUSABLE = 2  # `albert-batch run`: settings, input or models unusable; retrying cannot help
 ENTRYPOINT_DEFAULTS = {"entrypoint_num_cpus": 0}  # the driver only coordinates; its CPU belongs to the stages
 
 
@@ -145,8 +144,9 @@ class RayBatchJobOperator(BaseOperator):
             return self._result(sid, sid, partition_path, reused=False)
         err = JobFailed(f"Ray job {sid} ended {status}: {event.get('message') or 'no message'}\n"
                         f"--- last lines of its log ---\n{event.get('log_tail', '')}")
-        if event.get("exit_code") == EXIT_UNUSABLE:
-            raise AirflowFailException(f"{err} (exit code {EXIT_UNUSABLE}: unusable input or settings; not retried)") from err
+        if event.get("exit_code") == ExitCode.UNUSABLE:
+            raise AirflowFailException(f"{err} (exit code {ExitCode.UNUSABLE.value}: unusable input or settings; "
+                                       "not retried)") from err
         raise err
 
     def on_kill(self) -> None:
@@ -171,7 +171,7 @@ class RayBatchJobOperator(BaseOperator):
 
 
 class ValidatePartitionOperator(BaseOperator):
-    """Check the partition a job published (see `albert_batch.validate.validate_partition`): ``job`` is
+    """Check the partition a job published (see `albert_batch.pipeline.validate.validate_partition`): ``job`` is
     `RayBatchJobOperator`'s result. Returns the compact, secret-free run summary."""
 
     template_fields = ("output_uri", "job")
@@ -186,10 +186,11 @@ class ValidatePartitionOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from albert_batch import storage
-        from albert_batch.validate import validate_partition
+        from albert_batch.pipeline.validate import validate_partition
 
         with storage.s3_settings(AwsS3Hook(self.aws_conn_id).settings()):
-            summary = validate_partition(self.output_uri, self.job["partition"], self.tasks, run_id=self.job["run_id"])
+            summary = validate_partition(self.output_uri, self.job["partition"], self.tasks,
+                                         run_id=self.job["run_id"]).as_dict()
         self.log.info("%s of %s is complete and keeps the contract: %s", summary["partition"], self.output_uri,
                       json.dumps({k: summary[k] for k in ("run_id", "input_rows", "rejected_rows", "tables")}))
         return {**summary, "submission_id": self.job["submission_id"], "reused_job": self.job["reused"]}

@@ -32,7 +32,7 @@ class InputPartitionSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool:
         from albert_batch import storage
-        from albert_batch.inputs import input_state
+        from albert_batch.pipeline.inputs import input_state
         from albert_batch.storage import Location
 
         with storage.s3_settings(AwsS3Hook(self.aws_conn_id).settings()):

@@ -147,7 +147,7 @@ class RayJobTrigger(BaseTrigger):
 
 class InputPartitionTrigger(BaseTrigger):
     """Checks an input location every ``poke_interval`` seconds until it is ready (see
-    `albert_batch.inputs.input_state`) or ``deadline`` passes. Storage calls run in a thread, so the
+    `albert_batch.pipeline.inputs.input_state`) or ``deadline`` passes. Storage calls run in a thread, so the
     triggerer's event loop never blocks on them."""
 
     def __init__(self, *, input_uri: str, aws_conn_id: str | None, marker: str | None, deadline: str,
@@ -166,7 +166,7 @@ class InputPartitionTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from albert_batch import storage
-        from albert_batch.inputs import input_state
+        from albert_batch.pipeline.inputs import input_state
         from albert_batch.storage import Location
 
         settings = await AwsS3Hook(self.aws_conn_id).asettings()

@@ -1,4 +1,5 @@
-"""Specification of albert_batch.labels: from labelled character spans to token labels, and the metrics."""
+"""Specification of albert_batch.training.bio and .metrics: from labelled character spans to token labels,
+and the metrics."""
 
 from __future__ import annotations
 
@@ -8,14 +9,8 @@ import numpy as np
 import pytest
 
 from albert_batch.errors import InputError
-from albert_batch.labels import (
-    IGNORE_INDEX,
-    align_tokens,
-    bio_labels,
-    classification_metrics,
-    span_metrics,
-    validate_spans,
-)
+from albert_batch.training.bio import IGNORE_INDEX, align_tokens, bio_labels, validate_spans
+from albert_batch.training.metrics import classification_metrics, span_metrics
 
 LABELS = bio_labels(["PER", "LOC", "ORG"])
 LABEL2ID = {label: i for i, label in enumerate(LABELS)}
@@ -261,7 +256,7 @@ def test_span_metrics_zero_denominators_and_length_mismatch():
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoTokenizer
 
-    from albert_batch.model_init import train_tokenizer
+    from albert_batch.training.model_init import train_tokenizer
 
     texts = [SENTENCE] * 50 + ["some other words here"] * 50
     folder = train_tokenizer(texts, Path(tmp_path_factory.mktemp("labels")) / "tok", vocab_size=60)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from albert_batch import storage
-from albert_batch.config import Task
+from albert_batch.contract import Task
 from albert_batch.errors import AlbertBatchError, ModelLoadError
 from albert_batch.storage import Location
 

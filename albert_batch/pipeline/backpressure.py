@@ -3,23 +3,23 @@ does not grow with its corpus.
 
 Ray Data 2.60 holds an operator back only when the run's object-store budget fills (a share of the
 object store that grows with the machine's memory). Below that budget each stage runs as far ahead as it
-can: on a CPU cluster the tokenizer is ~20x faster than the model, so its features for most of the corpus
-would wait in the object store for the model stage (0.75 GiB of a million short rows' peak; see
-BENCHMARKS.md). Capping that budget instead stalls the model stage, whose outputs count against it too.
+can: on a CPU cluster the tokenizer is far faster than the model, so its features for most of the corpus
+would wait in the object store for the model stage (BENCHMARKS.md, "Memory"). Capping that budget instead
+stalls the model stage, whose outputs count against it too.
 
 ``RowsAhead`` is a Ray Data backpressure policy: an operator may start a new task only while fewer than
 ``QueueLimits.rows`` of its rows, or less than ``QueueLimits.bytes`` of its output, wait for a task of the
 operator after it. The rows keep the next stage fed (a spare batch per model actor) and make the limit
 safe: a stage that needs a full batch never waits for an upstream stage that waits for it. The bytes let
-cheap queues run a little longer: text is ~140 bytes a row, and held to two batches, the repartition of
-the next input file waited until the tokenizer had almost run dry. Tasks already running finish, and
+cheap queues run a little longer: held to a few batches of short text, the repartition of the next
+input file would wait until the tokenizer had almost run dry. Tasks already running finish, and
 the last operator (the write) is never held back. The write gathers a whole output file's rows before it
 starts a task, so the stage before it may run ``QueueLimits.rows_into_write`` rows ahead: a file's rows
 and a few batches more, so that the model stage does not wait while the write gathers a file or waits
 for a CPU.
 
 It plugs in through Ray Data's ``backpressure_policies.enabled`` setting, which is internal to Ray Data:
-``pyproject.toml`` pins ray to 2.60.x, and tests/test_pipeline.py checks the bound on a real run.
+``pyproject.toml`` pins ray to 2.60.x, and the test suite checks the bound on a real run.
 """
 
 from __future__ import annotations

@@ -4,41 +4,26 @@ on a small table, without a cluster.
 
     TokenizeStage  id, text  ->  id, text, reject_reason, <task>.<feature>...      (CPU)
     ModelStage     ...       ->  id, reject_reason, <task>.<result>..., processed_at (GPU or CPU)
+
+Neither knows a task by name: the features are what each task's predictor declares
+(`Predictor.features`), the results are its output's columns (`albert_batch.contract.TASK_OUTPUTS`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from albert_batch import heap, models
-from albert_batch.arrowcols import from_list_array, to_list_array
-from albert_batch.config import Precision, Task
-from albert_batch.errors import ModelLoadError
-from albert_batch.predictors import Predictor, build_predictor
-
-SCORES_TYPE = pa.map_(pa.string(), pa.float64())
-ENTITY_TYPE = pa.struct(
-    [("label", pa.string()), ("text", pa.string()), ("start", pa.int32()), ("end", pa.int32()), ("score", pa.float64())]
-)
-TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
-# Feature columns of the tokenizer stage: name -> Arrow value type (list columns) or scalar type.
-FEATURE_TYPES: dict[Task, dict[str, pa.DataType]] = {
-    Task.CLASSIFY: {"input_ids": pa.list_(pa.int32()), "truncated": pa.bool_()},
-    Task.NER: {"input_ids": pa.list_(pa.int32()), "offsets": pa.list_(pa.int32()), "special": pa.list_(pa.bool_())},
-}
-
-
-class RejectReason(StrEnum):
-    NULL_ID = "null_id"
-    NULL_TEXT = "null_text"
-    BLANK_TEXT = "blank_text"
+from albert_batch.config import Precision
+from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Task
+from albert_batch.inference.predictors import load_predictors
+from albert_batch.pipeline import heap
+from albert_batch.pipeline.columns import from_list_array, task_column, to_list_array
 
 
 def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> list[str | None]:
@@ -55,25 +40,6 @@ def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> 
         else:
             reasons.append(None)
     return reasons
-
-
-def _load_predictors(model_uris: dict[Task, str], weights_sha256: dict[Task, str] | None = None,
-                     **kwargs: Any) -> dict[Task, Predictor]:
-    """The predictors of ``model_uris``. With ``weights_sha256`` (what the driver inspected and put in the
-    manifest), weights that differ — the model was overwritten during the run, or a hub id without a
-    revision moved on — are refused, so one partition never mixes two models' results."""
-    allow_pickle = kwargs.get("allow_pickle_weights", False)
-    predictors = {}
-    for task, uri in model_uris.items():
-        info = models.inspect(uri, task, allow_pickle_weights=allow_pickle, hash_weights=weights_sha256 is not None)
-        if weights_sha256 is not None and info.weights_sha256 != weights_sha256[task]:
-            raise ModelLoadError(
-                f"model {uri} changed during the run: its weights are {info.weights_sha256[:12]}… here, "
-                f"{weights_sha256[task][:12]}… when the run started. Pin a revision, or publish new models "
-                "to a new location"
-            )
-        predictors[task] = build_predictor(info, **kwargs)
-    return predictors
 
 
 def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
@@ -94,7 +60,7 @@ class TokenizeStage:
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # read by the tokenizer on every call
         heap.use_the_system_allocator_for_arrow()
-        self.predictors = _load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
+        self.predictors = load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column("id")
@@ -109,13 +75,13 @@ class TokenizeStage:
         }
         for task, predictor in self.predictors.items():
             features = predictor.preprocess(accepted_texts) if accepted_texts else {}
-            for name, arrow_type in FEATURE_TYPES[task].items():
+            for name, arrow_type in predictor.features.items():
                 if pa.types.is_list(arrow_type):
                     values = _scatter(features.get(name, []), accepted, len(texts), np.empty(0))
-                    columns[f"{task}.{name}"] = to_list_array(values, arrow_type.value_type)
+                    columns[task_column(task, name)] = to_list_array(values, arrow_type.value_type)
                 else:
                     values = _scatter([v.item() for v in features.get(name, [])], accepted, len(texts), None)
-                    columns[f"{task}.{name}"] = pa.array(values, arrow_type)
+                    columns[task_column(task, name)] = pa.array(values, arrow_type)
         return pa.table(columns)
 
 
@@ -145,7 +111,7 @@ class ModelStage:
         import torch
 
         torch.set_num_threads(omp_threads)
-        self.predictors = _load_predictors(
+        self.predictors = load_predictors(
             model_uris,
             weights_sha256,
             precision=precision,
@@ -163,22 +129,14 @@ class ModelStage:
         columns: dict[str, pa.Array] = {"id": batch.column("id"), "reject_reason": batch.column("reject_reason")}
         for task, predictor in self.predictors.items():
             features = {}
-            for name, arrow_type in FEATURE_TYPES[task].items():
-                column = batch.column(f"{task}.{name}").filter(pa.array(accepted))
-                if pa.types.is_list(arrow_type):
-                    values = from_list_array(column)
-                    features[name] = [v.reshape(-1, 2) for v in values] if name == "offsets" else values
-                else:
-                    features[name] = list(column.to_numpy(zero_copy_only=False))
-            results = predictor.predict(texts, features) if texts else []
-            if task is Task.CLASSIFY:
-                for key, arrow_type in (("label", pa.string()), ("score", pa.float64()), ("truncated", pa.bool_())):
-                    columns[f"{task}.{key}"] = pa.array(_scatter([r[key] for r in results], accepted, size, None), arrow_type)
-                scores = _scatter([list(r["scores"].items()) for r in results], accepted, size, None)
-                columns[f"{task}.scores"] = pa.array(scores, SCORES_TYPE)
-            else:
-                entities = _scatter([r["entities"] for r in results], accepted, size, None)
-                columns[f"{task}.entities"] = pa.array(entities, pa.list_(ENTITY_TYPE))
+            for name, arrow_type in predictor.features.items():
+                column = batch.column(task_column(task, name)).filter(pa.array(accepted))
+                features[name] = (from_list_array(column) if pa.types.is_list(arrow_type)
+                                  else list(column.to_numpy(zero_copy_only=False)))
+            results = predictor.predict(texts, features)
+            for result in TASK_OUTPUTS[task].results:
+                values = _scatter([r[result.name] for r in results], accepted, size, None)
+                columns[task_column(task, result.name)] = pa.array(values, result.type)
         now = dt.datetime.now(dt.UTC)
         columns["processed_at"] = pa.array([now] * size, TIMESTAMP_TYPE)
         output = pa.table(columns)

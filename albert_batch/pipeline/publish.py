@@ -13,33 +13,32 @@ partitions leave it alone: they cannot tell a dead run's commit from one being a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
 
 from albert_batch import storage
+from albert_batch.contract import COMMIT, MANIFEST, STAGING_DIR, SUCCESS, Manifest
 from albert_batch.errors import AlbertBatchError, PublishError
 from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)
 
-STAGING = "_staging"
-COMMIT = "_COMMIT.json"
-MANIFEST = "_manifest.json"
-SUCCESS = "_SUCCESS"
-
 
 def staging_location(output: Location, run_id: str) -> Location:
-    return output.child(STAGING, run_id)
+    return output.child(STAGING_DIR, run_id)
 
 
-def publish(output: Location, run_id: str, partition_path: str, files: dict[str, list[str]], manifests: dict[str, dict[str, Any]]) -> None:
-    """Commit the staged files of ``run_id`` and publish one partition per table."""
+def publish(output: Location, run_id: str, partition_path: str, manifests: dict[str, Manifest]) -> None:
+    """Commit the staged files of ``run_id`` and publish one partition per table, as ``manifests`` list them."""
     staging = staging_location(output, run_id)
-    commit = {"run_id": run_id, "partition_path": partition_path, "files": files, "manifests": manifests}
+    commit = {"run_id": run_id, "partition_path": partition_path,
+              "files": {table: manifest.files for table, manifest in manifests.items()},
+              "manifests": {table: dataclasses.asdict(manifest) for table, manifest in manifests.items()}}
     try:
         storage.write_bytes(staging.child(COMMIT), json.dumps(commit, indent=2, default=str).encode())
-        _apply(output, staging, commit)
+        apply_commit(output, staging, commit)
     except AlbertBatchError as err:
         raise PublishError(
             f"publishing run {run_id} to {output} failed: {err}. Completed partitions are intact; an interrupted "
@@ -47,7 +46,8 @@ def publish(output: Location, run_id: str, partition_path: str, files: dict[str,
         ) from err
 
 
-def _apply(output: Location, staging: Location, commit: dict[str, Any]) -> None:
+def apply_commit(output: Location, staging: Location, commit: dict[str, Any]) -> None:
+    """Publish a committed run's partitions; every step is idempotent, so it may be applied again."""
     for table, names in commit["files"].items():
         target = output.child(table, commit["partition_path"])
         storage.delete_file(target.child(SUCCESS))
@@ -72,7 +72,7 @@ def recover(output: Location, partition_path: str) -> list[str]:
     runs' staging folders. Another partition's commit may be a run publishing right now, so it is left to
     that partition's next run."""
     finished = []
-    for staging in storage.list_dirs(output.child(STAGING)):
+    for staging in storage.list_dirs(output.child(STAGING_DIR)):
         commit_file = staging.child(COMMIT)
         if not storage.exists(commit_file):
             log.warning(
@@ -88,7 +88,7 @@ def recover(output: Location, partition_path: str) -> list[str]:
             continue
         log.warning("finishing the interrupted publication of run %s", commit["run_id"])
         try:
-            _apply(output, staging, commit)
+            apply_commit(output, staging, commit)
         except AlbertBatchError as err:
             raise PublishError(
                 f"finishing the interrupted publication of run {commit['run_id']} failed: {err}. Fix the cause and "

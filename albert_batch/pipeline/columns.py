@@ -1,9 +1,17 @@
-"""Moving per-row numpy arrays in and out of Arrow list columns without per-element Python work."""
+"""Columns of the batches that flow between the stages: their names, and per-row numpy arrays moved in and
+out of Arrow list columns without per-element Python work."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+from albert_batch.contract import Task
+
+
+def task_column(task: Task, name: str) -> str:
+    """The name under which the stages pass a task's feature or result ``name`` along: ``ner.entities``."""
+    return f"{task.value}.{name}"
 
 
 def to_list_array(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:

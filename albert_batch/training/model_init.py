@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from albert_batch.config import Task
+from albert_batch.contract import Task
 
 log = logging.getLogger(__name__)
 

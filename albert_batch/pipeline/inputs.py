@@ -1,11 +1,15 @@
-"""Checking an input corpus before any work: which Parquet files, how many rows, and whether the id and
-text columns exist with usable types. Every file's footer is read, so an unreadable file is named up
-front and the row count that the run must account for is exact."""
+"""The input corpus: checked before any work (which Parquet files, how many rows, whether the id and
+text columns exist with usable types), then read as a Ray dataset. Every file's footer is read, so an
+unreadable file is named up front and the row count that the run must account for is exact."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -15,7 +19,13 @@ from albert_batch import storage
 from albert_batch.errors import AlbertBatchError, InputError, NotFound
 from albert_batch.storage import Location
 
+if TYPE_CHECKING:
+    import ray.data
+
+    from albert_batch.config import RunConfig
+
 IGNORED_PREFIXES = ("_", ".")
+READ_TASK_BYTES = 16 * 2**20  # uncompressed row groups per read task (read_input)
 
 
 @dataclass(frozen=True)
@@ -106,3 +116,45 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
 
 def column_desc(name: str, arrow_type: pa.DataType) -> str:
     return f"{name!r} ({arrow_type})"
+
+
+def read_input(config: RunConfig, plan: InputPlan, *, rows_per_block: int) -> ray.data.Dataset:
+    """The input's ``id`` and ``text`` columns as a Ray dataset, in blocks of at most ``rows_per_block`` rows.
+
+    A map stage writes its output into blocks of up to 128 MiB, so one input file would reach the model
+    stage as one block: one task, on one actor, however many actors there are. Blocks of one batch each
+    spread the work over every tokenizer and model actor.
+
+    The read runs one task at a time, each over at most ``READ_TASK_BYTES`` of row groups (a row group is
+    never split). A read task runs to its end once started, whatever the stages after it can take, and
+    Ray Data's default packs 128 MiB of row groups into each and starts them all at once, so a large
+    corpus's text would wait in memory (BENCHMARKS.md, "Memory"). One task decodes Parquet text far
+    faster than any model stage consumes it."""
+    import ray.data
+
+    with _environment(RAY_DATA_PARQUET_BIN_PACKING_BYTES=str(READ_TASK_BYTES)):  # read when the read is planned
+        ds = ray.data.read_parquet(
+            plan.uris if plan.location.scheme == "s3" else list(plan.files),
+            filesystem=plan.location.filesystem,
+            columns=[config.id_column, config.text_column],
+            partitioning=None,
+            file_extensions=None,  # every listed file is data: never drop one for its name
+            concurrency=1,
+        )
+    if (config.id_column, config.text_column) != ("id", "text"):
+        ds = ds.rename_columns({config.id_column: "id", config.text_column: "text"})
+    return ds.repartition(target_num_rows_per_block=rows_per_block)
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

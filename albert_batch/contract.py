@@ -1,0 +1,155 @@
+"""The output contract, in one place: the tasks, the tables they write, their Arrow schemas, the reject
+reasons, the marker files of a published partition and the fields of its manifest.
+
+    OUTPUT/classifications/<partition>/part-*.parquet  id, label, score, scores, truncated, model, run_id, processed_at
+    OUTPUT/entities/<partition>/part-*.parquet         id, entities, model, run_id, processed_at
+    OUTPUT/rejects/<partition>/part-*.parquet          id, reason, run_id
+    OUTPUT/<table>/<partition>/_manifest.json          `Manifest`
+    OUTPUT/<table>/<partition>/_SUCCESS                written last
+
+Each task is one `TaskOutput`: the model stage produces its result columns, the writer turns them into
+its table, and validation checks the table against its schema. Importing this module needs only pyarrow,
+so consumers and Airflow's validation can use it without Ray or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+
+
+class Task(StrEnum):
+    CLASSIFY = "classify"
+    NER = "ner"
+
+
+class RejectReason(StrEnum):
+    """Why an input row has no results; the ``reason`` column of the rejects table."""
+
+    NULL_ID = "null_id"
+    NULL_TEXT = "null_text"
+    BLANK_TEXT = "blank_text"
+
+
+# Marker and bookkeeping files. Consumers skip names that start with "_" (Spark, Hive, DuckDB globs).
+STAGING_DIR = "_staging"  # OUTPUT/_staging/<run_id>/<table>/part-*.parquet until the run publishes
+COMMIT = "_COMMIT.json"  # in a run's staging folder: the point of no return of its publication
+MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
+
+CLASSIFICATIONS = "classifications"
+ENTITIES = "entities"
+REJECTS = "rejects"
+
+SCORES_TYPE = pa.map_(pa.string(), pa.float64())
+ENTITY_TYPE = pa.struct(
+    [("label", pa.string()), ("text", pa.string()), ("start", pa.int32()), ("end", pa.int32()), ("score", pa.float64())]
+)
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+# Columns every result row carries after its task's own: which model, which run, and when.
+PROVENANCE_FIELDS = (
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("processed_at", TIMESTAMP_TYPE, nullable=False),
+)
+REJECT_FIELDS = (pa.field("reason", pa.string(), nullable=False), pa.field("run_id", pa.string(), nullable=False))
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    """What one task writes: its table and the result columns its predictor gives for every accepted row
+    (a predictor's result is a dict with exactly these keys). ``counted`` is a result column whose values
+    the run summary counts, ``sampled`` a list column of which the summary shows a few non-empty rows."""
+
+    task: Task
+    table: str
+    results: tuple[pa.Field, ...]
+    counted: str | None = None
+    sampled: str | None = None
+
+    def schema(self, id_type: pa.DataType) -> pa.Schema:
+        return pa.schema([pa.field("id", id_type, nullable=False), *self.results, *PROVENANCE_FIELDS])
+
+
+TASK_OUTPUTS: dict[Task, TaskOutput] = {
+    Task.CLASSIFY: TaskOutput(
+        task=Task.CLASSIFY,
+        table=CLASSIFICATIONS,
+        results=(
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("score", pa.float64(), nullable=False),
+            pa.field("scores", SCORES_TYPE, nullable=False),
+            pa.field("truncated", pa.bool_(), nullable=False),
+        ),
+        counted="label",
+    ),
+    Task.NER: TaskOutput(
+        task=Task.NER,
+        table=ENTITIES,
+        results=(pa.field("entities", pa.list_(ENTITY_TYPE), nullable=False),),
+        sampled="entities",
+    ),
+}
+
+# Names a partition key may not take: they are columns of the output tables.
+RESERVED_COLUMNS = frozenset(
+    {"id"}
+    | {f.name for output in TASK_OUTPUTS.values() for f in output.results}
+    | {f.name for f in PROVENANCE_FIELDS + REJECT_FIELDS}
+)
+
+
+def tables_for(tasks: Iterable[Task | str]) -> list[str]:
+    """The tables a run of ``tasks`` writes: one per task, then the rejects."""
+    return [TASK_OUTPUTS[Task(t)].table for t in tasks] + [REJECTS]
+
+
+def schema(table: str, id_type: pa.DataType) -> pa.Schema:
+    """The Arrow schema of ``table`` for an input whose ids are of ``id_type``."""
+    if table == REJECTS:
+        return pa.schema([pa.field("id", id_type), *REJECT_FIELDS])
+    for output in TASK_OUTPUTS.values():
+        if output.table == table:
+            return output.schema(id_type)
+    raise KeyError(f"no output table {table!r}; the tables are {', '.join(tables_for(Task))}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """``_manifest.json`` of one table's published partition: which run wrote it, from what, with which
+    models and settings, and the row accounting that validation checks."""
+
+    table: str
+    run_id: str
+    partition: dict[str, str]
+    tasks: list[str]
+    rows: int  # rows of this table in the partition
+    files: list[str]  # the partition's data files, exactly
+    input: dict[str, Any]  # location, files, rows
+    counts: dict[str, int]  # input_rows, accepted_rows, rejected_rows, <table>_rows for every table
+    models: dict[str, dict[str, Any]]  # per task: location, revision, labels, max_length, weights_sha256
+    precision: str
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    label_counts: dict[str, int] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)  # the stage sizes the run used
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), indent=2, default=str).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Manifest:
+        """Read a manifest; fields this version does not know are ignored, so older readers keep working
+        when the manifest grows."""
+        raw = json.loads(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})

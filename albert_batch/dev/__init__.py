@@ -1,0 +1,6 @@
+"""Tools for developing and demonstrating albert-batch, not used by a run:
+
+    corpus      a seeded generator of a labelled demo corpus (reviews and news, sentiment, PER/LOC/ORG spans)
+    vocabulary  its names, places, organisations and sentence templates
+    local_ray   a token-authenticated Ray head on loopback, for `make airflow` and the tests
+"""

@@ -1,0 +1,79 @@
+"""Where a run executes: joining a Ray cluster or starting an embedded one, turning a Ray worker's error
+back into the error the worker raised, and the package versions recorded with results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+from importlib import metadata
+from typing import Any
+
+from albert_batch import errors as errors_module
+from albert_batch.errors import AlbertBatchError, RayUnavailable
+
+VERSIONED_PACKAGES = ("albert-batch", "ray", "transformers", "torch", "tokenizers", "pyarrow")
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join ``address`` (``auto`` or ``host:port``), or — when absent and no ``RAY_ADDRESS`` is set, as it is
+    inside ``ray job submit`` — start an embedded local Ray. Returns True when this call started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    joining = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if joining:
+            ray.init(address=address, **kwargs)  # None: Ray reads RAY_ADDRESS
+        else:
+            ray.init(include_dashboard=False, **kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError) as err:
+        where = f"the Ray cluster at {joining}" if joining else "an embedded local Ray"
+        raise RayUnavailable(f"cannot start or join {where}: {type(err).__name__}: {err}") from err
+    return True
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's results, for manifests and training reports."""
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+# A line of a traceback that names an exception: ``albert_batch.errors.StorageError: writing … failed``.
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): (?P<message>.*\S)", re.MULTILINE)
+
+
+def worker_error(err: Exception, context: str) -> AlbertBatchError:
+    """The error to raise for ``err``, which a Ray Data execution raised: ``err`` itself if this process
+    raised it, else what the worker raised, in one line after ``context``. Ray hands a worker's error back
+    wrapped (``RayTaskError``, or ``ActorDiedError`` when an actor's ``__init__`` failed), with the worker's
+    whole traceback as its message; an error of albert-batch's own keeps its type and message, anything
+    else becomes an AlbertBatchError naming the root exception."""
+    from ray.exceptions import RayError
+
+    if not isinstance(err, RayError):
+        if isinstance(err, AlbertBatchError):
+            return err
+        while err.__cause__ is not None and str(err.__cause__):  # Ray Data chains an empty SystemException
+            err = err.__cause__
+        return AlbertBatchError(f"{context}: {type(err).__name__}: {err}")
+    raised = [(m["type"], m["message"]) for m in _EXCEPTION_LINE.finditer(str(err))]
+    ours = [(name, message) for name, message in raised if name.startswith("albert_batch.errors.")]
+    if ours:
+        name, message = ours[-1]  # the outermost: it names what failed, with its cause
+        kind = getattr(errors_module, name.rsplit(".", 1)[1], None)
+        if not (isinstance(kind, type) and issubclass(kind, AlbertBatchError)):
+            kind = AlbertBatchError
+        return kind(f"{context}: {message}")
+    others = [(name, message) for name, message in raised if not name.startswith("ray.")
+              and ("." in name or name.endswith(("Error", "Exception", "Exit", "Interrupt")))]
+    name, message = others[0] if others else (type(err).__name__, str(err).splitlines()[0])
+    return AlbertBatchError(f"{context}: {name}: {message}")

@@ -1,0 +1,72 @@
+"""Typed, validated settings of a fine-tuning run (`albert-batch finetune`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from albert_batch.config import setting
+from albert_batch.contract import Task
+from albert_batch.errors import ConfigError
+from albert_batch.storage import Location
+from albert_batch.training.model_init import SIZES
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning run; validated at construction."""
+
+    task: Task = setting(choices=[t.value for t in Task], help="what the model learns: classify or ner")
+    train: str = setting(metavar="URI", help="labelled Parquet file or folder")
+    eval: str = setting(metavar="URI", help="held-out labelled Parquet, scored every epoch")
+    output: str = setting(metavar="URI", help="where the model folder goes (local or s3://)")
+    base_model: str | None = setting(None, metavar="URI", help="pretrained ALBERT: folder, s3:// prefix or hub id")
+    init: str | None = setting(None, choices=list(SIZES), help="build ALBERT from scratch (offline), with a "
+                               "SentencePiece tokenizer trained on the training texts")
+    epochs: int = setting(3, type=int, metavar="N", help="passes over the training data (default: 3)")
+    batch_size: int = setting(32, type=int, metavar="N", help="sequences per training step (default: 32)")
+    learning_rate: float | None = setting(None, type=float, metavar="LR",
+                                          help="AdamW learning rate (default 5e-5 with --base-model, 2e-3 with --init)")
+    seed: int = setting(0, type=int, metavar="N", help="random seed (default: 0)")
+    num_workers: int = setting(1, type=int, metavar="N", help="data-parallel Ray Train workers (default: 1)")
+    use_gpu: bool = setting(False, action="store_true", help="one GPU per worker")
+    max_length: int = setting(512, type=int, metavar="TOKENS",
+                              help="tokens per training sequence (default 512; long NER texts are cut into windows)")
+    max_windows: int | None = setting(None, type=int, metavar="N",
+                                      help="NER: train on at most the first N windows of each long text (default: all)")
+    vocab_size: int = setting(8000, type=int, metavar="N",
+                              help="SentencePiece vocabulary of a model built with --init (default: 8000)")
+    text_column: str = setting("text", metavar="NAME", help="text column (default: text)")
+    label_column: str = setting("label", metavar="NAME", help="classification label column (default: label)")
+    entities_column: str = setting("entities", metavar="NAME", help="NER spans column (default: entities)")
+    ray_address: str | None = setting(None, metavar="ADDRESS", help="'auto' or host:port to join a cluster")
+    allow_pickle_weights: bool = setting(False, action="store_true",
+                                         help="accept pytorch_model.bin weights of --base-model (runs pickle)")
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "task", Task(str(self.task)))
+        except ValueError:
+            raise ConfigError(f"task {self.task!r} must be classify or ner") from None
+        if (self.base_model is None) == (self.init is None):
+            raise ConfigError("give exactly one of base_model (--base-model) and init (--init tiny|base)")
+        if self.init is not None and self.init not in SIZES:
+            raise ConfigError(f"init {self.init!r} must be one of {', '.join(SIZES)}")
+        for name in ("train", "eval", "output"):
+            Location.parse(getattr(self, name), what=name)
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_length", 16), ("vocab_size", 100)):
+            if int(getattr(self, name)) < low:
+                raise ConfigError(f"{name} must be at least {low}")
+        if self.max_windows is not None and int(self.max_windows) < 1:
+            raise ConfigError("max_windows must be at least 1 (or unset: every window of every text)")
+        if self.max_length > 512:
+            raise ConfigError("max_length must be at most 512 (ALBERT's position embeddings)")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ConfigError("learning_rate must be between 0 and 1, e.g. 5e-5")
+
+    @property
+    def lr(self) -> float:
+        """5e-5, the classic ALBERT fine-tuning rate, for pretrained bases; a model built from scratch
+        learns in minutes only with a higher one."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 5e-5 if self.base_model else 2e-3

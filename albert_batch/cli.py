@@ -15,14 +15,19 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from albert_batch.config import ResourceConfig, RunConfig
-from albert_batch.errors import AlbertBatchError, ExitCode, exit_code
+from albert_batch.config import ResourceConfig, RunConfig, cache_home
+from albert_batch.errors import AlbertBatchError, ExitCode, Stopped, exit_code
+from albert_batch.training.config import FinetuneConfig
 
 log = logging.getLogger("albert_batch")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a submitted job
 
 
 def flag_name(name: str) -> str:
@@ -65,7 +70,7 @@ def setting_flags(settings: Any) -> list[str]:
             argv.append(flag_name(f.name))
         elif f.metadata.get("action") == "append":
             for item in value:
-                argv += [flag_name(f.name), "=".join(item) if isinstance(item, tuple) else str(item)]
+                argv += [flag_name(f.name), "=".join(map(str, item)) if isinstance(item, tuple) else str(item)]
         elif isinstance(value, tuple):
             argv += [flag_name(f.name), ",".join(map(str, value))]
         else:
@@ -74,8 +79,6 @@ def setting_flags(settings: Any) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from albert_batch.training.config import FinetuneConfig
-
     parser = argparse.ArgumentParser(prog="albert-batch", description="Batch ALBERT classification and NER on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
@@ -119,6 +122,11 @@ def format_summary(summary: Any) -> str:
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(summary.rejects_by_reason.items()))})" if summary.rejected_rows else ""),
         f"throughput: {summary.rows_per_second:.1f} rows/s over {summary.seconds:.1f}s (precision {summary.precision})",
     ]
+    if summary.units.get("reused"):
+        lines.append(f"resumed: {summary.units['reused']} of {summary.units['total']} units reused from run(s) "
+                     f"{', '.join(summary.units['reused_from_runs'])}")
+    if summary.storage_retries:
+        lines.append("storage operations retried: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.storage_retries.items())))
     if summary.label_counts:
         lines.append("labels: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.label_counts.items())))
     for sample in summary.sample_entities[:3]:
@@ -137,27 +145,114 @@ def format_training(result: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "finetune":
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
+        return _finetune(args)
     try:
-        if args.command == "finetune":
-            from albert_batch.training.finetune import FinetuneConfig, finetune
-
-            print(format_training(finetune(FinetuneConfig(**settings_from_args(FinetuneConfig, args)))))
-            return ExitCode.OK
-        from albert_batch.pipeline.runner import run
-
-        summary = run(config_from_args(args))
+        config = config_from_args(args)
     except AlbertBatchError as err:
-        code = exit_code(err)
-        print(f"albert-batch: {'error' if code is ExitCode.UNUSABLE else 'run failed'}: {err}", file=sys.stderr)
-        return code
-    print(format_summary(summary))
+        print(f"albert-batch: error: {err}", file=sys.stderr)
+        return exit_code(err)
+    from albert_batch.pipeline.runner import run
+
+    with RunConsole(config.run_id, quiet=args.quiet) as console:
+        try:
+            summary = run(config)
+        except AlbertBatchError as err:
+            log.debug("the run ended with an error", exc_info=True)  # the whole story, for the details log
+            code = exit_code(err)
+            what = "error: " if code == ExitCode.UNUSABLE else "" if isinstance(err, Stopped) else "run failed: "
+            console.say(f"albert-batch: {what}{err}" + (f" (details: {console.log_path})" if console.log_path else ""),
+                        error=True)
+            return code
+        console.say(format_summary(summary))
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump({**dataclasses.asdict(summary), "rows_per_second": summary.rows_per_second}, fh, indent=2,
                       default=str)
     return ExitCode.OK
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from albert_batch.training.finetune import finetune
+
+    try:
+        result = finetune(FinetuneConfig(**settings_from_args(FinetuneConfig, args)))
+    except AlbertBatchError as err:
+        print(f"albert-batch: {'error' if exit_code(err) == ExitCode.UNUSABLE else 'failed'}: {err}", file=sys.stderr)
+        return exit_code(err)
+    print(format_training(result))
+    return ExitCode.OK
+
+
+class RunConsole:
+    """What a person sees of a run: albert-batch's own log lines, the summary, and a failure in one line.
+
+    Everything else the process writes — Ray's and Ray Data's logs, its workers' output, tracebacks — goes
+    to a details log, ``<cache>/logs/run-<run id>.log`` (`albert_batch.config.cache_home`), which the error
+    line names. Inside a Ray job the job's log is the details log, so nothing is redirected; nor when the
+    process's output is not its own file descriptors (a test capturing it)."""
+
+    def __init__(self, run_id: str, *, quiet: bool) -> None:
+        self.level = logging.WARNING if quiet else logging.INFO
+        self.log_path: Path | None = None
+        self._saved: list[int] = []
+        self._out, self._err = sys.stdout, sys.stderr
+        if os.environ.get(RAY_JOB_ENV) is None and _own_descriptors():
+            self.log_path = cache_home() / "logs" / f"run-{run_id}.log"
+
+    def __enter__(self) -> RunConsole:
+        root = logging.getLogger()
+        root.setLevel(logging.INFO)
+        if self.log_path is None:
+            logging.basicConfig(level=self.level, format=LOG_FORMAT)
+            return self
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = [os.dup(1), os.dup(2)]
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        self._err = os.fdopen(os.dup(2), "w", buffering=1)
+        with open(self.log_path, "ab") as details:  # the descriptors below keep it open
+            os.dup2(details.fileno(), 1)
+            os.dup2(details.fileno(), 2)
+        details_handler = logging.StreamHandler(sys.stderr)
+        details_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(details_handler)
+        console = logging.StreamHandler(self._err)
+        console.setLevel(self.level)
+        console.setFormatter(logging.Formatter(LOG_FORMAT))
+        log.addHandler(console)
+        self._handlers = [(root, details_handler), (log, console)]
+        log.info("details of this run are logged to %s", self.log_path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._saved:
+            return
+        for logger, handler in self._handlers:
+            logger.removeHandler(handler)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self._saved, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._out.close()
+        self._err.close()
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        """A line for the person running the command (and the details log)."""
+        stream = self._err if error else self._out
+        print(text, file=stream, flush=True)
+        if self._saved:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _own_descriptors() -> bool:
+    try:
+        return sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import re
 import secrets
 import unicodedata
@@ -42,6 +43,12 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | Non
 PARTITION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COLUMN = re.compile(r"^[^\x00-\x1f\x7f]+$")
+
+
+def cache_home() -> Path:
+    """Where albert-batch keeps downloaded models and run logs: ``$ALBERT_BATCH_CACHE``, or
+    ``~/.cache/albert-batch``."""
+    return Path(os.environ.get("ALBERT_BATCH_CACHE") or Path.home() / ".cache" / "albert-batch")
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -117,6 +124,29 @@ def _parse_tasks(value: Any) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
+def _parse_resources(value: Any) -> tuple[tuple[str, float], ...]:
+    """Custom Ray resources: a mapping, ``["name=amount", ...]`` or pairs."""
+    items = value.items() if isinstance(value, Mapping) else [
+        tuple(item.split("=", 1)) if isinstance(item, str) else tuple(item) for item in value]
+    pairs = []
+    for item in items:
+        if len(item) != 2 or not str(item[0]).strip():
+            raise ConfigError(f"resources.model_actor_resources: {'='.join(map(str, item))!r} must look like NAME=AMOUNT")
+        name, amount = str(item[0]).strip(), item[1]
+        if name in ("CPU", "GPU", "memory"):
+            raise ConfigError(f"resources.model_actor_resources: {name} is set by num_cpus_per_actor, "
+                              "num_gpus_per_actor or Ray itself, not here")
+        try:
+            amount = float(amount)
+        except (TypeError, ValueError):
+            raise ConfigError(f"resources.model_actor_resources: the amount of {name} must be a number, "
+                              f"not {amount!r}") from None
+        if amount <= 0:
+            raise ConfigError(f"resources.model_actor_resources: the amount of {name} must be positive")
+        pairs.append((name, amount))
+    return tuple(sorted(pairs))
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResourceConfig:
     """How the model stage is laid out on the cluster. ``None`` means: derive from the cluster's resources."""
@@ -134,12 +164,21 @@ class ResourceConfig:
         None, metavar="TOKENS", type=int, help="tokens per forward pass, padding included (default: 2048 on CPUs)")
     ner_window_overlap: int = setting(128, metavar="TOKENS", type=int,
                                       help="overlap of the windows a long NER text is cut into (default: 128)")
+    rows_per_file: int | None = setting(
+        None, metavar="ROWS", type=int,
+        help="rows each write gathers into an output file (default: 100000); a stopped run loses at most the rows "
+             "not yet written")
+    model_actor_resources: tuple[tuple[str, float], ...] = setting(
+        (), metavar="NAME=AMOUNT", action="append",
+        help="a custom Ray resource each model actor needs, e.g. model_node=1 to keep model actors on the nodes "
+             "that offer it; repeat for several")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_actor_resources", _parse_resources(self.model_actor_resources))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            number_type = f.metadata["type"]  # int, or float for CPU and GPU shares
-            if value is None or (isinstance(value, number_type) and not isinstance(value, bool)):
+            number_type = f.metadata.get("type")  # int, or float for CPU and GPU shares
+            if number_type is None or value is None or (isinstance(value, number_type) and not isinstance(value, bool)):
                 continue
             try:
                 object.__setattr__(self, f.name, number_type(value))
@@ -157,6 +196,8 @@ class ResourceConfig:
             raise ConfigError("resources.batch_size must be at least 1")
         if self.max_tokens_per_forward is not None and self.max_tokens_per_forward < 512:
             raise ConfigError("resources.max_tokens_per_forward must be at least 512 (one full-length sequence)")
+        if self.rows_per_file is not None and self.rows_per_file < 1:
+            raise ConfigError("resources.rows_per_file must be at least 1")
         if not 0 <= self.ner_window_overlap <= 256:
             raise ConfigError("resources.ner_window_overlap must be between 0 and 256 tokens")
 
@@ -184,6 +225,11 @@ class RunConfig:
         None, metavar="ADDRESS", help="'auto' or host:port to join a cluster (default: embedded local Ray, or RAY_ADDRESS)")
     allow_pickle_weights: bool = setting(False, action="store_true",
                                          help="accept pytorch_model.bin weights (runs pickle: only for models you trust)")
+    fresh: bool = setting(False, action="store_true",
+                          help="start afresh: do not reuse the work an earlier, stopped run of the partition staged")
+    wait_for_nodes_s: float = setting(
+        600.0, metavar="SECONDS", type=float,
+        help="once no node can host a model actor (nodes lost), how long to wait for one before failing (default: 600)")
     resources: ResourceConfig = field(default_factory=ResourceConfig)
 
     def __post_init__(self) -> None:
@@ -216,6 +262,12 @@ class RunConfig:
             raise ConfigError("run_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
         if self.precision is Precision.FP16 and self.resources.num_gpus_per_actor == 0:
             raise ConfigError("precision fp16 needs GPU actors (resources.num_gpus_per_actor > 0); on CPUs use bf16 or fp32")
+        try:
+            set_(self, "wait_for_nodes_s", float(self.wait_for_nodes_s))
+        except (TypeError, ValueError):
+            raise ConfigError(f"wait_for_nodes_s must be a number of seconds, not {self.wait_for_nodes_s!r}") from None
+        if self.wait_for_nodes_s <= 0:
+            raise ConfigError("wait_for_nodes_s must be positive")
         if self.ray_address is not None and not str(self.ray_address).strip():
             raise ConfigError("ray_address is empty; leave it out for an embedded local Ray")
 

@@ -141,6 +141,8 @@ class Manifest:
     finished_at: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)  # the stage sizes the run used
+    units: dict[str, Any] = field(default_factory=dict)  # units of work: total, reused, reused_from_runs
+    storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:

@@ -3,6 +3,7 @@
     AlbertBatchError                 base of everything this library raises on purpose
     ├── ConfigError                  settings are missing, malformed or contradict each other
     ├── InputError                   the input corpus cannot be used (columns, types, unreadable files)
+    ├── OutputError                  the output location cannot be written (no such bucket, access denied)
     ├── ModelLoadError               a model cannot be found, is incomplete or is not the expected ALBERT head
     ├── StorageError                 reading or writing a location failed
     │   ├── NotFound
@@ -11,12 +12,15 @@
     ├── PublishError                 results could not be published atomically; nothing half-written is visible
     ├── ValidationError              a published partition does not keep the output contract (counts, schema)
     ├── RayUnavailable               the Ray cluster (its GCS or its dashboard) did not answer; worth retrying
+    ├── NodeLost                     no node can host a model actor any more, for longer than the run waits
+    ├── Stopped                      a signal (SIGTERM, SIGINT) stopped the run; its staged work is kept
     └── JobFailed                    a Ray job ran by the Airflow operator failed, was stopped or timed out
 
 Every message names the thing that is wrong (the column, the file, the setting) and never contains a
 secret. Backend errors are translated in `albert_batch.storage` and re-raised with ``raise ... from err``.
-`exit_code` maps them to the command line's `ExitCode`: ConfigError, InputError and ModelLoadError to 2
-(nothing was done; retrying cannot help), any other error to 1 (worth retrying).
+`exit_code` maps them to the command line's `ExitCode`: ConfigError, InputError, OutputError and
+ModelLoadError to 2 (nothing was done; retrying cannot help), Stopped to 128 + the signal's number (130
+for SIGINT, 143 for SIGTERM, as shells report), any other error to 1 (worth retrying).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ class ExitCode(IntEnum):
 
     OK = 0  # every partition was published
     FAILED = 1  # the run failed; nothing half-written is visible; worth retrying
-    UNUSABLE = 2  # settings, input or models are unusable; nothing was done; retrying cannot help
+    UNUSABLE = 2  # settings, input, output or models are unusable; nothing was done; retrying cannot help
+    INTERRUPTED = 130  # SIGINT (Ctrl-C) stopped the run; its staged work is kept for the next run
+    TERMINATED = 143  # SIGTERM stopped the run; its staged work is kept for the next run
 
 
 class AlbertBatchError(Exception):
@@ -42,6 +48,11 @@ class ConfigError(AlbertBatchError, ValueError):
 
 class InputError(AlbertBatchError):
     """The input corpus cannot be processed as asked."""
+
+
+class OutputError(AlbertBatchError):
+    """The output location cannot be written: its bucket does not exist, the credentials may not write or
+    delete there, or it is not a folder."""
 
 
 class ModelLoadError(AlbertBatchError):
@@ -77,10 +88,25 @@ class RayUnavailable(AlbertBatchError):
     (a head restarting behind a proxy). Nothing is known about the job's state."""
 
 
+class NodeLost(AlbertBatchError):
+    """The cluster lost every node that could host a model actor, and none joined in time; the staged work
+    is kept, and the next run resumes it."""
+
+
+class Stopped(AlbertBatchError):
+    """A signal stopped the run before it published anything; the staged work is kept for the next run."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class JobFailed(AlbertBatchError):
     """A submitted Ray job did not succeed; the message carries its status, error and log tail."""
 
 
-def exit_code(err: AlbertBatchError) -> ExitCode:
+def exit_code(err: AlbertBatchError) -> int:
     """The exit code of a command that failed with ``err``."""
-    return ExitCode.UNUSABLE if isinstance(err, (ConfigError, InputError, ModelLoadError)) else ExitCode.FAILED
+    if isinstance(err, Stopped):
+        return 128 + err.signum
+    return ExitCode.UNUSABLE if isinstance(err, (ConfigError, InputError, OutputError, ModelLoadError)) else ExitCode.FAILED

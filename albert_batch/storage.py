@@ -1,8 +1,8 @@
 """Storage locations — local paths, ``file://`` and ``s3://`` URIs — on pyarrow filesystems.
 
 Everything that touches storage goes through this module: URI parsing, filesystem construction (the
-standard AWS credential chain, ``AWS_ENDPOINT_URL``, the one retry policy) and translation of backend
-errors into `albert_batch.errors`. Locations pickle as plain strings and build their
+standard AWS credential chain, ``AWS_ENDPOINT_URL``), the one retry policy (`translated`) and translation
+of backend errors into `albert_batch.errors`. Locations pickle as plain strings and build their
 filesystem lazily in each process, so no credential ever travels inside a pickled object.
 
 Code that holds explicit S3 settings (Airflow's ``aws_default`` connection) scopes them with
@@ -16,13 +16,19 @@ import contextvars
 import functools
 import logging
 import os
+import random
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from albert_batch.errors import ConfigError, NotFound, PermissionDenied, StorageError, Transient
 
@@ -43,15 +49,24 @@ RETRYABLE_MARKERS = (
     "timed out",
     "Connection reset",
     "Connection refused",
+    "(HTTP status 5",  # a 5xx answer without an error body (HEAD requests)
 )
 NOT_FOUND_MARKERS = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "does not exist")
 DENIED_MARKERS = ("ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "Forbidden")
-MAX_ATTEMPTS = 5  # per S3 request, with the AWS SDK's standard jittered, bounded backoff
+# The retry policy of every storage operation: up to RETRY_ATTEMPTS tries, waiting a random time up to
+# RETRY_BASE_S, 2 x RETRY_BASE_S, ... (at most RETRY_CAP_S) before each retry: about 10 s of waiting in all
+# at worst. The AWS SDK's own retries are off (one attempt per request), so every retry happens here, is
+# logged, and is counted (`retries_made`).
+RETRY_ATTEMPTS = 6
+RETRY_BASE_S = 0.25
+RETRY_CAP_S = 4.0
+_RETRIES: Counter[str] = Counter()  # this process's retries, by kind of failure
+_RETRIES_LOCK = threading.Lock()
 
 SUPPORTED_SCHEMES = ("file", "s3")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Location:
     """A file or folder: ``scheme`` is ``file`` or ``s3``; ``path`` is absolute (file) or ``bucket/key`` (s3)."""
 
@@ -165,7 +180,7 @@ def _s3_filesystem(bucket: str) -> pafs.FileSystem:
 def _s3_filesystem_for(bucket: str, settings: S3Settings) -> pafs.FileSystem:
     kwargs: dict = {
         "allow_bucket_creation": True,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1),  # retries happen in `translated`
     }
     if settings.access_key_id and settings.secret_access_key:
         kwargs.update(access_key=settings.access_key_id, secret_key=settings.secret_access_key,
@@ -202,13 +217,39 @@ def translate(err: BaseException, doing: str, loc: Location | str) -> StorageErr
 
 
 def translated(op: Callable[[], T], *, doing: str, loc: Location | str) -> T:
-    """Run ``op``, translating backend errors into our hierarchy. Retries do not happen here: the S3
-    client's standard retry strategy (configured in `_s3_filesystem`) already retries transient failures,
-    for our own calls and for Ray Data's reads alike, and retrying again here would multiply them."""
-    try:
-        return op()
-    except OSError as err:
-        raise translate(err, doing, loc) from err
+    """Run ``op``, translating backend errors into our hierarchy; a Transient failure (throttling, a 5xx
+    answer, a timeout, a reset connection) is retried with jittered, bounded exponential backoff, each retry
+    logged once and counted. ``op`` must be safe to run again: every storage operation here is."""
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return op()
+        except OSError as err:
+            error = translate(err, doing, loc)
+            if not isinstance(error, Transient):
+                raise error from err
+            if attempt == RETRY_ATTEMPTS:
+                raise Transient(f"{error} (gave up after {RETRY_ATTEMPTS} attempts)") from err
+            delay = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1)))
+            with _RETRIES_LOCK:
+                _RETRIES[_failure_kind(str(err))] += 1
+            log.warning("%s; retry %d of %d in %.1fs", error, attempt, RETRY_ATTEMPTS - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _failure_kind(message: str) -> str:
+    for kind, markers in (("throttled", ("SLOW_DOWN", "SlowDown", "THROTTL", "Throttl")),
+                          ("server error", ("INTERNAL_FAILURE", "SERVICE_UNAVAILABLE", "(HTTP status 5")),
+                          ("timeout", ("REQUEST_TIMEOUT", "timed out"))):
+        if any(m in message for m in markers):
+            return kind
+    return "connection"
+
+
+def retries_made() -> dict[str, int]:
+    """How many storage operations this process has retried so far, by kind of failure."""
+    with _RETRIES_LOCK:
+        return dict(_RETRIES)
 
 
 def info(loc: Location) -> pafs.FileInfo:
@@ -237,12 +278,38 @@ def etag(loc: Location) -> str:
 
     def op() -> str:
         with loc.filesystem.open_input_file(loc.path) as fh:
-            value = fh.metadata().get(b"ETag") or fh.metadata().get("ETag")
+            value = _etag(fh)
         if not value:
             raise StorageError(f"{loc} has no ETag")
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return value
 
     return translated(op, doing="inspecting", loc=loc)
+
+
+def _etag(fh: pa.NativeFile) -> str | None:
+    value = fh.metadata().get(b"ETag") or fh.metadata().get("ETag")
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parquet_footer(loc: Location) -> tuple[pq.FileMetaData, str | None]:
+    """A Parquet file's footer, and its ETag where the store has one (S3). Raises ``pa.ArrowInvalid`` for a
+    file that is not Parquet."""
+
+    def op() -> tuple[pq.FileMetaData, str | None]:
+        with loc.filesystem.open_input_file(loc.path) as fh:
+            return pq.read_metadata(fh), _etag(fh)
+
+    return translated(op, doing="reading the footer of", loc=loc)
+
+
+def read_row_groups(loc: Location, row_groups: range, columns: list[str]) -> pa.Table:
+    """``columns`` of a range of a Parquet file's row groups."""
+
+    def op() -> pa.Table:
+        with loc.filesystem.open_input_file(loc.path) as fh:
+            return pq.ParquetFile(fh).read_row_groups(list(row_groups), columns=columns)
+
+    return translated(op, doing=f"reading row groups {row_groups.start}-{row_groups.stop - 1} of", loc=loc)
 
 
 def read_bytes(loc: Location) -> bytes:
@@ -273,15 +340,29 @@ def write_bytes(loc: Location, data: bytes) -> None:
 
 
 def move(src: Location, dst: Location) -> None:
-    """Move a file (a rename on local disks; copy then delete on S3)."""
+    """Move a file (a rename on local disks; copy then delete on S3). A move found done already (an earlier
+    attempt's answer was lost) is fine."""
     fs = src.filesystem
 
     def op() -> None:
         if src.scheme == "file":
             fs.create_dir(dst.parent.path, recursive=True)
-        fs.move(src.path, dst.path)
+        try:
+            fs.move(src.path, dst.path)
+        except OSError as err:
+            gone = isinstance(translate(err, "moving", src), NotFound)
+            if not (gone and fs.get_file_info(dst.path).type == pafs.FileType.File):
+                raise
 
     translated(op, doing=f"moving {src} to", loc=dst)
+
+
+def check_writable(folder: Location) -> None:
+    """Write a small object into ``folder`` and delete it: the bucket exists, and the credentials in use may
+    write and delete there. Raises the StorageError of the step that failed."""
+    probe = folder.child(f"_probe-{uuid.uuid4().hex}")
+    write_bytes(probe, b"albert-batch checks that it may write here\n")
+    delete_file(probe)
 
 
 def delete_file(loc: Location, *, missing_ok: bool = True) -> None:

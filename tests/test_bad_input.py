@@ -72,7 +72,7 @@ def test_hidden_and_underscore_files_are_not_input(tmp_path, tiny_models, corpus
     (corpus / "_staging").mkdir()
     (corpus / "_staging/junk.parquet").write_bytes(b"junk")
     plan = plan_input(Location.parse(str(corpus)), id_column="id", text_column="text")
-    assert [Path(f).name for f in plan.files] == ["part-0.parquet"] and plan.num_rows == 2
+    assert [Path(f.path).name for f in plan.files] == ["part-0.parquet"] and plan.num_rows == 2
 
 
 @pytest.mark.parametrize("output", ["{input}", "{input}/results", "file://{input}/results/"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
 from albert_batch import RunConfig, run
-from albert_batch.pipeline import backpressure, cluster, inputs, runner
+from albert_batch.pipeline import backpressure, cluster, runner, sizing
 from albert_batch.pipeline.inputs import plan_input, read_input
 from support import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
 
@@ -174,26 +173,29 @@ def test_one_input_file_reaches_the_stages_in_blocks_of_one_batch(tmp_path, tiny
     write_corpus(tmp_path / "input/part.parquet", list(range(1000)), [f"text number {i}" for i in range(1000)])
     settings = config(tmp_path, tiny_models)
     plan = plan_input(settings.input_location, id_column="id", text_column="text")
-    ds = read_input(settings, plan, rows_per_block=128)
+    ds = read_input(settings, plan, list(plan.units()), rows_per_block=128)
     sizes = [len(block) for block in ds.iter_batches(batch_size=None, batch_format="pyarrow")]
     assert sum(sizes) == 1000 and max(sizes) <= 128 and len(sizes) >= 8, sizes
 
 
-def test_the_read_takes_a_few_row_groups_per_task_so_it_cannot_run_far_ahead(tmp_path, tiny_models, ray_cluster,
-                                                                             monkeypatch):
-    """A read task runs to its end once started, and Ray Data packs 128 MiB of row groups into each by
-    default. The run reads at most READ_TASK_BYTES per task (16 MiB; 100 kB here, about one file)."""
+def test_the_read_takes_one_unit_of_row_groups_per_task_so_it_cannot_run_far_ahead(tmp_path, tiny_models,
+                                                                                   ray_cluster):
+    """A read task runs to its end once started; the run reads one unit of work per task, at most UNIT_BYTES
+    of row groups (16 MiB; 100 kB here, about one file), and every row once, numbered within its unit."""
     (tmp_path / "input").mkdir()
     for number in range(4):
         ids = list(range(number * 1000, (number + 1) * 1000))
         write_corpus(tmp_path / f"input/part-{number}.parquet", ids, [f"text number {i} " + "x" * 80 for i in ids])
     settings = config(tmp_path, tiny_models)
     plan = plan_input(settings.input_location, id_column="id", text_column="text")
-    monkeypatch.setattr(inputs, "READ_TASK_BYTES", 100_000)
-    ds = read_input(settings, plan, rows_per_block=128).materialize()
-    assert ds.count() == 4000
-    assert "ReadFilesParquetV2: 4 tasks executed" in ds.stats()
-    assert "RAY_DATA_PARQUET_BIN_PACKING_BYTES" not in os.environ, "set only while the read is planned"
+    units = plan.units(100_000)
+    assert len(units) == 4 and [u.rows for u in units] == [1000] * 4
+    ds = read_input(settings, plan, list(units), rows_per_block=128).materialize()
+    assert "MapBatches(_read_units): 4 tasks executed" in ds.stats()
+    rows = pa.concat_tables(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    assert sorted(rows.column("id").to_pylist()) == list(range(4000))
+    assert sorted(zip(rows.column("unit").to_pylist(), rows.column("row").to_pylist(), strict=True)) == [
+        (unit, row) for unit in range(4) for row in range(1000)]
 
 
 def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_models, ray_cluster, monkeypatch):
@@ -213,7 +215,7 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
         return rows, size
 
     monkeypatch.setattr(backpressure, "waiting", recording)
-    monkeypatch.setattr(runner, "ROWS_PER_FILE", 1000)
+    monkeypatch.setattr(sizing, "ROWS_PER_FILE", 1000)
     monkeypatch.setattr(runner, "QUEUE_BYTES", 1)  # rows alone: this corpus's features are ~1 MB in all
     summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
 
@@ -262,13 +264,13 @@ def test_the_model_stage_and_the_writer_hand_freed_heap_pages_back(tiny_models, 
         "model = stages.ModelStage(model_uris=uris, weights_sha256=weights, precision=Precision.FP32, use_gpu=False,\n"
         "                          torch_threads=1, max_tokens_per_forward=512, window_overlap=0)\n"
         "tokenize = stages.TokenizeStage(model_uris=uris)\n"
-        "outs = [model(tokenize(pa.table({'id': list(range(len(texts))), 'text': texts})))\n"
-        "        for texts in (['Anna flew to Berlin.'], ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.'])]\n"
+        "outs = [model(tokenize(pa.table({'id': list(range(len(texts))), 'text': texts, 'unit': [0] * len(texts),\n"
+        "                                  'row': list(range(n, n + len(texts)))})))\n"
+        "        for n, texts in ((0, ['Anna flew to Berlin.']), (1, ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.']))]\n"
         "print(calls)\n"
-        f"writer = sink.StagingSink(staging=Location.parse({str(tmp_path)!r}), run_id='r', models=uris,\n"
-        "                          id_type=pa.int64(), rows_per_file=100)\n"
-        "report = writer.write(outs, SimpleNamespace(task_idx=0))\n"
-        "assert report.rows['classifications'] == 3, report\n"
+        f"writer = sink.StagingSink(folder=Location.parse({str(tmp_path)!r}), run_id='r', models=uris,\n"
+        "                           id_type=pa.int64(), rows_per_file=100)\n"
+        "assert writer.write(outs, SimpleNamespace(task_idx=0)) == 3\n"
         "print(calls)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

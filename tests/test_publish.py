@@ -55,12 +55,12 @@ def test_a_run_that_dies_mid_publication_is_finished_by_the_next_run(tmp_path, t
     assert state(out, "classifications") == (True, {"new"})   # complete, new
     assert state(out, "entities") == (False, set())           # mid-swap: hidden from consumers
     assert state(out, "rejects") == (True, {"old"})           # untouched, old
-    assert (out / "_staging/new/_COMMIT.json").exists()
+    assert (out / "_staging/dt=2026-11-10/_COMMIT.json").exists()
 
     # A run of another partition (it may run at the same time as a publication) leaves the commit alone.
     write_corpus(tmp_path / "input/a.parquet", [7], ["another day"])
     run(make_config(tmp_path, tiny_models, "other-day", partition="dt=2026-11-11"))
-    assert state(out, "entities") == (False, set()) and (out / "_staging/new/_COMMIT.json").exists()
+    assert state(out, "entities") == (False, set()) and (out / "_staging/dt=2026-11-10/_COMMIT.json").exists()
 
     # The next run of the partition finishes the committed publication first, then publishes its own.
     real_apply, applied = publish.apply_commit, []
@@ -69,10 +69,10 @@ def test_a_run_that_dies_mid_publication_is_finished_by_the_next_run(tmp_path, t
     assert applied == ["new", "later"]
     for table in ("classifications", "entities", "rejects"):
         assert state(out, table) == (True, {"later"} if table != "rejects" else set())
-    assert not (out / "_staging/new").exists()
+    assert not (out / "_staging/dt=2026-11-10").exists()
 
 
-def test_a_failed_run_publishes_nothing_and_cleans_its_staging(tmp_path, tiny_models, ray_cluster, monkeypatch):
+def test_a_failed_publication_publishes_nothing_and_keeps_the_staged_work(tmp_path, tiny_models, ray_cluster, monkeypatch):
     (tmp_path / "input").mkdir()
     write_corpus(tmp_path / "input/a.parquet", [1, 2], ["one", "two"])
 
@@ -84,7 +84,7 @@ def test_a_failed_run_publishes_nothing_and_cleans_its_staging(tmp_path, tiny_mo
         run(make_config(tmp_path, tiny_models, "doomed"))
     out = tmp_path / "output"
     assert not published_partitions(out, "classifications")
-    assert (out / "_staging/doomed").exists(), "a failed publish keeps its staging for inspection"
+    assert (out / "_staging/dt=2026-11-10/_run.json").exists(), "a failed publish keeps its staged work"
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ def test_killing_the_process_at_any_point_leaves_no_partial_partition(tmp_path, 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(command, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staging = out / "_staging/killed"
+    staging = out / "_staging/dt=2026-11-10"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None and not list(staging.rglob("*.parquet")):
         time.sleep(0.02)
@@ -117,7 +117,7 @@ def test_killing_the_process_at_any_point_leaves_no_partial_partition(tmp_path, 
         published, run_ids = state(out, table)
         rows = sorted(r["id"] for r in read_published(out, table))
         if not published:  # caught mid-swap: hidden from consumers, and committed, so the next run finishes it
-            assert (out / "_staging/killed/_COMMIT.json").exists() and not rows, table
+            assert (staging / "_COMMIT.json").exists() and not rows, table
             continue
         assert (rows, run_ids) in ((ids, {"old"}), (after[table], {"killed"} if after[table] else set())), table
     assert not published_partitions(out, "classifications")[1:], "no other partition appeared"
@@ -130,19 +130,19 @@ def test_killing_the_process_at_any_point_leaves_no_partial_partition(tmp_path, 
         published, _ = state(out, table)
         rows = sorted(r["id"] for r in read_published(out, table) if str(r["dt"]) == "2026-11-10")
         assert published and rows == ([] if table == "rejects" else [1]), table
-    assert not (out / "_staging/killed/_COMMIT.json").exists()
+    assert not (staging / "_COMMIT.json").exists()
 
 
 def test_a_write_that_fails_is_reported_as_the_storage_error_it_was_and_publishes_nothing(
         tmp_path, tiny_models, ray_cluster):
     (tmp_path / "input").mkdir()
     write_corpus(tmp_path / "input/a.parquet", [1, 2], ["one", "two"])
-    staging = tmp_path / "output/_staging"
+    staging = tmp_path / "output/_staging/dt=2026-11-10"
     staging.mkdir(parents=True)
-    (staging / "blocked").write_text("a file where the run's staging folder goes")
+    (staging / "classifications").write_text("a file where the staged classifications go")
     with pytest.raises(StorageError) as failure:
         run(make_config(tmp_path, tiny_models, "blocked"))
     message = str(failure.value)
     assert message.startswith("run blocked failed while processing ") and ": writing " in message, message
-    assert "Not a directory" in message and "\n" not in message and 'File "' not in message, message
+    assert "non-directory entry exists" in message and "\n" not in message and 'File "' not in message, message
     assert not published_partitions(tmp_path / "output", "classifications")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from albert_batch import storage
+from albert_batch.config import cache_home
 from albert_batch.contract import Task
 from albert_batch.errors import AlbertBatchError, ModelLoadError
 from albert_batch.storage import Location
@@ -39,7 +40,7 @@ MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".bin")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("ALBERT_BATCH_CACHE", Path.home() / ".cache" / "albert-batch")) / "models"
+    return cache_home() / "models"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ import pyarrow as pa
 
 from albert_batch.contract import Task
 
+# Where each row comes from: its unit of work, and its row number in the unit. Every stage passes them on,
+# so that the writer can record which rows of which unit it wrote (`albert_batch.pipeline.staging`).
+UNIT = "unit"
+ROW = "row"
+POSITION = (UNIT, ROW)
+
 
 def task_column(task: Task, name: str) -> str:
     """The name under which the stages pass a task's feature or result ``name`` along: ``ner.entities``."""

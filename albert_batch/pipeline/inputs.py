@@ -1,22 +1,27 @@
 """The input corpus: checked before any work (which Parquet files, how many rows, whether the id and
-text columns exist with usable types), then read as a Ray dataset. Every file's footer is read, so an
-unreadable file is named up front and the row count that the run must account for is exact."""
+text columns exist with usable types), cut into units of work, and read as a Ray dataset. Every file's
+footer is read, so an unreadable file is named up front and the row count that the run must account for
+is exact.
+
+A unit of work is a range of whole row groups of one file, at most ``UNIT_BYTES`` of uncompressed data (a
+larger row group is a unit by itself). It is what one read task reads, and what a stopped run's next run
+reuses or redoes as a whole (`albert_batch.pipeline.staging`), so a corpus of one large file resumes too.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from albert_batch import storage
 from albert_batch.errors import AlbertBatchError, InputError, NotFound
+from albert_batch.pipeline import staging
+from albert_batch.pipeline.columns import ROW, UNIT
 from albert_batch.storage import Location
 
 if TYPE_CHECKING:
@@ -25,22 +30,63 @@ if TYPE_CHECKING:
     from albert_batch.config import RunConfig
 
 IGNORED_PREFIXES = ("_", ".")
-READ_TASK_BYTES = 16 * 2**20  # uncompressed row groups per read task (read_input)
+UNIT_BYTES = 16 * 2**20  # uncompressed row groups per unit of work
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    size: int
+    version: str  # the ETag on S3, the modification time elsewhere: changes whenever the content does
+    row_groups: tuple[tuple[int, int], ...]  # (rows, uncompressed bytes) of each row group
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for rows, _ in self.row_groups)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Row groups ``start`` to ``stop - 1`` of the file ``path``."""
+
+    index: int
+    path: str
+    start: int
+    stop: int
+    rows: int
 
 
 @dataclass(frozen=True)
 class InputPlan:
     location: Location
-    files: tuple[str, ...]
-    num_rows: int
+    files: tuple[InputFile, ...]
     id_type: pa.DataType
 
     @property
+    def num_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
     def uris(self) -> list[str]:
-        return [Location(self.location.scheme, f).uri for f in self.files]
+        return [Location(self.location.scheme, f.path).uri for f in self.files]
+
+    def units(self, max_bytes: int | None = None) -> tuple[WorkUnit, ...]:
+        """The units of work, in file and row-group order, each at most ``max_bytes`` (`UNIT_BYTES`)."""
+        max_bytes = max_bytes or UNIT_BYTES
+        units: list[WorkUnit] = []
+        for f in self.files:
+            start, rows, size = 0, 0, 0
+            for group, (group_rows, group_bytes) in enumerate(f.row_groups):
+                if group > start and size + group_bytes > max_bytes:
+                    units.append(WorkUnit(len(units), f.path, start, group, rows))
+                    start, rows, size = group, 0, 0
+                rows, size = rows + group_rows, size + group_bytes
+            if f.row_groups:
+                units.append(WorkUnit(len(units), f.path, start, len(f.row_groups), rows))
+        return tuple(units)
 
 
-def _data_files(loc: Location) -> list[str]:
+def _data_files(loc: Location) -> list[pafs.FileInfo]:
     try:
         found = storage.info(loc)
     except NotFound as err:
@@ -48,12 +94,12 @@ def _data_files(loc: Location) -> list[str]:
     if found.type == pafs.FileType.NotFound:
         raise InputError(f"input {loc} does not exist")
     if found.type == pafs.FileType.File:
-        return [loc.path]
+        return [found]
     files = []
     for f in storage.list_files(loc):
         relative = f.path[len(loc.path.rstrip("/")) + 1 :]
         if not any(part.startswith(IGNORED_PREFIXES) for part in relative.split("/")):
-            files.append(f.path)
+            files.append(f)
     if not files:
         raise InputError(f"input {loc} holds no Parquet files")
     return files
@@ -71,29 +117,31 @@ def input_state(loc: Location, *, marker: str | None = None) -> tuple[bool, str]
     return True, f"{loc} holds {len(files)} data file(s)"
 
 
-def _read_footer(loc: Location, path: str) -> tuple[pa.Schema, int]:
-    uri = Location(loc.scheme, path).uri
+def _read_footer(loc: Location, found: pafs.FileInfo) -> tuple[pa.Schema, InputFile]:
+    file = Location(loc.scheme, found.path)
     try:
-        with loc.filesystem.open_input_file(path) as fh:
-            metadata = pq.read_metadata(fh)
-        return metadata.schema.to_arrow_schema(), metadata.num_rows
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
-        raise InputError(f"cannot read Parquet file {uri}: {err}") from err
+        metadata, etag = storage.parquet_footer(file)
+    except (pa.ArrowInvalid, AlbertBatchError) as err:
+        raise InputError(f"cannot read Parquet file {file.uri}: {err}") from err
+    groups = tuple((metadata.row_group(i).num_rows, metadata.row_group(i).total_byte_size)
+                   for i in range(metadata.num_row_groups))
+    version = etag or str(found.mtime_ns)
+    return metadata.schema.to_arrow_schema(), InputFile(found.path, found.size, version, groups)
 
 
 def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
     """List and check the input; raise InputError naming the file or column at fault."""
     try:
-        files = _data_files(loc)
+        found = _data_files(loc)
     except InputError:
         raise
     except AlbertBatchError as err:
         raise InputError(f"cannot list input {loc}: {err}") from err
-    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        footers = list(pool.map(lambda p: _read_footer(loc, p), files))
+    with ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
+        footers = list(pool.map(lambda f: _read_footer(loc, f), found))
     id_types: dict[pa.DataType, str] = {}
-    for path, (schema, _) in zip(files, footers, strict=True):
-        uri = Location(loc.scheme, path).uri
+    for schema, file in footers:
+        uri = Location(loc.scheme, file.path).uri
         for role, column in (("id", id_column), ("text", text_column)):
             if column not in schema.names:
                 raise InputError(
@@ -109,52 +157,58 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
             )
         id_types.setdefault(id_type, uri)
     if len(id_types) > 1:
-        found = "; ".join(f"{t} in {u}" for t, u in id_types.items())
-        raise InputError(f"id column {id_column!r} has different types across files: {found}")
-    return InputPlan(location=loc, files=tuple(files), num_rows=sum(n for _, n in footers), id_type=next(iter(id_types)))
+        found_types = "; ".join(f"{t} in {u}" for t, u in id_types.items())
+        raise InputError(f"id column {id_column!r} has different types across files: {found_types}")
+    return InputPlan(location=loc, files=tuple(file for _, file in footers), id_type=next(iter(id_types)))
 
 
 def column_desc(name: str, arrow_type: pa.DataType) -> str:
     return f"{name!r} ({arrow_type})"
 
 
-def read_input(config: RunConfig, plan: InputPlan, *, rows_per_block: int) -> ray.data.Dataset:
-    """The input's ``id`` and ``text`` columns as a Ray dataset, in blocks of at most ``rows_per_block`` rows.
+def read_input(config: RunConfig, plan: InputPlan, units: list[WorkUnit], *, rows_per_block: int,
+               retries_to: Location | None = None) -> ray.data.Dataset:
+    """The ``id`` and ``text`` columns of ``units``, with each row's unit and its row number in the unit, as
+    a Ray dataset in blocks of at most ``rows_per_block`` rows.
 
-    A map stage writes its output into blocks of up to 128 MiB, so one input file would reach the model
-    stage as one block: one task, on one actor, however many actors there are. Blocks of one batch each
-    spread the work over every tokenizer and model actor.
+    A map stage writes its output into blocks of up to 128 MiB, so one unit would reach the model stage as
+    one block: one task, on one actor, however many actors there are. Blocks of one batch each spread the
+    work over every tokenizer and model actor.
 
-    The read runs one task at a time, each over at most ``READ_TASK_BYTES`` of row groups (a row group is
-    never split). A read task runs to its end once started, whatever the stages after it can take, and
-    Ray Data's default packs 128 MiB of row groups into each and starts them all at once, so a large
-    corpus's text would wait in memory (BENCHMARKS.md, "Memory"). One task decodes Parquet text far
-    faster than any model stage consumes it."""
+    The read runs one task at a time, a unit per task. A read task runs to its end once started, whatever
+    the stages after it can take, so reading more at once would let a large corpus's text wait in memory
+    (BENCHMARKS.md, "Memory"); one task decodes Parquet text far faster than any model stage consumes it."""
     import ray.data
 
-    with _environment(RAY_DATA_PARQUET_BIN_PACKING_BYTES=str(READ_TASK_BYTES)):  # read when the read is planned
-        ds = ray.data.read_parquet(
-            plan.uris if plan.location.scheme == "s3" else list(plan.files),
-            filesystem=plan.location.filesystem,
-            columns=[config.id_column, config.text_column],
-            partitioning=None,
-            file_extensions=None,  # every listed file is data: never drop one for its name
-            concurrency=1,
-        )
-    if (config.id_column, config.text_column) != ("id", "text"):
-        ds = ds.rename_columns({config.id_column: "id", config.text_column: "text"})
+    items = [{"unit": u.index, "path": u.path, "start": u.start, "stop": u.stop} for u in units]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
+        _read_units,
+        fn_kwargs={"scheme": plan.location.scheme, "id_column": config.id_column, "text_column": config.text_column,
+                   "id_type": plan.id_type, "retries_to": retries_to},
+        batch_format="pyarrow",
+        batch_size=None,
+        compute=ray.data.TaskPoolStrategy(size=1),
+    )
     return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
-@contextlib.contextmanager
-def _environment(**variables: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: str, id_type: pa.DataType,
+                retries_to: Location | None) -> Iterator[pa.Table]:
+    """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it."""
+    with staging.retries_reported(retries_to):
+        for unit in batch.to_pylist():
+            table = storage.read_row_groups(Location(scheme, unit["path"]), range(unit["start"], unit["stop"]),
+                                            [id_column, text_column])
+            yield _with_positions(table, unit["unit"], id_column, text_column, id_type)
+
+
+def _with_positions(table: pa.Table, unit: int, id_column: str, text_column: str, id_type: pa.DataType) -> pa.Table:
+    rows = table.num_rows
+    columns: dict[str, Any] = {
+        "id": table.column(id_column).cast(id_type),
+        "text": table.column(text_column).cast(pa.large_string()),
+        UNIT: pa.array([unit] * rows, pa.int32()),
+        ROW: pa.array(range(rows), pa.int64()),
+    }
+    return pa.table(columns)

@@ -1,7 +1,8 @@
 """Atomic publication of a run's partitions.
 
-A run writes every file into ``OUTPUT/_staging/<run_id>/`` (consumers skip ``_`` folders). When all
-rows are written and accounted for, it writes ``_COMMIT.json`` there — the point of no return — and then,
+A run writes every file into its partition's staging folder, ``OUTPUT/_staging/<partition>/`` (consumers
+skip ``_`` folders; see `albert_batch.pipeline.staging`). When all rows are written and accounted for, it
+writes ``_COMMIT.json`` there — the point of no return — and then,
 for each table's partition: removes ``_SUCCESS``, removes the partition's old data files, moves the new
 files in, writes ``_manifest.json`` and finally ``_SUCCESS``. Consumers read a partition only when
 ``_SUCCESS`` exists, so they see either the old complete partition or the new one.
@@ -26,13 +27,9 @@ from albert_batch.storage import Location
 log = logging.getLogger(__name__)
 
 
-def staging_location(output: Location, run_id: str) -> Location:
-    return output.child(STAGING_DIR, run_id)
-
-
-def publish(output: Location, run_id: str, partition_path: str, manifests: dict[str, Manifest]) -> None:
-    """Commit the staged files of ``run_id`` and publish one partition per table, as ``manifests`` list them."""
-    staging = staging_location(output, run_id)
+def publish(output: Location, run_id: str, partition_path: str, staging: Location,
+            manifests: dict[str, Manifest]) -> None:
+    """Commit the files staged in ``staging`` and publish one partition per table, as ``manifests`` list them."""
     commit = {"run_id": run_id, "partition_path": partition_path,
               "files": {table: manifest.files for table, manifest in manifests.items()},
               "manifests": {table: dataclasses.asdict(manifest) for table, manifest in manifests.items()}}
@@ -74,12 +71,7 @@ def recover(output: Location, partition_path: str) -> list[str]:
     finished = []
     for staging in storage.list_dirs(output.child(STAGING_DIR)):
         commit_file = staging.child(COMMIT)
-        if not storage.exists(commit_file):
-            log.warning(
-                "staging folder %s belongs to a run that stopped before committing (or is still running); "
-                "it is ignored, and safe to delete once that run is gone",
-                staging,
-            )
+        if not storage.exists(commit_file):  # work staged for a later publication, resumed by its partition's runs
             continue
         commit = json.loads(storage.read_bytes(commit_file))
         if commit["partition_path"] != partition_path:
@@ -98,10 +90,3 @@ def recover(output: Location, partition_path: str) -> list[str]:
         finished.append(commit["run_id"])
     return finished
 
-
-def discard(output: Location, run_id: str) -> None:
-    """Remove a failed run's staging folder (best effort: a leftover folder is harmless)."""
-    try:
-        storage.delete_dir(staging_location(output, run_id))
-    except AlbertBatchError as err:
-        log.warning("could not remove staging folder of run %s: %s", run_id, err)

@@ -1,33 +1,39 @@
-"""One batch run, end to end: check inputs and models, stream read -> tokenize -> model -> write on Ray
-Data, check that every input row is accounted for, then publish each partition atomically."""
+"""One batch run, end to end: check inputs, models and the destination; resume the partition's staged work
+or start afresh; stream read -> tokenize -> model -> write on Ray Data for the units not done; check that
+every input row is accounted for; then publish each partition atomically."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from albert_batch import storage
 from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, Task, schema, tables_for
-from albert_batch.errors import PublishError
+from albert_batch.errors import AlbertBatchError, OutputError, PublishError, Stopped, StorageError, Transient
 from albert_batch.inference import models
 from albert_batch.inference.device import describe_precision
 from albert_batch.inference.models import ModelInfo
-from albert_batch.pipeline import publish
+from albert_batch.pipeline import publish, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
 from albert_batch.pipeline.cluster import connect_ray, package_versions, worker_error
-from albert_batch.pipeline.inputs import InputPlan, plan_input, read_input
+from albert_batch.pipeline.inputs import InputPlan, WorkUnit, plan_input, read_input
+from albert_batch.pipeline.interrupts import Interrupts
+from albert_batch.pipeline.monitor import Monitor
 from albert_batch.pipeline.sink import StagingSink, WriteReport, parquet_bytes
 from albert_batch.pipeline.sizing import StageSizing, size_stages
 from albert_batch.pipeline.stages import ModelStage, TokenizeStage
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_FILE = 100_000
 QUEUE_BYTES = 32 * 2**20  # output a stage may have waiting for the next, beside its rows (see backpressure)
 
 
@@ -48,6 +54,8 @@ class RunSummary:
     precision: str
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)  # the StageSizing the run used
+    units: dict[str, Any] = field(default_factory=dict)  # total, reused, and the runs whose work was reused
+    storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
 
     @property
     def rows_per_second(self) -> float:
@@ -61,9 +69,16 @@ class _Run:
     config: RunConfig
     plan: InputPlan
     models: dict[Task, ModelInfo]
+    units: tuple[WorkUnit, ...]
+    folder: storage.Location  # the partition's staging folder
     started: float = field(default_factory=time.monotonic)
+    retries_before: Counter[str] = field(default_factory=Counter)  # the driver's storage retries before the run
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def unit_rows(self) -> dict[int, int]:
+        return {u.index: u.rows for u in self.units}
 
     def lap(self, name: str, since: float) -> float:
         now = time.monotonic()
@@ -74,26 +89,25 @@ class _Run:
 def run(config: RunConfig) -> RunSummary:
     """Run one batch job; return its summary once every partition is published.
 
-    Raises ConfigError, InputError or ModelLoadError before any work when settings, input or models are
-    unusable, and PublishError (or another AlbertBatchError) when the run fails; a failed run publishes
-    nothing it did not finish."""
-    started = time.monotonic()
+    Raises ConfigError, InputError, OutputError or ModelLoadError before any work when settings, input,
+    destination or models are unusable, and PublishError (or another AlbertBatchError) when the run fails;
+    a failed run publishes nothing it did not finish, and the next run of its partition reuses the work it
+    staged. Called from the main thread, SIGTERM and SIGINT stop it with `Stopped`."""
+    started, retries_before = time.monotonic(), Counter(storage.retries_made())
     plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column)
     infos = {
         task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
         for task in config.tasks
     }
-    job = _Run(config, plan, infos, started=started)
-    log.info("input %s: %d rows in %d files", plan.location, plan.num_rows, len(plan.files))
+    folder = staging.partition_folder(config.output_location, config.partition_path)
+    check_destination(config.output_location, folder)
+    job = _Run(config, plan, infos, plan.units(), folder, started=started, retries_before=retries_before)
+    log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
+             len(job.units))
     started_ray = connect_ray(config.ray_address)
     try:
-        publish.recover(config.output_location, config.partition_path)
-        phase = job.lap("checks_s", started)
-        report, sizing = _process(job)
-        phase = job.lap("process_s", phase)
-        summary = _publish(job, report, sizing)
-        log.info("published run %s in %.1fs", config.run_id, time.monotonic() - phase)
-        return summary
+        with Interrupts() as interrupts:
+            return _run(job, interrupts)
     finally:
         if started_ray:
             import ray
@@ -101,43 +115,108 @@ def run(config: RunConfig) -> RunSummary:
             ray.shutdown()
 
 
-def _process(job: _Run) -> tuple[WriteReport, StageSizing]:
+def check_destination(output: storage.Location, folder: storage.Location) -> None:
+    """Write and delete a small object in the staging folder, so that a missing bucket or a denied write is
+    found before any work, not at the first write."""
+    try:
+        storage.check_writable(folder)
+    except Transient:
+        raise
+    except StorageError as err:
+        raise OutputError(f"output {output} cannot be written: {err}") from err
+
+
+def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     import ray
 
     config = job.config
+    publish.recover(config.output_location, config.partition_path)
+    resumed = staging.prepare(job.folder, work_key(job), config.run_id, job.unit_rows, fresh=config.fresh)
+    phase = job.lap("checks_s", job.started)
     sizing = size_stages(config, ray.cluster_resources())
-    log.info("stage sizing: %s", sizing)
-    output = config.output_location
-    sink = StagingSink(
-        staging=publish.staging_location(output, config.run_id),
-        run_id=config.run_id,
-        models={task: info.uri for task, info in job.models.items()},
-        id_type=job.plan.id_type,
-        rows_per_file=ROWS_PER_FILE,
-    )
+    todo = [u for u in job.units if u.index not in resumed.done]
+    if todo:
+        log.info("stage sizing: %s", sizing)
+        try:
+            _process(job, sizing, todo, interrupts)
+        except Stopped as err:
+            raise Stopped(f"{err}: nothing was published; {_kept(job)}", err.signum) from None
+    phase = job.lap("process_s", phase)
+    done, _ = staging.done_units(job.folder, job.unit_rows)
+    missing = [u.index for u in job.units if u.index not in done]
+    if missing:
+        raise PublishError(f"run {config.run_id}: units {missing[:10]} of {len(job.units)} are not all staged after "
+                           "the stages finished; nothing was published")
+    pieces = [p for unit_pieces in done.values() for p in unit_pieces]
+    with interrupts.deferred():
+        summary = _publish(job, WriteReport.of(pieces), sizing, resumed)
+    log.info("published run %s in %.1fs", config.run_id, time.monotonic() - phase)
+    return summary
+
+
+def _kept(job: _Run) -> str:
+    """What a stopped or failed run leaves for the next one, in words."""
     try:
-        limits = QueueLimits(
-            rows=sizing.max_rows_ahead, rows_into_write=ROWS_PER_FILE + sizing.max_rows_ahead, bytes=QUEUE_BYTES
-        )
-        with bounded_queues(limits, batch_rows=sizing.batch_size):
-            _stream(job, sizing, sink)
+        done, _ = staging.done_units(job.folder, job.unit_rows)
+    except AlbertBatchError:  # the store may be what failed
+        return f"the work staged in {job.folder} is kept for the next run of partition {job.config.partition_path}"
+    return (f"{len(done)} of {len(job.units)} units are staged in {job.folder}, and the next run of partition "
+            f"{job.config.partition_path} resumes from them")
+
+
+def work_key(job: _Run) -> staging.WorkKey:
+    """What the partition's results depend on (see `staging.WorkKey`)."""
+    config = job.config
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:32]
+
+    return staging.WorkKey(
+        input=digest([[[f.path, f.size, f.version, f.row_groups] for f in job.plan.files],
+                      [[u.path, u.start, u.stop] for u in job.units]]),
+        models={task.value: digest([info.weights_sha256, info.labels, info.max_length])
+                for task, info in job.models.items()},
+        settings={"tasks": [t.value for t in config.tasks], "id_column": config.id_column,
+                  "text_column": config.text_column, "id_type": str(job.plan.id_type),
+                  "precision": _precision(config), "ner_window_overlap": config.resources.ner_window_overlap,
+                  "albert_batch": metadata.version("albert-batch")},
+    )
+
+
+def _precision(config: RunConfig) -> str:
+    return describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
+
+
+def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: Interrupts) -> None:
+    config = job.config
+    sink = StagingSink(folder=job.folder, run_id=config.run_id, models={t: i.uri for t, i in job.models.items()},
+                       id_type=job.plan.id_type, rows_per_file=sizing.rows_per_file)
+    actor_needs = {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor,
+                   **dict(config.resources.model_actor_resources)}
+    limits = QueueLimits(rows=sizing.max_rows_ahead, rows_into_write=sizing.rows_per_file + sizing.max_rows_ahead,
+                         bytes=QUEUE_BYTES)
+    try:
+        with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, actor_needs=actor_needs,
+                      wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts),
+              bounded_queues(limits, batch_rows=sizing.batch_size)):
+            _stream(job, sizing, units, sink)
+    except Stopped:
+        raise
     except Exception as err:
-        publish.discard(output, config.run_id)
         failure = worker_error(err, f"run {config.run_id} failed while processing {job.plan.location}")
+        log.error("%s; %s", failure, _kept(job))
         if failure is err:
             raise
         raise failure from err
-    assert sink.result is not None
-    return sink.result, sizing
 
 
-def _stream(job: _Run, sizing: StageSizing, sink: StagingSink) -> None:
+def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: StagingSink) -> None:
     """Read -> tokenize -> model -> write, streamed through Ray Data; returns once the sink has every row."""
     import ray.data
 
     config = job.config
     model_uris = {task: info.uri for task, info in job.models.items()}
-    ds = read_input(config, job.plan, rows_per_block=sizing.batch_size)
+    ds = read_input(config, job.plan, units, rows_per_block=sizing.batch_size, retries_to=job.folder)
     ds = ds.map_batches(
         TokenizeStage,
         fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights},
@@ -163,6 +242,7 @@ def _stream(job: _Run, sizing: StageSizing, sink: StagingSink) -> None:
         compute=ray.data.ActorPoolStrategy(size=sizing.model_actors),
         num_cpus=sizing.cpus_per_model_actor,
         num_gpus=sizing.gpus_per_model_actor or None,
+        resources=dict(config.resources.model_actor_resources) or None,
     )
     ds.write_datasink(sink)
 
@@ -173,7 +253,7 @@ def _check_accounting(job: _Run, report: WriteReport) -> None:
     for task in job.config.tasks:
         table = TASK_OUTPUTS[task].table
         if report.rows.get(table, 0) + rejected != job.plan.num_rows:
-            publish.discard(job.config.output_location, job.config.run_id)
+            staging.discard(job.folder)
             raise PublishError(
                 f"row accounting failed for {table}: {job.plan.num_rows} input rows but {report.rows.get(table, 0)} "
                 f"results and {rejected} rejects; nothing was published"
@@ -183,45 +263,50 @@ def _check_accounting(job: _Run, report: WriteReport) -> None:
 def _staged_files(job: _Run, report: WriteReport) -> dict[str, list[str]]:
     """Each table's staged files; a table without rows gets an empty file, which carries its schema."""
     config = job.config
-    staging = publish.staging_location(config.output_location, config.run_id)
     files = {table: sorted(report.files.get(table, [])) for table in tables_for(config.tasks)}
     for table, names in files.items():
         if not names:
             name = f"part-{config.run_id}-empty.parquet"
-            storage.write_bytes(staging.child(table, name), parquet_bytes(schema(table, job.plan.id_type).empty_table()))
+            storage.write_bytes(job.folder.child(table, name), parquet_bytes(schema(table, job.plan.id_type).empty_table()))
             names.append(name)
     return files
 
 
-def _publish(job: _Run, report: WriteReport, sizing: StageSizing) -> RunSummary:
+def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: staging.Resumed) -> RunSummary:
     config, plan = job.config, job.plan
     _check_accounting(job, report)
     files = _staged_files(job, report)
     rejected = report.rows.get(REJECTS, 0)
-    precision = describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
     seconds = time.monotonic() - job.started
     job.timings["total_s"] = round(seconds, 3)
-    model_entries = {task.value: info.manifest_entry() for task, info in job.models.items()}
-    shared = {
+    driver_retries = Counter(storage.retries_made())
+    driver_retries.subtract(job.retries_before)
+    retries = dict(staging.retries_recorded(job.folder) + driver_retries)
+    units = {"total": len(job.units), "reused": len(resumed.done), "reused_from_runs": list(resumed.runs)}
+    if retries:
+        log.info("storage operations retried: %s", retries)
+    shared: dict[str, Any] = {
         "run_id": config.run_id,
         "partition": dict(config.partition),
         "tasks": [t.value for t in config.tasks],
         "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows},
         "counts": {"input_rows": plan.num_rows, "accepted_rows": plan.num_rows - rejected, "rejected_rows": rejected,
                    **{f"{table}_rows": report.rows.get(table, 0) for table in files}},
-        "models": model_entries,
-        "precision": precision,
+        "models": {task.value: info.manifest_entry() for task, info in job.models.items()},
+        "precision": _precision(config),
         "rejects_by_reason": dict(report.rejects),
         "label_counts": dict(report.labels),
         "started_at": job.started_at.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "timings": job.timings,
         "stages": dataclasses.asdict(sizing),
+        "units": units,
+        "storage_retries": retries,
         "versions": package_versions(),
     }
     manifests = {table: Manifest(table=table, rows=report.rows.get(table, 0), files=names, **shared)
                  for table, names in files.items()}
-    publish.publish(config.output_location, config.run_id, config.partition_path, manifests)
+    publish.publish(config.output_location, config.run_id, config.partition_path, job.folder, manifests)
     return RunSummary(
         run_id=config.run_id,
         output=config.output_location.uri,
@@ -233,7 +318,10 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing) -> RunSummary:
         label_counts=dict(report.labels),
         sample_entities=report.samples,
         seconds=seconds,
-        precision=precision,
-        models=model_entries,
+        precision=shared["precision"],
+        models=shared["models"],
         stages=shared["stages"],
+        units=units,
+        storage_retries=retries,
     )
+

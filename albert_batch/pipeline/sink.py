@@ -1,5 +1,5 @@
 """The writer: a Ray Data ``Datasink`` that splits the model stage's batches into the output tables
-(`albert_batch.contract`) and writes each as Parquet into the run's staging folder, from which
+(`albert_batch.contract`) and writes them as Parquet into the partition's staging folder, from which
 `albert_batch.pipeline.publish` publishes them."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -19,8 +20,8 @@ from ray.data.block import Block, BlockAccessor
 
 from albert_batch import storage
 from albert_batch.contract import REJECTS, TASK_OUTPUTS, Task, schema
-from albert_batch.pipeline import heap
-from albert_batch.pipeline.columns import task_column
+from albert_batch.pipeline import heap, staging
+from albert_batch.pipeline.columns import ROW, UNIT, task_column
 from albert_batch.storage import Location
 
 SAMPLE_ENTITIES = 5
@@ -28,8 +29,8 @@ SAMPLE_ENTITIES = 5
 
 @dataclass
 class WriteReport:
-    """What writes staged: each table's files and rows, rejects by reason, counts of the counted result
-    column's values (labels), and a few rows of the sampled one (entities)."""
+    """What pieces of work staged: each table's files and rows, rejects by reason, counts of the counted
+    result column's values (labels), and a few rows of the sampled one (entities)."""
 
     files: dict[str, list[str]] = field(default_factory=dict)
     rows: Counter[str] = field(default_factory=Counter)
@@ -37,13 +38,17 @@ class WriteReport:
     labels: Counter[str] = field(default_factory=Counter)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, other: WriteReport) -> None:
-        for table, names in other.files.items():
-            self.files.setdefault(table, []).extend(names)
-        self.rows.update(other.rows)
-        self.rejects.update(other.rejects)
-        self.labels.update(other.labels)
-        self.samples.extend(other.samples[: SAMPLE_ENTITIES - len(self.samples)])
+    @classmethod
+    def of(cls, pieces: Iterable[staging.Piece]) -> WriteReport:
+        total = cls()
+        for piece in sorted(pieces, key=lambda p: (p.unit, p.ranges)):
+            for table, name in piece.files.items():
+                total.files.setdefault(table, []).append(name)
+            total.rows.update(piece.rows)
+            total.rejects.update(piece.rejects)
+            total.labels.update(piece.labels)
+            total.samples.extend(piece.samples[: SAMPLE_ENTITIES - len(total.samples)])
+        return total
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -52,17 +57,19 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-class StagingSink(Datasink[WriteReport]):
-    """Each write task turns its rows into one Parquet file per table in the staging folder and returns
-    what it wrote; `on_write_complete` (on the driver) adds the reports up into ``result``."""
+class StagingSink(Datasink[int]):
+    """Each write task turns its rows into Parquet files in the partition's staging folder, one file per
+    table for each unit of work it has rows of, and records each such piece after its files
+    (`albert_batch.pipeline.staging`); the driver reads the records back, not the tasks' return values, so
+    that a stopped run's pieces count too and a retried task's leftovers never do."""
 
-    def __init__(self, *, staging: Location, run_id: str, models: dict[Task, str], id_type: pa.DataType, rows_per_file: int):
-        self.staging = staging
+    def __init__(self, *, folder: Location, run_id: str, models: dict[Task, str], id_type: pa.DataType,
+                 rows_per_file: int):
+        self.folder = folder
         self.run_id = run_id
         self.models = models
         self.id_type = id_type
         self.rows_per_file = rows_per_file
-        self.result: WriteReport | None = None
 
     @property
     def supports_distributed_writes(self) -> bool:
@@ -72,24 +79,32 @@ class StagingSink(Datasink[WriteReport]):
     def min_rows_per_write(self) -> int:
         return self.rows_per_file
 
-    def write(self, blocks: Iterable[Block], ctx: Any) -> WriteReport:
+    def write(self, blocks: Iterable[Block], ctx: Any) -> int:
         heap.use_the_system_allocator_for_arrow()
         try:
-            batch = pa.concat_tables([BlockAccessor.for_block(b).to_arrow() for b in blocks], promote_options="default")
-            return self._write(batch, f"part-{self.run_id}-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet")
+            with staging.retries_reported(self.folder):
+                batch = pa.concat_tables([BlockAccessor.for_block(b).to_arrow() for b in blocks],
+                                         promote_options="default")
+                for unit in pc.unique(batch.column(UNIT)).to_pylist():
+                    rows = batch.filter(pc.equal(batch.column(UNIT), unit))
+                    staging.write_piece(self.folder, self.stage_piece(rows, unit))
+                return batch.num_rows
         finally:
             heap.return_freed_heap_pages()  # a file's worth of buffers, freed
 
-    def _write(self, batch: pa.Table, name: str) -> WriteReport:
+    def stage_piece(self, batch: pa.Table, unit: int) -> staging.Piece:
+        """Write one unit's rows of a batch as one file per table; the piece that describes them."""
         report = WriteReport()
-        if batch.num_rows == 0:
-            return report
+        name = uuid.uuid4().hex[:12]
+        files = {}
         for table_name, table in self.tables(batch, report).items():
             report.rows[table_name] = table.num_rows
             if table.num_rows:
-                storage.write_bytes(self.staging.child(table_name, name), parquet_bytes(table))
-                report.files[table_name] = [name]
-        return report
+                files[table_name] = f"part-{self.run_id}-{staging.record_name(unit, name)}.parquet"
+                storage.write_bytes(self.folder.child(table_name, files[table_name]), parquet_bytes(table))
+        return staging.Piece(unit=unit, name=name, run_id=self.run_id, ranges=_ranges(batch.column(ROW)),
+                             files=files, rows=dict(report.rows), rejects=dict(report.rejects),
+                             labels=dict(report.labels), samples=report.samples)
 
     def tables(self, batch: pa.Table, report: WriteReport) -> dict[str, pa.Table]:
         """The output tables of one batch of the model stage; counts and samples go into ``report``."""
@@ -118,11 +133,16 @@ class StagingSink(Datasink[WriteReport]):
         )
         return tables
 
-    def on_write_complete(self, write_result: Any) -> None:
-        total = WriteReport()
-        for report in write_result.write_returns:
-            total.add(report)
-        self.result = total
+
+def _ranges(rows: pa.ChunkedArray) -> list[list[int]]:
+    """Row numbers as sorted [start, stop) ranges."""
+    numbers = np.unique(rows.to_numpy())
+    if not len(numbers):
+        return []
+    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(numbers)]])
+    return [[int(numbers[a]), int(numbers[b - 1]) + 1] for a, b in zip(starts, stops, strict=True)]
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:

@@ -24,6 +24,9 @@ TOKENIZER_ACTORS_PER_GPU = 6
 # short texts is still small. On CPUs, forward passes of ~2k tokens keep the activations in cache; a GPU
 # needs far larger ones to amortise kernel launches and keep its cores busy.
 BATCH_ROWS = 4096
+# Rows a write gathers into one output file (per table): fewer, larger files for consumers, against the rows
+# a stopped run has not yet staged.
+ROWS_PER_FILE = 100_000
 CPU_TOKENS_PER_FORWARD = 2048
 GPU_TOKENS_PER_FORWARD = 65_536
 
@@ -39,6 +42,7 @@ class StageSizing:
     batch_size: int
     max_tokens_per_forward: int
     max_rows_ahead: int  # how far each stage may run ahead of the next (see pipeline/backpressure.py)
+    rows_per_file: int
 
 
 def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
@@ -85,6 +89,7 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizin
         batch_size=batch_size,
         max_tokens_per_forward=res.max_tokens_per_forward or CPU_TOKENS_PER_FORWARD,
         max_rows_ahead=_rows_ahead(batch_size, actors),
+        rows_per_file=res.rows_per_file or ROWS_PER_FILE,
     )
 
 
@@ -109,6 +114,7 @@ def _size_gpu_stages(config: RunConfig, spare: float, gpus: float) -> StageSizin
         batch_size=batch_size,
         max_tokens_per_forward=res.max_tokens_per_forward or GPU_TOKENS_PER_FORWARD,
         max_rows_ahead=_rows_ahead(batch_size, actors),
+        rows_per_file=res.rows_per_file or ROWS_PER_FILE,
     )
 
 

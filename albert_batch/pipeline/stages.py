@@ -5,6 +5,8 @@ on a small table, without a cluster.
     TokenizeStage  id, text  ->  id, text, reject_reason, <task>.<feature>...      (CPU)
     ModelStage     ...       ->  id, reject_reason, <task>.<result>..., processed_at (GPU or CPU)
 
+Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`).
+
 Neither knows a task by name: the features are what each task's predictor declares
 (`Predictor.features`), the results are its output's columns (`albert_batch.contract.TASK_OUTPUTS`).
 """
@@ -23,7 +25,7 @@ from albert_batch.config import Precision
 from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Task
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
-from albert_batch.pipeline.columns import from_list_array, task_column, to_list_array
+from albert_batch.pipeline.columns import POSITION, from_list_array, task_column, to_list_array
 
 
 def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> list[str | None]:
@@ -40,6 +42,11 @@ def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> 
         else:
             reasons.append(None)
     return reasons
+
+
+def _positions(batch: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """The batch's position columns, where it has them (a stage called on a plain table has none)."""
+    return {name: batch.column(name) for name in POSITION if name in batch.column_names}
 
 
 def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
@@ -70,6 +77,7 @@ class TokenizeStage:
         accepted_texts = [t for t, ok in zip(texts, accepted, strict=True) if ok]
         columns: dict[str, pa.Array] = {
             "id": ids,
+            **_positions(batch),
             "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
             "reject_reason": pa.array(reasons, pa.string()),
         }
@@ -126,7 +134,8 @@ class ModelStage:
         size = batch.num_rows
         accepted = pc.is_null(batch.column("reject_reason")).to_numpy(zero_copy_only=False)
         texts = [t for t, ok in zip(batch.column("text").to_pylist(), accepted, strict=True) if ok]
-        columns: dict[str, pa.Array] = {"id": batch.column("id"), "reject_reason": batch.column("reject_reason")}
+        columns: dict[str, pa.Array] = {"id": batch.column("id"), **_positions(batch),
+                                         "reject_reason": batch.column("reject_reason")}
         for task, predictor in self.predictors.items():
             features = {}
             for name, arrow_type in predictor.features.items():

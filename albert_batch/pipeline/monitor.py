@@ -1,0 +1,86 @@
+"""What watches a run while its stages work, from a thread of the driver: a progress line every
+``PROGRESS_S`` (units done, from the staging folder's records), and the cluster's capacity for model actors.
+
+Ray restarts a model actor whose node is lost on another node that can host it, and Ray Data waits for
+it meanwhile, however long that takes. When no node of the cluster can host a model actor any more (it
+had one before), the run waits ``wait_for_nodes_s`` for one to join (an autoscaler replacing a spot node),
+then fails with `NodeLost`; its staged work is kept for the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from albert_batch.errors import NodeLost
+from albert_batch.pipeline import staging
+from albert_batch.pipeline.interrupts import Interrupts
+from albert_batch.storage import Location
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0
+PROGRESS_S = 60.0
+
+
+class Monitor(threading.Thread):
+    def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], actor_needs: Mapping[str, float],
+                 wait_for_nodes_s: float, interrupts: Interrupts, progress_s: float = PROGRESS_S) -> None:
+        super().__init__(name="albert-batch-monitor", daemon=True)
+        self.folder = folder
+        self.unit_rows = dict(unit_rows)
+        self.actor_needs = {name: amount for name, amount in actor_needs.items() if amount > 0}
+        self.wait_for_nodes_s = wait_for_nodes_s
+        self.interrupts = interrupts
+        self.progress_s = progress_s
+        self._done = threading.Event()
+        self._pieces: dict[str, staging.Piece] = {}
+
+    def __enter__(self) -> Monitor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        had_capacity, lacking_since = False, None
+        next_progress = time.monotonic() + self.progress_s
+        while not self._done.wait(POLL_S):
+            now = time.monotonic()
+            try:
+                if self._capacity():
+                    if lacking_since is not None:
+                        log.info("a node that can host a model actor is back")
+                    had_capacity, lacking_since = True, None
+                elif had_capacity:
+                    if lacking_since is None:
+                        lacking_since = now
+                        log.warning("no node of the cluster can host a model actor (it needs %s): waiting up to "
+                                    "%.0fs for one to join", self.actor_needs, self.wait_for_nodes_s)
+                    elif now - lacking_since >= self.wait_for_nodes_s:
+                        self.interrupts.fail(NodeLost(
+                            f"no node of the cluster could host a model actor (it needs {self.actor_needs}) for "
+                            f"{self.wait_for_nodes_s:.0f}s after the last one was lost; the staged work is kept, "
+                            "and the next run of the partition resumes it"))
+                        return
+                if now >= next_progress:
+                    next_progress = now + self.progress_s
+                    self._log_progress()
+            except Exception as err:  # watching must never break the run it watches
+                log.debug("monitor: %s", err)
+
+    def _capacity(self) -> bool:
+        import ray
+
+        total = ray.cluster_resources()  # the alive nodes' resources
+        return all(total.get(name, 0.0) >= amount - 1e-9 for name, amount in self.actor_needs.items())
+
+    def _log_progress(self) -> None:
+        done, _ = staging.done_units(self.folder, self.unit_rows, self._pieces)
+        rows = sum(self.unit_rows[unit] for unit in done)
+        log.info("progress: %d of %d units staged (%d of %d rows)", len(done), len(self.unit_rows), rows,
+                 sum(self.unit_rows.values()))

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from albert_batch.contract import Task
+from albert_batch.dev.local_ray import free_port
 from albert_batch.training.model_init import init_model
-from support import CLASSIFIER_LABELS, FAKE_KEY_ID, FAKE_SECRET, NER_LABELS, TRICKY_TEXTS, free_port
+from support import CLASSIFIER_LABELS, FAKE_KEY_ID, FAKE_SECRET, NER_LABELS, TRICKY_TEXTS
 
 # Airflow reads its settings when first imported: give the test session its own home (SQLite database,
 # logs) and no example DAGs, before any test module imports it.
@@ -83,12 +84,12 @@ def s3_client(s3: str) -> Any:
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint: str) -> Any:
-    """One real local Ray for the session: 2 CPUs, loopback."""
-    import logging
-
+    """One real local Ray for the session: 2 CPUs, free ports, as an embedded run starts it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    from albert_batch.pipeline.cluster import start_embedded_ray
+
+    start_embedded_ray(num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

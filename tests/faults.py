@@ -1,13 +1,15 @@
-"""A fault-injecting HTTP proxy for a real S3 endpoint: it forwards requests to moto's server, and answers a
-share of them as a failing S3 would: 503 SlowDown, 500 InternalError, or a connection dropped before any
-answer. moto itself has no fault injection."""
+"""A fault-injecting HTTP proxy in front of a real server: it forwards requests to moto's S3 (or a Ray
+dashboard), and answers a share of them as a failing S3 would: 503 SlowDown, 500 InternalError, or a
+connection dropped before any answer. moto itself has no fault injection."""
 
 from __future__ import annotations
 
 import http.client
 import itertools
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,14 +22,20 @@ ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code
               "<RequestId>fault-proxy</RequestId></Error>")
 
 
-class FaultyS3:
+class FaultyProxy:
     """``every``: one request in this many fails (0: none), the faults taking turns; ``fail_all``: every
-    request fails (a store down for longer than any retry budget). ``injected`` counts the faults given."""
+    request fails (a store down for longer than any retry budget); ``delay``: a function of the request that
+    says how many seconds to hold it first (slow reads keep a run's stages busy, slow uploads make its
+    writes easy to catch running); ``refuse``: a function of
+    the request that may return ``(status, body)`` to answer instead of forwarding it. ``injected`` counts
+    the faults given."""
 
     def __init__(self, upstream: str, *, every: int = 0) -> None:
         self.upstream = urlsplit(upstream).netloc
         self.every = every
         self.fail_all = False
+        self.delay: Callable[[BaseHTTPRequestHandler], float] = lambda request: 0.0
+        self.refuse: Callable[[BaseHTTPRequestHandler], tuple[int, str] | None] = lambda request: None
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
         self._requests = itertools.count(1)
@@ -51,7 +59,7 @@ class FaultyS3:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> FaultyS3:
+    def __enter__(self) -> FaultyProxy:
         self._thread.start()
         return self
 
@@ -71,6 +79,11 @@ class FaultyS3:
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         body = _read_body(request)
+        time.sleep(self.delay(request))
+        refusal = self.refuse(request)
+        if refusal is not None:
+            self._answer(request, refusal[0], refusal[1].encode(), "text/plain")
+            return
         fault = self._next_fault()
         if fault == DROP:
             request.close_connection = True
@@ -78,13 +91,8 @@ class FaultyS3:
             return
         if fault is not None:
             status, code = (503, "SlowDown") if fault == SLOW_DOWN else (500, "InternalError")
-            payload = ERROR_BODY.format(code=code, message=f"injected {code}").encode()
-            request.send_response(status)
-            request.send_header("Content-Type", "application/xml")
-            request.send_header("Content-Length", str(len(payload)))
-            request.end_headers()
-            if request.command != "HEAD":
-                request.wfile.write(payload)
+            self._answer(request, status, ERROR_BODY.format(code=code, message=f"injected {code}").encode(),
+                         "application/xml")
             return
         upstream = http.client.HTTPConnection(self.upstream, timeout=60)
         try:
@@ -108,6 +116,16 @@ class FaultyS3:
                 request.wfile.write(payload)
         finally:
             upstream.close()
+
+
+    @staticmethod
+    def _answer(request: BaseHTTPRequestHandler, status: int, payload: bytes, content_type: str) -> None:
+        request.send_response(status)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(payload)))
+        request.end_headers()
+        if request.command != "HEAD":
+            request.wfile.write(payload)
 
 
 def _read_body(request: BaseHTTPRequestHandler) -> bytes:

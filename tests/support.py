@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import glob
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 # Credentials the tests give moto; no output, log or error may ever contain the secret.
@@ -40,12 +41,6 @@ TRICKY_TEXTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_corpus(path: Path | str, ids: list[Any], texts: list[str | None], *, id_type: pa.DataType = INT64,
                  filesystem: Any = None) -> None:
     table = pa.table({"id": pa.array(ids, id_type), "text": pa.array(texts, pa.string()),
@@ -71,3 +66,16 @@ def read_published(root: Path | str, table: str) -> list[dict[str, Any]]:
 
 def manifest(root: Path | str, table: str, partition: str) -> dict[str, Any]:
     return json.loads((Path(root) / table / partition / "_manifest.json").read_text())
+
+
+def published_dataset(fs: pafs.S3FileSystem, root: str, table: str) -> pa.Table:
+    """What a warehouse client reads: the Hive-partitioned table, only partitions with _SUCCESS."""
+    selector = pafs.FileSelector(f"{root}/{table}", recursive=True, allow_not_found=True)
+    files = [f.path for f in fs.get_file_info(selector) if f.type == pafs.FileType.File]
+    done = {p.rsplit("/", 1)[0] for p in files if p.endswith("/_SUCCESS")}
+    data = [p for p in files if p.endswith(".parquet") and p.rsplit("/", 1)[0] in done]
+    if not data:
+        return pa.table({})
+    partitioning = ds.partitioning(pa.schema([("dt", pa.string())]), flavor="hive")
+    return ds.dataset(data, filesystem=fs, format="parquet", partitioning=partitioning,
+                      partition_base_dir=f"{root}/{table}").to_table()

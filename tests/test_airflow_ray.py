@@ -24,8 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
-from albert_batch.dev.local_ray import LocalRayHead, start_head
-from support import FAKE_KEY_ID, FAKE_SECRET, TRICKY_TEXTS, free_port, write_corpus
+from albert_batch.dev.local_ray import LocalRayHead, free_port, start_head
+from support import FAKE_KEY_ID, FAKE_SECRET, TRICKY_TEXTS, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +36,8 @@ DAY = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 @pytest.fixture(scope="module")
 def ray_head(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A local Ray head (`albert_batch.dev.local_ray`) on free ports, with the moto credentials in its environment."""
-    head = start_head(token=secrets.token_hex(16), dashboard_port=free_port(),
-                      log=tmp_path_factory.mktemp("ray") / "ray-start.log",
-                      extra_args=[f"--port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2"])
+    head = start_head(token=secrets.token_hex(16), log=tmp_path_factory.mktemp("ray") / "ray-start.log",
+                      extra_args=["--num-cpus=2"])
     try:
         yield head
     finally:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from albert_batch.cli import main
+from albert_batch.dev.local_ray import free_port
 from support import write_corpus
 
 
@@ -138,11 +139,11 @@ def test_a_missing_model_folder_is_named(tmp_path, tiny_models, corpus, capsys):
 
 def test_a_ray_cluster_that_cannot_be_reached_is_named_in_one_line_with_a_retryable_exit_code(
         tmp_path, tiny_models, corpus):
-    (tmp_path / "no-ray").mkdir()  # where `auto` looks for a running cluster: nothing there
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(tmp_path / "no-ray")}
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run([sys.executable, "-m", "albert_batch.cli", "run", "-q",
-                             *base_args(tmp_path, tiny_models, corpus), "--ray-address", "auto"],
+                             *base_args(tmp_path, tiny_models, corpus), "--ray-address", address],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
-    assert "cannot start or join the Ray cluster at auto: ConnectionError: Could not find any running Ray" in result.stderr
+    assert f"cannot start or join the Ray cluster at {address}: ConnectionError: nothing answers at {address}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,29 +10,17 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from support import FAKE_SECRET, TRICKY_TEXTS
+from support import FAKE_SECRET, TRICKY_TEXTS, published_dataset
 
 
 def upload_folder(fs: pafs.S3FileSystem, folder: str, prefix: str) -> None:
     for path in Path(folder).iterdir():
         with fs.open_output_stream(f"{prefix}/{path.name}") as out:
             out.write(path.read_bytes())
-
-
-def published_dataset(fs: pafs.S3FileSystem, root: str, table: str) -> pa.Table:
-    """What a warehouse client reads: the Hive-partitioned table, only partitions with _SUCCESS."""
-    selector = pafs.FileSelector(f"{root}/{table}", recursive=True)
-    files = [f.path for f in fs.get_file_info(selector) if f.type == pafs.FileType.File]
-    done = {p.rsplit("/", 1)[0] for p in files if p.endswith("/_SUCCESS")}
-    data = [p for p in files if p.endswith(".parquet") and p.rsplit("/", 1)[0] in done]
-    partitioning = ds.partitioning(pa.schema([("dt", pa.string())]), flavor="hive")
-    return ds.dataset(data, filesystem=fs, format="parquet", partitioning=partitioning,
-                      partition_base_dir=f"{root}/{table}").to_table()
 
 
 @pytest.mark.slow

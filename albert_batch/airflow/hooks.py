@@ -11,8 +11,10 @@ sent as a bearer header and never logged, put in trigger arguments or in XCom.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
-from typing import Any
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook, Connection
@@ -25,6 +27,8 @@ DEFAULT_DASHBOARD_PORT = 8265
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
 REQUEST_TIMEOUT_S = 30
+SUBMIT_RETRY_S = 600.0  # how long a submission (or listing, stopping) is asked again while the head cannot answer
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,18 +132,49 @@ class RayJobHook(BaseHook):
             raise RayUnavailable(f"cannot reach the Ray dashboard at {address} (connection {self.ray_conn_id!r}): "
                             f"{_without_secrets(err, headers)}") from err
 
+    def _asking_again(self, what: str, call: Callable[[], T]) -> T:
+        """``call``, asked again while the cluster answers that it cannot now (a 5xx answer such as "No
+        available agent to submit job" while a head's agent starts, a refused connection), with backoff, for
+        up to `SUBMIT_RETRY_S`; then RayUnavailable."""
+        _, headers = dashboard_endpoint(self.get_connection(self.ray_conn_id))
+        deadline = time.monotonic() + SUBMIT_RETRY_S
+        delay = 1.0
+        while True:
+            try:
+                return call()
+            except Exception as err:  # the job client raises RuntimeError, ConnectionError or requests' errors
+                if not _temporary(err) or time.monotonic() + delay > deadline:
+                    raise (RayUnavailable if _temporary(err) else JobFailed)(
+                        f"{what} on connection {self.ray_conn_id!r} failed: {_without_secrets(err, headers)}") from err
+                self.log.warning("%s: the Ray cluster cannot answer now (%s); asking again in %.0fs", what,
+                                 _without_secrets(err, headers), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     def list_jobs(self) -> list[RayJob]:
-        return [RayJob.from_api(dataclasses.asdict(j) if dataclasses.is_dataclass(j) else j.model_dump())
-                for j in self._client().list_jobs()]
+        jobs = self._asking_again("listing the Ray jobs", lambda: self._client().list_jobs())
+        return [RayJob.from_api(dataclasses.asdict(j) if dataclasses.is_dataclass(j) else j.model_dump()) for j in jobs]
 
     def submit(self, *, entrypoint: str, submission_id: str, metadata: dict[str, str],
                runtime_env: dict[str, Any] | None, entrypoint_resources: dict[str, Any]) -> str:
-        client = self._client()
-        return client.submit_job(entrypoint=entrypoint, submission_id=submission_id, metadata=metadata,
-                                 runtime_env=runtime_env or None, **entrypoint_resources)
+        attempts = 0
+
+        def submit_once() -> str:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return self._client().submit_job(entrypoint=entrypoint, submission_id=submission_id, metadata=metadata,
+                                                 runtime_env=runtime_env or None, **entrypoint_resources)
+            except RuntimeError as err:
+                if attempts > 1 and "already exists" in str(err):  # an earlier attempt got through unanswered
+                    return submission_id
+                raise
+
+        return self._asking_again(f"submitting Ray job {submission_id}", submit_once)
 
     def stop(self, submission_id: str) -> bool:
-        return bool(self._client().stop_job(submission_id))
+        return bool(self._asking_again(f"stopping Ray job {submission_id}",
+                                       lambda: self._client().stop_job(submission_id)))
 
     # -- non-blocking (triggers) ------------------------------------------------------------------------------
     async def _arequest(self, method: str, path: str) -> Any:
@@ -184,6 +219,15 @@ class RayJobHook(BaseHook):
 
     async def astop(self, submission_id: str) -> bool:
         return bool((await self._arequest("POST", f"/api/jobs/{submission_id}/stop")).get("stopped"))
+
+
+def _temporary(err: BaseException) -> bool:
+    """Whether the Job API's error says to ask again later: an answer of 5xx, or no answer at all."""
+    if isinstance(err, RayUnavailable | ConnectionError | TimeoutError):
+        return True
+    if type(err).__module__.startswith(("requests", "urllib3")):  # a refused or reset connection, a timeout
+        return True
+    return isinstance(err, RuntimeError) and re.search(r"status code 5\d\d", str(err)) is not None
 
 
 def _without_secrets(text: object, headers: dict[str, str]) -> str:

@@ -69,9 +69,11 @@ class RayBatchJobOperator(BaseOperator):
 
     Before submitting it lists the cluster's jobs: it attaches to one still running for the same output
     partition, and reuses one that succeeded with the same fingerprint (the command line plus the input
-    files' names, sizes and modification times) unless ``force_rerun``. It then defers to
-    `RayJobTrigger` until the job ends or ``job_timeout`` passes (the job is then stopped). Returns
-    ``{"submission_id", "run_id", "partition", "reused"}``; the run id is the one in every output row.
+    files' names, sizes and modification times) unless ``force_rerun``. A job it submits resumes the work
+    an earlier job of the partition staged (a try that timed out, a job stopped), unless ``force_rerun``
+    asks for a fresh start. It then defers to `RayJobTrigger` until the job ends or ``job_timeout`` passes
+    (the job is then stopped). Returns ``{"submission_id", "run_id", "partition", "reused"}``; the run id
+    is the published manifests' (rows of reused work carry the id of the run that computed them).
     """
 
     template_fields = ("run_settings", "force_rerun")
@@ -118,7 +120,10 @@ class RayBatchJobOperator(BaseOperator):
             self._defer(job.submission_id, started)
         ti = context["ti"]
         sid = submission_id(ti.dag_id, partition_path, ti.try_number, {j.submission_id for j in jobs})
-        entrypoint = shlex.join(run_argv(dataclasses.replace(config, run_id=sid)))
+        # A retry's job resumes the work an earlier try staged; force_rerun starts the partition afresh on the
+        # task's first try (its retries then resume that work).
+        fresh = _truthy(self.force_rerun) and ti.try_number == 1
+        entrypoint = shlex.join(run_argv(dataclasses.replace(config, run_id=sid, fresh=fresh)))
         metadata = {META_OUTPUT: output, META_PARTITION: partition_path, META_FINGERPRINT: fingerprint,
                     META_RUN_ID: sid, META_AIRFLOW: f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/try{ti.try_number}"}
         self.log.info("submitting Ray job %s: %s", sid, entrypoint)

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import re
+import socket
 from importlib import metadata
 from typing import Any
 
@@ -23,17 +24,50 @@ def connect_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     joining = address or os.environ.get("RAY_ADDRESS")
     try:
         if joining:
-            ray.init(address=address, **kwargs)  # None: Ray reads RAY_ADDRESS
+            _check_answers(joining)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)  # None: RAY_ADDRESS
         else:
-            ray.init(include_dashboard=False, **kwargs)
+            start_embedded_ray()
     except (ConnectionError, TimeoutError, RuntimeError) as err:
         where = f"the Ray cluster at {joining}" if joining else "an embedded local Ray"
         raise RayUnavailable(f"cannot start or join {where}: {type(err).__name__}: {err}") from err
     return True
+
+
+def _check_answers(address: str) -> None:
+    """A ``host:port`` that refuses connections fails at once: Ray itself would keep trying for minutes."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {address} ({err.strerror or err})") from err
+
+
+def start_embedded_ray(**init_args: Any) -> None:
+    """``ray.init`` of a local Ray for this process alone, listening only on free ports. ray.init has no
+    setting for its dashboard agent's HTTP port, and the fixed default (52365) would keep a ``ray start``
+    head started later on this machine from taking job submissions; port 0 lets the agent pick a free one.
+    (Ray 2.60.x; ``pyproject.toml`` pins it, and a test checks the port.)"""
+    import ray
+    from ray._private import parameter
+
+    ray_params = parameter.RayParams
+
+    class FreePorts(ray_params):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = FreePorts
+    try:
+        ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True, **init_args})
+    finally:
+        parameter.RayParams = ray_params
 
 
 def package_versions() -> dict[str, str]:

@@ -3,8 +3,9 @@
 
 Ray restarts a model actor whose node is lost on another node that can host it, and Ray Data waits for
 it meanwhile, however long that takes. When no node of the cluster can host a model actor any more (it
-had one before), the run waits ``wait_for_nodes_s`` for one to join (an autoscaler replacing a spot node),
-then fails with `NodeLost`; its staged work is kept for the next run.
+had one before) and the writer stages nothing more, the run waits ``wait_for_nodes_s`` for a node to join
+(an autoscaler replacing a spot node), then fails with `NodeLost`; its staged work is kept for the next
+run. (While the writer still stages pieces, the run is not stuck: the model stage may be done.)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Monitor(threading.Thread):
         self.join(timeout=10)
 
     def run(self) -> None:
-        had_capacity, lacking_since = False, None
+        had_capacity, lacking_since, pieces, stalled_since = False, None, -1, 0.0
         next_progress = time.monotonic() + self.progress_s
         while not self._done.wait(POLL_S):
             now = time.monotonic()
@@ -57,11 +58,14 @@ class Monitor(threading.Thread):
                         log.info("a node that can host a model actor is back")
                     had_capacity, lacking_since = True, None
                 elif had_capacity:
+                    staged = len(staging.read_pieces(self.folder, self._pieces))
+                    if staged != pieces:
+                        pieces, stalled_since = staged, now
                     if lacking_since is None:
                         lacking_since = now
                         log.warning("no node of the cluster can host a model actor (it needs %s): waiting up to "
                                     "%.0fs for one to join", self.actor_needs, self.wait_for_nodes_s)
-                    elif now - lacking_since >= self.wait_for_nodes_s:
+                    elif now - max(lacking_since, stalled_since) >= self.wait_for_nodes_s:
                         self.interrupts.fail(NodeLost(
                             f"no node of the cluster could host a model actor (it needs {self.actor_needs}) for "
                             f"{self.wait_for_nodes_s:.0f}s after the last one was lost; the staged work is kept, "

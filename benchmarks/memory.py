@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -51,9 +52,11 @@ def machine_memory_in_use() -> int:
     return memory.total - memory.available
 
 
-def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float, machine_baseline: int = 0) -> None:
+def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float, machine_baseline: int = 0,
+                memory_in_use: Callable[[], int] = machine_memory_in_use) -> None:
     """Add one sample of ``root`` and its descendants to ``usage``; processes that exit meanwhile are skipped
-    (their CPU time counts up to their last sample)."""
+    (their CPU time counts up to their last sample). The machine-wide figure is ``memory_in_use()`` above
+    ``machine_baseline``."""
     pss = rss = count = 0
     try:
         processes = [root, *root.children(recursive=True)]
@@ -71,7 +74,7 @@ def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float, machine_
         rss += info.rss
         count += 1
         usage.cpu_by_process[key] = times.user + times.system
-    usage.machine_used = max(usage.machine_used, machine_memory_in_use() - machine_baseline)
+    usage.machine_used = max(usage.machine_used, memory_in_use() - machine_baseline)
     if count:
         usage.pss = max(usage.pss, pss)
         usage.rss = max(usage.rss, rss)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -77,9 +78,17 @@ def test_the_sampler_sees_the_whole_process_tree():
     assert sampler.usage.cpu_s > 0
 
 
-def test_the_machine_wide_figure_is_memory_in_use_above_the_start():
-    """It sees what no process maps (object-store pages of an exited actor) and everything else running; the
-    tree's own share is tested through PSS above."""
+def test_the_machine_wide_figure_is_memory_in_use_above_the_start(monkeypatch):
+    """It sees what no process maps (object-store pages of an exited actor) and everything else running: the
+    highest of the machine's memory in use (total - available) above the start. Read from fixed figures, not
+    from this machine, where other processes allocate and free memory at any moment; the tree's own share
+    is tested through PSS above."""
+    readings = iter([5 << 30, 4 << 30])
     usage = TreeUsage()
-    sample_tree(psutil.Process(), usage, 0.0, machine_baseline=machine_memory_in_use() - (1 << 30))
-    assert abs(usage.machine_used - (1 << 30)) < 256 << 20
+    for elapsed in (0.0, 1.0):
+        sample_tree(psutil.Process(), usage, elapsed, machine_baseline=3 << 30, memory_in_use=lambda: next(readings))
+    assert usage.machine_used == 2 << 30
+
+    memory = SimpleNamespace(total=16 << 30, available=10 << 30)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    assert machine_memory_in_use() == 6 << 30

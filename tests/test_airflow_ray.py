@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from albert_batch.dev.local_ray import LocalRayHead, free_port, start_head
+from faults import FaultyProxy
 from support import FAKE_KEY_ID, FAKE_SECRET, TRICKY_TEXTS, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -384,3 +385,48 @@ def _wait_for_status(head: LocalRayHead, sid: str, status: str, timeout: float =
     while job_status(head, sid) != status:
         assert time.monotonic() < deadline, f"job {sid} is {job_status(head, sid)}, not {status}"
         time.sleep(0.5)
+
+
+def test_a_second_local_head_takes_jobs_and_a_submission_it_refuses_for_now_is_asked_again(
+        ray_head, tmp_path, monkeypatch):
+    """Two local heads at once (each on free ports) both take jobs. A submission the head refuses for a reason
+    it calls temporary ("No available agent", while its agent starts) is asked again with backoff, for a
+    bounded time, then fails as RayUnavailable."""
+    from albert_batch.airflow import hooks
+    from albert_batch.airflow.hooks import RayJobHook
+    from albert_batch.errors import RayUnavailable
+
+    second = start_head(token=secrets.token_hex(16), log=tmp_path / "second-head.log", extra_args=["--num-cpus=1"])
+    try:
+        with FaultyProxy(second.address) as proxy:
+            refusals: list[str] = []
+
+            def refuse(request: Any) -> tuple[int, str] | None:
+                if request.command == "POST" and request.path.rstrip("/") == "/api/jobs" and len(refusals) < limit:
+                    refusals.append(request.path)
+                    return 500, "No available agent to submit job, please try again later."
+                return None
+
+            proxy.refuse = refuse
+            monkeypatch.setenv("AIRFLOW_CONN_RAY_SECOND", json.dumps(
+                {"conn_type": "ray", "host": proxy.endpoint, "password": second.token}))
+            limit = 2
+            sid = RayJobHook("ray_second").submit(entrypoint="python -c \"print('on the second head')\"",
+                                                  submission_id=f"second-{secrets.token_hex(4)}", metadata={},
+                                                  runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+            assert len(refusals) == 2
+            deadline = time.monotonic() + 120
+            while second.get(f"/api/jobs/{sid}")["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+                assert time.monotonic() < deadline
+                time.sleep(1)
+            assert second.get(f"/api/jobs/{sid}")["status"] == "SUCCEEDED"
+            assert ray_head.jobs() is not None, "the first head still answers"
+
+            limit, refusals[:] = 10**6, []
+            monkeypatch.setattr(hooks, "SUBMIT_RETRY_S", 3.0)
+            with pytest.raises(RayUnavailable, match="No available agent to submit job"):
+                RayJobHook("ray_second").submit(entrypoint="true", submission_id=f"never-{secrets.token_hex(4)}",
+                                                metadata={}, runtime_env=None, entrypoint_resources={})
+            assert len(refusals) >= 2
+    finally:
+        second.stop()

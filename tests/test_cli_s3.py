@@ -68,8 +68,10 @@ def test_the_cli_runs_s3_to_s3_and_never_prints_or_writes_a_secret(tmp_path, tin
     assert manifest["input"]["location"] == "s3://corpus/reviews/dt=2026-11-05"
     assert json.loads(summary_file.read_text())["input_rows"] == 14
 
-    # Nothing secret anywhere: process output, summary, every object written.
-    written = [proc.stdout, proc.stderr, summary_file.read_text()]
+    # Nothing secret anywhere: process output, summary, the run's details log, every object written.
+    details = list((tmp_path / "cache/logs").glob("run-cli-run.log"))
+    assert details and "details of this run are logged to" in details[0].read_text()
+    written = [proc.stdout, proc.stderr, summary_file.read_text(), details[0].read_text()]
     for info in fs.get_file_info(pafs.FileSelector("results", recursive=True)):
         if info.type == pafs.FileType.File:
             with fs.open_input_stream(info.path) as fh:
@@ -92,3 +94,23 @@ def test_an_unreachable_s3_endpoint_is_reported_with_the_location_and_no_secret(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "s3://corpus/in" in proc.stderr
     assert FAKE_SECRET not in proc.stdout + proc.stderr
+
+
+def test_an_output_bucket_that_does_not_exist_is_refused_before_any_work(tmp_path, tiny_models, s3_client):
+    """Found by writing (and deleting) a small object where the run stages its work, before Ray starts: not
+    at the first write, after the whole corpus was classified."""
+    fs = s3_client
+    fs.create_dir("corpus")
+    pq.write_table(pa.table({"id": [1], "text": ["hello"]}), "corpus/in/part-0.parquet", filesystem=fs)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "ALBERT_BATCH_CACHE": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "albert_batch.cli", "run", "--input", "s3://corpus/in", "--output",
+         "s3://no-such-bucket-here/out", "--tasks", "classify", "--classifier-model", tiny_models["classifier"], "-q"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("albert-batch: error: output s3://no-such-bucket-here/out cannot be written: writing "
+                           "s3://no-such-bucket-here/out/_staging/dt="), last
+    assert "NO_SUCH_BUCKET" in last and "Traceback" not in proc.stderr
+    assert "no-such-bucket-here" not in [i.base_name for i in fs.get_file_info(pafs.FileSelector(""))]

@@ -321,3 +321,11 @@ def test_an_error_in_a_ray_worker_reaches_the_caller_as_one_line_of_its_own_type
     assert type(started) is ModelLoadError and str(started) == "run r failed: model m changed during the run"
     called = error_of(ray.data.range(4).map_batches(fails))
     assert type(called) is AlbertBatchError and str(called) == "run r failed: ValueError: a bug"
+
+
+def test_an_embedded_ray_listens_only_on_free_ports(ray_cluster):
+    """Ray's fixed default port for its dashboard agent (52365) would keep a ``ray start`` head started later
+    on the same machine from taking job submissions; an embedded Ray (this session's, as a run starts it)
+    takes a free one."""
+    (node,) = ray_cluster.nodes()
+    assert node["DashboardAgentListenPort"] not in (0, 52365)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = re.compile(r"{{.*?}}")
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(ResourceConfig))
-RUN_KEYS = ("precision", "text_column", "id_column", "allow_pickle_weights", *RESOURCE_KEYS)
+RUN_KEYS = ("precision", "text_column", "id_column", "allow_pickle_weights", "wait_for_nodes_s", *RESOURCE_KEYS)
 JOB_KEYS = ("timeout_hours", "poll_seconds", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
             "entrypoint_resources", "runtime_env")
 WAIT_KEYS = ("timeout_hours", "poke_seconds", "marker", "deferrable")
@@ -153,7 +153,8 @@ def build_dag(spec: DagSpec) -> Any:
         default_args={"retries": spec.retries, "retry_delay": dt.timedelta(minutes=spec.retry_delay_minutes)},
         params={"force_rerun": Param(False, type="boolean",
                                      description="run the job again even if one already published this partition "
-                                                 "from the same input and settings")},
+                                                 "from the same input and settings, starting the partition afresh "
+                                                 "instead of resuming work a stopped job staged")},
         doc_md=__doc__ + f"\n\nGenerated from `{spec.source}`.",
     ) as dag:
         sensor = InputPartitionSensor(

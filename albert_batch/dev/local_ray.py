@@ -73,13 +73,14 @@ class LocalRayHead(LocalRayNode):
                  timeout_s: float = 120) -> LocalRayNode:
         """Start a worker node that joins this head, with custom ``resources``; return once it has joined."""
         temp_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
-        before = len(self._alive_nodes())
+        before = {n["node_id"] for n in self._alive_nodes()}
         args = [f"--address={self.gcs_address}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
                 "--node-ip-address=127.0.0.1", *node_ports()]
         if resources:
             args.append(f"--resources={json.dumps(dict(resources))}")
         node = LocalRayNode(_ray_start(args, self.token, log, self.env), log, temp_dir)
-        _wait(lambda: len(self._alive_nodes()) > before, node, log, timeout_s, "the worker node did not join")
+        _wait(lambda: any(n["node_id"] not in before for n in self._alive_nodes()), node, log, timeout_s,
+              "the worker node did not join")
         return node
 
     def _alive_nodes(self) -> list[dict[str, Any]]:

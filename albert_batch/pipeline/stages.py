@@ -117,8 +117,10 @@ class ModelStage:
         omp_threads = torch_threads if use_gpu else 1
         os.environ["OMP_NUM_THREADS"] = str(omp_threads)
         import torch
+        from transformers.utils import logging as transformers_logging
 
         torch.set_num_threads(omp_threads)
+        transformers_logging.disable_progress_bar()  # a bar per weight file per actor says nothing in a batch job
         self.predictors = load_predictors(
             model_uris,
             weights_sha256,

@@ -1,5 +1,8 @@
 """Typed, validated settings for a batch run. YAML files, command-line flags and Airflow all build the
-same frozen `RunConfig`; every check happens at construction, with a message that names the setting."""
+same frozen `RunConfig`; every check happens at construction, with a message that names the setting.
+
+Over 300 lines because each setting is declared once, here, with its flag's help text and its checks:
+the CLI, the YAML loader and the Airflow DAG factory derive everything else from these fields."""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ filesystem lazily in each process, so no credential ever travels inside a pickle
 
 Code that holds explicit S3 settings (Airflow's ``aws_default`` connection) scopes them with
 ``with s3_settings(S3Settings(...)):``; everything else uses the environment.
+
+Over 300 lines because it is the one place that touches a storage backend: every operation goes
+through `translated`, so none escapes the error translation or the retry policy.
 """
 
 from __future__ import annotations

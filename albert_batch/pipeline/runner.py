@@ -1,6 +1,9 @@
 """One batch run, end to end: check inputs, models and the destination; resume the partition's staged work
 or start afresh; stream read -> tokenize -> model -> write on Ray Data for the units not done; check that
-every input row is accounted for; then publish each partition atomically."""
+every input row is accounted for; then publish each partition atomically.
+
+Over 300 lines because it is the run's steps, in the order they happen, each a short function; what a
+step does lives in the module it calls (inputs, staging, stages, sink, publish)."""
 
 from __future__ import annotations
 
@@ -130,7 +133,8 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     import ray
 
     config = job.config
-    publish.recover(config.output_location, config.partition_path)
+    with interrupts.deferred():  # an interrupted publication is finished whole, or the partition stays hidden
+        publish.recover(config.output_location, config.partition_path)
     resumed = staging.prepare(job.folder, work_key(job), config.run_id, job.unit_rows, fresh=config.fresh)
     phase = job.lap("checks_s", job.started)
     sizing = size_stages(config, ray.cluster_resources())

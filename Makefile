@@ -4,16 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit check airflow bench clean
+.PHONY: demo demo-iceberg test unit check airflow bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,airflow]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,airflow,iceberg]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) pipelines/demo.py
+
+demo-iceberg: $(STAMP)
+	$(PY) pipelines/demo.py --iceberg
 
 airflow: $(STAMP)
 	$(PY) pipelines/airflow_local.py

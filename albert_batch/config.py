@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from albert_batch import iceberg
 from albert_batch.contract import RESERVED_COLUMNS, Task
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
@@ -210,7 +211,8 @@ class RunConfig:
     """Everything one batch run needs. Build it directly, or with `RunConfig.from_sources`."""
 
     input: str = setting(metavar="URI", help="Parquet file or folder: local path, file:// or s3://")
-    output: str = setting(metavar="URI", help="output root: local path, file:// or s3://")
+    output: str = setting(metavar="URI", help="output root: local path, file:// or s3:// for Hive-partitioned Parquet "
+                          "folders, or iceberg://CATALOG/NAMESPACE for Iceberg tables")
     tasks: tuple[Task, ...] = setting((Task.CLASSIFY, Task.NER), metavar="classify,ner",
                                       help="comma-separated tasks (default: classify,ner)")
     classifier_model: str | None = setting(None, metavar="URI", help="model folder, s3:// prefix or hub id[@revision]")
@@ -248,8 +250,9 @@ class RunConfig:
         if isinstance(self.resources, Mapping):
             set_(self, "resources", _build(ResourceConfig, self.resources, "resources"))
         input_loc = Location.parse(self.input, what="input")
-        output_loc = Location.parse(self.output, what="output")
-        if input_loc.contains(output_loc):
+        if iceberg.is_iceberg(self.output):
+            iceberg.IcebergTarget.parse(self.output)
+        elif input_loc.contains(output_loc := Location.parse(self.output, what="output")):
             raise ConfigError(f"output {output_loc} is the input location or inside it; choose a separate output")
         for name in ("text_column", "id_column"):
             value = getattr(self, name)
@@ -279,7 +282,15 @@ class RunConfig:
         return Location.parse(self.input, what="input")
 
     @property
+    def output_uri(self) -> str:
+        """The output in its normal form: iceberg://CATALOG/NAMESPACE, or the Hive output root's URI."""
+        if iceberg.is_iceberg(self.output):
+            return iceberg.IcebergTarget.parse(self.output).uri
+        return self.output_location.uri
+
+    @property
     def output_location(self) -> Location:
+        """The output root of Hive folders (an ``iceberg://`` output has none)."""
         return Location.parse(self.output, what="output")
 
     @property

@@ -25,6 +25,18 @@ atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
 
+# Two Iceberg SQL catalogs on SQLite, configured as pyiceberg users do (environment variables), before anything
+# imports pyiceberg: "local" keeps its warehouse on disk, "lake" in the moto S3 bucket "lake" (which a test
+# creates; the endpoint comes from AWS_ENDPOINT_URL). No user's .pyiceberg.yaml is read.
+ICEBERG_HOME = tempfile.mkdtemp(prefix="albert-iceberg-")
+atexit.register(shutil.rmtree, ICEBERG_HOME, ignore_errors=True)
+os.environ["PYICEBERG_HOME"] = ICEBERG_HOME
+for name, warehouse in (("LOCAL", f"file://{ICEBERG_HOME}/warehouse"), ("LAKE", "s3://lake/warehouse")):
+    os.environ[f"PYICEBERG_CATALOG__{name}__TYPE"] = "sql"
+    os.environ[f"PYICEBERG_CATALOG__{name}__URI"] = f"sqlite:///{ICEBERG_HOME}/{name.lower()}.db"
+    os.environ[f"PYICEBERG_CATALOG__{name}__WAREHOUSE"] = warehouse
+os.makedirs(f"{ICEBERG_HOME}/warehouse")
+
 # Tests that use none of these (nor the slow, gpu or docker markers) are the fast lane, `make unit`: they need
 # no Ray, no models (building them trains a tokenizer) and no S3 bucket.
 HEAVY_FIXTURES = frozenset({"ray_cluster", "tiny_models", "s3"})
@@ -54,6 +66,7 @@ def s3_endpoint() -> Any:
         "AWS_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
+    env["PYICEBERG_CATALOG__LAKE__S3__ENDPOINT"] = endpoint  # pyiceberg's FileIO takes its endpoint from the catalog
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield endpoint

@@ -430,3 +430,45 @@ def test_a_second_local_head_takes_jobs_and_a_submission_it_refuses_for_now_is_a
             assert len(refusals) >= 2
     finally:
         second.stop()
+
+
+def test_a_dag_writing_iceberg_tables_validates_the_commit_and_announces_each_table(
+        connections, ray_head, airflow_db, s3, tiny_models, tmp_path, monkeypatch):
+    """``output_format: iceberg``: the job commits to the "local" catalog (configured in conftest, as the
+    cluster's environment configures pyiceberg), validate_output checks the committed snapshots, publish
+    announces iceberg://CATALOG/NAMESPACE/TABLE Assets, and a second run of the date reuses the job."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import DagRunState
+
+    day = "2026-11-25"
+    upload_corpus(s3, day, [*TRICKY_TEXTS, None])
+    configs = tmp_path / "dag-configs"
+    configs.mkdir()
+    (configs / "reviews.yaml").write_text(f"""
+dag_id: reviews_iceberg
+input: s3://corpus/reviews/dt={{{{ ds }}}}/
+output_format: iceberg
+output: local/airflow_reviews
+start_date: 2026-11-01
+tasks: [classify]
+classifier_model: {tiny_models["classifier"]}
+run: {{precision: fp32}}
+job: {{poll_seconds: 1}}
+wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
+retries: 0
+""")
+    monkeypatch.setenv("ALBERT_BATCH_DAG_CONFIG_DIR", str(configs))
+    dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags["reviews_iceberg"]
+    when = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+    for _ in range(2):
+        dag_run = dag.test(logical_date=when)
+        assert dag_run.state == DagRunState.SUCCESS
+        summary = {ti.task_id: ti for ti in dag_run.get_task_instances()}["publish"].xcom_pull(task_ids="publish")
+        assert summary["tables"]["classifications"] == {
+            "uri": "iceberg://local/airflow_reviews/classifications", "rows": len(TRICKY_TEXTS), "files": 1}
+        assert summary["input_rows"] == len(TRICKY_TEXTS) + 1 and summary["rejected_rows"] == 1
+    jobs = partition_jobs(ray_head, f"dt={day}", output="iceberg://local/airflow_reviews")
+    assert [j["status"] for j in jobs] == ["SUCCEEDED"], "the second run reused the job"
+    events = _asset_events("iceberg://local/airflow_reviews/classifications")
+    assert [(e["partition"], e["rows"], e["run_id"]) for e in events] == [
+        (f"dt={day}", len(TRICKY_TEXTS), jobs[0]["submission_id"])] * 2

@@ -82,7 +82,9 @@ def test_every_input_row_lands_in_exactly_one_place(tmp_path, tiny_models, ray_c
     assert meta["run_id"] == "run-a"
     assert meta["counts"] == {"input_rows": 241, "accepted_rows": 237, "rejected_rows": 4,
                               "classifications_rows": 237, "entities_rows": 237, "rejects_rows": 4}
-    assert meta["input"] == {"location": str(tmp_path / "input"), "files": 2, "rows": 241}
+    assert meta["input"] == {"location": str(tmp_path / "input"), "files": 2, "rows": 241,
+                             "fingerprint": meta["input"]["fingerprint"]}
+    assert len(meta["input"]["fingerprint"]) == 32, "a digest of the input files' names, sizes and versions"
     assert len(meta["models"]["classify"]["weights_sha256"]) == 64
     assert {"ray", "transformers", "torch", "pyarrow", "python"} <= set(meta["versions"])
     assert sum(meta["label_counts"].values()) == 237
@@ -268,8 +270,10 @@ def test_the_model_stage_and_the_writer_hand_freed_heap_pages_back(tiny_models, 
         "                                  'row': list(range(n, n + len(texts)))})))\n"
         "        for n, texts in ((0, ['Anna flew to Berlin.']), (1, ['Krakow and Lisbon.', 'Nairobi, twice: Nairobi.']))]\n"
         "print(calls)\n"
-        f"writer = sink.StagingSink(folder=Location.parse({str(tmp_path)!r}), run_id='r', models=uris,\n"
-        "                           id_type=pa.int64(), rows_per_file=100)\n"
+        f"folder = Location.parse({str(tmp_path)!r})\n"
+        "writer = sink.StagingSink(folder=folder, table_dirs={t: folder.child(t) for t in ('classifications', "
+        "'entities', 'rejects')},\n"
+        "                           run_id='r', models=uris, id_type=pa.int64(), rows_per_file=100)\n"
         "assert writer.write(outs, SimpleNamespace(task_idx=0)) == 3\n"
         "print(calls)\n"
     )

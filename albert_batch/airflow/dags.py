@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from albert_batch import iceberg
 from albert_batch.config import ResourceConfig, RunConfig, load_yaml
 from albert_batch.contract import tables_for
 from albert_batch.errors import ConfigError
@@ -43,8 +44,9 @@ class DagSpec:
 
     dag_id: str
     input: str
-    output: str
+    output: str  # a folder for Hive-partitioned Parquet, or iceberg://CATALOG/NAMESPACE
     start_date: dt.datetime
+    output_format: str | None = None  # "hive" or "iceberg"; with "iceberg", output may be just CATALOG/NAMESPACE
     schedule: str | None = "@daily"
     catchup: bool = False
     description: str = ""
@@ -72,6 +74,7 @@ class DagSpec:
             if unknown:
                 raise ConfigError(f"{where}: unknown {name} setting(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
         object.__setattr__(self, "start_date", aware_start_date(self.start_date, where))
+        object.__setattr__(self, "output", output_uri(self.output, self.output_format, where))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "tags", tuple(self.tags))
         try:
@@ -116,10 +119,26 @@ class DagSpec:
         return settings
 
     def table_uris(self) -> dict[str, str]:
-        """Each output table's root as an Asset URI."""
+        """Each output table as an Asset URI: its folder (file:// or s3://), or iceberg://CATALOG/NAMESPACE/TABLE
+        (no Airflow provider registers an Iceberg scheme; this is the form of albert-batch's --output)."""
+        if iceberg.is_iceberg(self.output):
+            target = iceberg.IcebergTarget.parse(self.output)
+            return {t: target.table_uri(t) for t in tables_for(self.tasks)}
         root = Location.parse(self.output, what="output")
         return {t: (f"file://{root.child(t).path}" if root.scheme == "file" else root.child(t).uri)
                 for t in tables_for(self.tasks)}
+
+
+def output_uri(output: str, output_format: str | None, where: str) -> str:
+    """A config's output as ``albert-batch run --output`` takes it, checked against ``output_format``."""
+    if output_format not in (None, "hive", "iceberg"):
+        raise ConfigError(f"{where}: output_format {output_format!r} must be hive or iceberg")
+    if output_format == "iceberg" and "://" not in str(output):
+        return f"{iceberg.SCHEME}://{str(output).strip('/')}"
+    if output_format is not None and iceberg.is_iceberg(output) != (output_format == "iceberg"):
+        raise ConfigError(f"{where}: output_format is {output_format} but output {output} is "
+                          f"{'an Iceberg' if iceberg.is_iceberg(output) else 'a Hive folder'} location")
+    return output
 
 
 def aware_start_date(value: Any, where: str) -> dt.datetime:

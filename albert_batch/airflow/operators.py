@@ -100,7 +100,7 @@ class RayBatchJobOperator(BaseOperator):
         from albert_batch.config import RunConfig
 
         config = RunConfig(**{**self.run_settings, "run_id": "pending"})  # validates before anything runs
-        output, partition_path = config.output_location.uri, config.partition_path
+        output, partition_path = config.output_uri, config.partition_path
         command = run_argv(config)
         fingerprint = self._fingerprint(config, command)
         hook = RayJobHook(self.ray_conn_id)

@@ -21,13 +21,14 @@ from typing import Any
 from albert_batch import storage
 from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, Task, schema, tables_for
-from albert_batch.errors import AlbertBatchError, OutputError, PublishError, Stopped, StorageError, Transient
+from albert_batch.errors import AlbertBatchError, PublishError, Stopped
 from albert_batch.inference import models
 from albert_batch.inference.device import describe_precision
 from albert_batch.inference.models import ModelInfo
-from albert_batch.pipeline import publish, staging
+from albert_batch.pipeline import staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
 from albert_batch.pipeline.cluster import connect_ray, package_versions, worker_error
+from albert_batch.pipeline.destination import Destination, open_destination
 from albert_batch.pipeline.inputs import InputPlan, WorkUnit, plan_input, read_input
 from albert_batch.pipeline.interrupts import Interrupts
 from albert_batch.pipeline.monitor import Monitor
@@ -59,6 +60,7 @@ class RunSummary:
     stages: dict[str, Any] = field(default_factory=dict)  # the StageSizing the run used
     units: dict[str, Any] = field(default_factory=dict)  # total, reused, and the runs whose work was reused
     storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: checks_s, process_s, total_s, publish_s
 
     @property
     def rows_per_second(self) -> float:
@@ -73,11 +75,16 @@ class _Run:
     plan: InputPlan
     models: dict[Task, ModelInfo]
     units: tuple[WorkUnit, ...]
-    folder: storage.Location  # the partition's staging folder
+    destination: Destination
     started: float = field(default_factory=time.monotonic)
     retries_before: Counter[str] = field(default_factory=Counter)  # the driver's storage retries before the run
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> storage.Location:
+        """The partition's staging folder."""
+        return self.destination.folder
 
     @property
     def unit_rows(self) -> dict[int, int]:
@@ -102,9 +109,8 @@ def run(config: RunConfig) -> RunSummary:
         task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
         for task in config.tasks
     }
-    folder = staging.partition_folder(config.output_location, config.partition_path)
-    check_destination(config.output_location, folder)
-    job = _Run(config, plan, infos, plan.units(), folder, started=started, retries_before=retries_before)
+    destination = open_destination(config, plan.id_type)
+    job = _Run(config, plan, infos, plan.units(), destination, started=started, retries_before=retries_before)
     log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
              len(job.units))
     started_ray = connect_ray(config.ray_address)
@@ -118,24 +124,14 @@ def run(config: RunConfig) -> RunSummary:
             ray.shutdown()
 
 
-def check_destination(output: storage.Location, folder: storage.Location) -> None:
-    """Write and delete a small object in the staging folder, so that a missing bucket or a denied write is
-    found before any work, not at the first write."""
-    try:
-        storage.check_writable(folder)
-    except Transient:
-        raise
-    except StorageError as err:
-        raise OutputError(f"output {output} cannot be written: {err}") from err
-
-
 def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     import ray
 
     config = job.config
     with interrupts.deferred():  # an interrupted publication is finished whole, or the partition stays hidden
-        publish.recover(config.output_location, config.partition_path)
-    resumed = staging.prepare(job.folder, work_key(job), config.run_id, job.unit_rows, fresh=config.fresh)
+        job.destination.recover()
+    resumed = staging.prepare(job.folder, job.destination.table_dirs, work_key(job), config.run_id, job.unit_rows,
+                              fresh=config.fresh, published=job.destination.published_files())
     phase = job.lap("checks_s", job.started)
     sizing = size_stages(config, ray.cluster_resources())
     todo = [u for u in job.units if u.index not in resumed.done]
@@ -154,8 +150,9 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     pieces = [p for unit_pieces in done.values() for p in unit_pieces]
     with interrupts.deferred():
         summary = _publish(job, WriteReport.of(pieces), sizing, resumed)
-    log.info("published run %s in %.1fs", config.run_id, time.monotonic() - phase)
-    return summary
+    publish_s = round(time.monotonic() - phase, 3)
+    log.info("published run %s in %.1fs", config.run_id, publish_s)
+    return dataclasses.replace(summary, timings={**summary.timings, "publish_s": publish_s})
 
 
 def _kept(job: _Run) -> str:
@@ -193,8 +190,9 @@ def _precision(config: RunConfig) -> str:
 
 def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: Interrupts) -> None:
     config = job.config
-    sink = StagingSink(folder=job.folder, run_id=config.run_id, models={t: i.uri for t, i in job.models.items()},
-                       id_type=job.plan.id_type, rows_per_file=sizing.rows_per_file)
+    sink = StagingSink(folder=job.folder, table_dirs=job.destination.table_dirs, run_id=config.run_id,
+                       models={t: i.uri for t, i in job.models.items()}, id_type=job.plan.id_type,
+                       rows_per_file=sizing.rows_per_file, partition_columns=job.destination.partition_columns)
     actor_needs = {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor,
                    **dict(config.resources.model_actor_resources)}
     limits = QueueLimits(rows=sizing.max_rows_ahead, rows_into_write=sizing.rows_per_file + sizing.max_rows_ahead,
@@ -265,13 +263,15 @@ def _check_accounting(job: _Run, report: WriteReport) -> None:
 
 
 def _staged_files(job: _Run, report: WriteReport) -> dict[str, list[str]]:
-    """Each table's staged files; a table without rows gets an empty file, which carries its schema."""
+    """Each table's staged files; in Hive folders a table without rows gets an empty file, which carries its
+    schema."""
     config = job.config
     files = {table: sorted(report.files.get(table, [])) for table in tables_for(config.tasks)}
     for table, names in files.items():
-        if not names:
+        if not names and job.destination.empty_tables_need_a_file:
             name = f"part-{config.run_id}-empty.parquet"
-            storage.write_bytes(job.folder.child(table, name), parquet_bytes(schema(table, job.plan.id_type).empty_table()))
+            storage.write_bytes(job.destination.table_dirs[table].child(name),
+                                parquet_bytes(schema(table, job.plan.id_type).empty_table()))
             names.append(name)
     return files
 
@@ -293,7 +293,8 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         "run_id": config.run_id,
         "partition": dict(config.partition),
         "tasks": [t.value for t in config.tasks],
-        "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows},
+        "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows,
+                  "fingerprint": work_key(job).input},
         "counts": {"input_rows": plan.num_rows, "accepted_rows": plan.num_rows - rejected, "rejected_rows": rejected,
                    **{f"{table}_rows": report.rows.get(table, 0) for table in files}},
         "models": {task.value: info.manifest_entry() for task, info in job.models.items()},
@@ -310,11 +311,11 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     }
     manifests = {table: Manifest(table=table, rows=report.rows.get(table, 0), files=names, **shared)
                  for table, names in files.items()}
-    publish.publish(config.output_location, config.run_id, config.partition_path, job.folder, manifests)
+    job.destination.publish(config.run_id, manifests)
     return RunSummary(
         run_id=config.run_id,
-        output=config.output_location.uri,
-        partitions={table: config.output_location.child(table, config.partition_path).uri for table in files},
+        output=job.destination.uri,
+        partitions=job.destination.partition_uris(list(files)),
         input_rows=plan.num_rows,
         accepted_rows=plan.num_rows - rejected,
         rejected_rows=rejected,
@@ -327,5 +328,6 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         stages=shared["stages"],
         units=units,
         storage_retries=retries,
+        timings=dict(job.timings),
     )
 

@@ -1,6 +1,6 @@
 """The writer: a Ray Data ``Datasink`` that splits the model stage's batches into the output tables
-(`albert_batch.contract`) and writes them as Parquet into the partition's staging folder, from which
-`albert_batch.pipeline.publish` publishes them."""
+(`albert_batch.contract`) and stages them as Parquet where the run's destination says
+(`albert_batch.pipeline.destination`), which publishes them once every row is there."""
 
 from __future__ import annotations
 
@@ -63,9 +63,11 @@ class StagingSink(Datasink[int]):
     (`albert_batch.pipeline.staging`); the driver reads the records back, not the tasks' return values, so
     that a stopped run's pieces count too and a retried task's leftovers never do."""
 
-    def __init__(self, *, folder: Location, run_id: str, models: dict[Task, str], id_type: pa.DataType,
-                 rows_per_file: int):
+    def __init__(self, *, folder: Location, table_dirs: dict[str, Location], run_id: str, models: dict[Task, str],
+                 id_type: pa.DataType, rows_per_file: int, partition_columns: dict[str, str | None] | None = None):
         self.folder = folder
+        self.table_dirs = table_dirs
+        self.partition_columns = partition_columns or {}
         self.run_id = run_id
         self.models = models
         self.id_type = id_type
@@ -101,10 +103,17 @@ class StagingSink(Datasink[int]):
             report.rows[table_name] = table.num_rows
             if table.num_rows:
                 files[table_name] = f"part-{self.run_id}-{staging.record_name(unit, name)}.parquet"
-                storage.write_bytes(self.folder.child(table_name, files[table_name]), parquet_bytes(table))
+                storage.write_bytes(self.table_dirs[table_name].child(files[table_name]),
+                                    parquet_bytes(self.with_partition_columns(table)))
         return staging.Piece(unit=unit, name=name, run_id=self.run_id, ranges=_ranges(batch.column(ROW)),
                              files=files, rows=dict(report.rows), rejects=dict(report.rejects),
                              labels=dict(report.labels), samples=report.samples)
+
+    def with_partition_columns(self, table: pa.Table) -> pa.Table:
+        """The table with the destination's partition columns (Iceberg's files carry them; Hive's folders do)."""
+        for key, value in self.partition_columns.items():
+            table = table.append_column(pa.field(key, pa.string()), pa.array([value] * table.num_rows, pa.string()))
+        return table
 
     def tables(self, batch: pa.Table, report: WriteReport) -> dict[str, pa.Table]:
         """The output tables of one batch of the model stage; counts and samples go into ``report``."""

@@ -164,9 +164,11 @@ class Resumed:
         return [p for pieces in self.done.values() for p in pieces]
 
 
-def prepare(folder: Location, key: WorkKey, run_id: str, unit_rows: dict[int, int], *, fresh: bool) -> Resumed:
+def prepare(folder: Location, table_dirs: dict[str, Location], key: WorkKey, run_id: str,
+            unit_rows: dict[int, int], *, fresh: bool, published: set[Location] | None = None) -> Resumed:
     """Make ``folder`` ready for ``run_id``: keep the done units of earlier work with the same ``key`` (unless
-    ``fresh``), drop everything else, and record the run. Returns what is reused."""
+    ``fresh``), drop everything else, and record the run. Returns what is reused. ``table_dirs`` are where
+    each table's staged files are; files in ``published`` belong to a published table and are never dropped."""
     record = _read_record(folder)
     resumed = Resumed(done={}, runs=())
     if record is not None:
@@ -175,10 +177,11 @@ def prepare(folder: Location, key: WorkKey, run_id: str, unit_rows: dict[int, in
         if reasons:
             log.warning("starting afresh: the work run %s staged for this partition cannot be reused, because %s",
                         record["run_id"], "; ".join(reasons))
+            _drop(folder, table_dirs, read_pieces(folder), published or set())
             storage.delete_dir(folder)
         else:
             done, unused = done_units(folder, unit_rows)
-            _drop(folder, unused)
+            _drop(folder, table_dirs, unused, published or set())
             runs = tuple(dict.fromkeys(p.run_id for pieces in done.values() for p in pieces))
             resumed = Resumed(done=done, runs=runs)
             log.info("resuming the work of run %s: %d of %d units are done and kept", record["run_id"],
@@ -204,13 +207,14 @@ def _read_record(folder: Location) -> dict[str, Any] | None:
         return None
 
 
-def _drop(folder: Location, pieces: list[Piece]) -> None:
-    """Forget pieces that will not be used: their records first, then their files."""
+def _drop(folder: Location, table_dirs: dict[str, Location], pieces: list[Piece], published: set[Location]) -> None:
+    """Forget pieces that will not be used: their records first, then their files (unless published)."""
     for piece in pieces:
         storage.delete_file(folder.child(PIECES, f"{record_name(piece.unit, piece.name)}.json"))
     for piece in pieces:
         for table, name in piece.files.items():
-            storage.delete_file(folder.child(table, name))
+            if table in table_dirs and table_dirs[table].child(name) not in published:
+                storage.delete_file(table_dirs[table].child(name))
 
 
 @contextlib.contextmanager

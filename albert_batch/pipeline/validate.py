@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from albert_batch import storage
+from albert_batch import iceberg, storage
 from albert_batch.contract import MANIFEST, REJECTS, SUCCESS, TASK_OUTPUTS, Manifest, Task, schema, tables_for
 from albert_batch.errors import NotFound, ValidationError
 from albert_batch.storage import Location
@@ -47,33 +48,41 @@ class PartitionSummary:
 
 def validate_partition(output: str | os.PathLike | Location, partition_path: str, tasks: Iterable[Task | str],
                        *, run_id: str | None = None) -> PartitionSummary:
-    """Validate every table of one published partition; return the run's summary from its manifests."""
-    root = output if isinstance(output, Location) else Location.parse(os.fspath(output), what="output")
+    """Validate every table of one published partition — Hive folders, or Iceberg tables for an
+    ``iceberg://`` output — and return the run's summary from its manifests."""
     tasks = [Task(t) for t in tasks]
-    manifests = {table: _check_table(root.child(table, partition_path), table, run_id) for table in tables_for(tasks)}
+    if iceberg.is_iceberg(output):
+        target = iceberg.IcebergTarget.parse(str(output))
+        root = target.uri
+        checked = _check_iceberg_tables(target, partition_path, tables_for(tasks), run_id)
+    else:
+        location = output if isinstance(output, Location) else Location.parse(os.fspath(output), what="output")
+        root = location.uri
+        checked = {table: _check_table(location.child(table, partition_path), table, run_id)
+                   for table in tables_for(tasks)}
+    manifests = {table: manifest for table, (manifest, _) in checked.items()}
     first = manifests[REJECTS]
     counts = first.counts
     rejected = first.rows
+    if len({m.run_id for m in manifests.values()}) != 1:
+        raise ValidationError(f"the tables of {partition_path} in {root} come from different runs: "
+                              f"{ {t: m.run_id for t, m in manifests.items()} }")
     if rejected != counts["rejected_rows"]:
-        raise ValidationError(f"{root.child(REJECTS, partition_path)} holds {rejected} rejects but the run counted "
+        raise ValidationError(f"{checked[REJECTS][1]} holds {rejected} rejects but the run counted "
                               f"{counts['rejected_rows']}")
     for task in tasks:
         table = TASK_OUTPUTS[task].table
         results = manifests[table].rows
         if results + rejected != counts["input_rows"]:
             raise ValidationError(
-                f"{root.child(table, partition_path)}: {counts['input_rows']} input rows but {results} results "
+                f"{checked[table][1]}: {counts['input_rows']} input rows but {results} results "
                 f"and {rejected} rejects — rows were lost or duplicated"
             )
-    if len({m.run_id for m in manifests.values()}) != 1:
-        raise ValidationError(f"the tables of {partition_path} under {root} come from different runs: "
-                              f"{ {t: m.run_id for t, m in manifests.items()} }")
     seconds = float(first.timings.get("total_s") or 0.0)
     return PartitionSummary(
         run_id=first.run_id,
         partition=partition_path,
-        tables={table: {"uri": root.child(table, partition_path).uri, "rows": m.rows, "files": len(m.files)}
-                for table, m in manifests.items()},
+        tables={table: {"uri": uri, "rows": m.rows, "files": len(m.files)} for table, (m, uri) in checked.items()},
         input_rows=counts["input_rows"],
         rejected_rows=rejected,
         rejects_by_reason=first.rejects_by_reason,
@@ -86,7 +95,7 @@ def validate_partition(output: str | os.PathLike | Location, partition_path: str
     )
 
 
-def _check_table(folder: Location, table: str, run_id: str | None) -> Manifest:
+def _check_table(folder: Location, table: str, run_id: str | None) -> tuple[Manifest, str]:
     if not storage.exists(folder.child(SUCCESS)):
         raise ValidationError(f"{folder} has no {SUCCESS}: the partition was never published or its publication "
                               "was interrupted (the next run on this output finishes it)")
@@ -118,4 +127,41 @@ def _check_table(folder: Location, table: str, run_id: str | None) -> Manifest:
         rows += meta.num_rows
     if rows != manifest.rows:
         raise ValidationError(f"{folder} holds {rows} rows but its manifest says {manifest.rows}")
-    return manifest
+    return manifest, folder.uri
+
+
+def _check_iceberg_tables(target: iceberg.IcebergTarget, partition_path: str, tables: list[str],
+                          run_id: str | None) -> dict[str, tuple[Manifest, str]]:
+    """Each table's last commit of the partition (its snapshot's manifest), checked against the rows the
+    table holds in the partition now and against the contract's schema."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    catalog = iceberg.load_catalog(target)
+    values = dict(part.split("=", 1) for part in partition_path.split("/"))
+    checked = {}
+    for table in tables:
+        uri = target.table_uri(table)
+        try:
+            found = catalog.load_table(target.identifier(table))
+        except NoSuchTableError:
+            raise ValidationError(f"{uri} does not exist: no run has written to it") from None
+        manifest = iceberg.last_commit(found, partition_path)
+        if manifest is None:
+            raise ValidationError(f"{uri} has no commit of partition {partition_path} in its history: the partition "
+                                  "was never published, or its snapshots were expired")
+        if run_id is not None and manifest.run_id != run_id:
+            raise ValidationError(f"{uri} partition {partition_path} was published by run {manifest.run_id!r}, "
+                                  f"not by run {run_id!r}")
+        partition = {key: values.get(key) for key in iceberg.partition_keys(found)}
+        files = iceberg.partition_files(found, partition)
+        rows = sum(f.record_count for f in files)
+        if rows != manifest.rows:
+            raise ValidationError(f"{uri} holds {rows} rows in partition {partition_path} but its last commit "
+                                  f"(run {manifest.run_id}) wrote {manifest.rows}")
+        current = found.schema().as_arrow()
+        for f in schema(table, current.field("id").type if "id" in current.names else pa.int64()):
+            if f.name not in current.names or not iceberg.same_type(current.field(f.name).type, f.type):
+                raise ValidationError(f"{uri} does not have the {table} schema of the output contract: "
+                                      f"column {f.name} should be {f.type}")
+        checked[table] = (dataclasses.replace(manifest, files=[f.file_path for f in files]), uri)
+    return checked

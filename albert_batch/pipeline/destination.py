@@ -1,0 +1,142 @@
+"""Where a run's results go: Hive-partitioned Parquet folders (``OUTPUT/<table>/<partition>/``, the default)
+or Iceberg tables in a catalog (``iceberg://CATALOG/NAMESPACE``). The run stages, resumes and accounts for
+its rows the same way for both; a destination says where staged files and unit records live, which
+columns the files carry beside the contract's, and how a finished run is published."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from albert_batch import iceberg, storage
+from albert_batch.config import RunConfig
+from albert_batch.contract import REJECTS, Manifest, tables_for
+from albert_batch.errors import OutputError, StorageError, Transient
+from albert_batch.pipeline import publish, staging
+from albert_batch.storage import Location
+
+
+class Destination(ABC):
+    """The output of one partition of a run."""
+
+    uri: str
+    folder: Location  # the partition's staging folder: unit records (`pipeline.staging`), run record, retries
+    table_dirs: dict[str, Location]  # where the writer stages each table's files
+    partition_columns: dict[str, str | None]  # columns every staged file carries (Iceberg's partition keys)
+    empty_tables_need_a_file = True  # a table without rows still gets a file, which carries its schema
+
+    def check(self) -> None:
+        """Write and delete a small object in the staging folder, so that a missing bucket or a denied write
+        is found before any work, not at the first write."""
+        try:
+            storage.check_writable(self.folder)
+        except Transient:
+            raise
+        except StorageError as err:
+            raise OutputError(f"output {self.uri} cannot be written: {err}") from err
+
+    @abstractmethod
+    def recover(self) -> None:
+        """Finish an interrupted publication of this partition, where the destination has one."""
+
+    def published_files(self) -> set[Location]:
+        """Staged files that are published already and must never be deleted as leftovers."""
+        return set()
+
+    @abstractmethod
+    def publish(self, run_id: str, manifests: dict[str, Manifest]) -> None:
+        """Publish the staged files that ``manifests`` list, atomically per table; then drop the staging folder."""
+
+    @abstractmethod
+    def partition_uris(self, tables: Sequence[str]) -> dict[str, str]:
+        """Where consumers find each table's published partition."""
+
+
+class HiveFolders(Destination):
+    """``OUTPUT/<table>/<partition>/`` with ``_manifest.json`` and ``_SUCCESS`` (`pipeline.publish`)."""
+
+    def __init__(self, output: Location, partition_path: str) -> None:
+        self.output = output
+        self.partition_path = partition_path
+        self.uri = output.uri
+        self.folder = staging.partition_folder(output, partition_path)
+        self.partition_columns = {}
+        self.table_dirs = {}
+
+    def prepare(self, tables: Sequence[str]) -> HiveFolders:
+        self.table_dirs = {table: self.folder.child(table) for table in tables}
+        return self
+
+    def recover(self) -> None:
+        publish.recover(self.output, self.partition_path)
+
+    def publish(self, run_id: str, manifests: dict[str, Manifest]) -> None:
+        publish.publish(self.output, run_id, self.partition_path, self.folder, manifests)
+
+    def partition_uris(self, tables: Sequence[str]) -> dict[str, str]:
+        return {table: self.output.child(table, self.partition_path).uri for table in tables}
+
+
+class IcebergTables(Destination):
+    """``iceberg://CATALOG/NAMESPACE``: one table per output table, one atomic commit per table (`albert_batch.iceberg`)."""
+
+    empty_tables_need_a_file = False
+
+    def __init__(self, target: iceberg.IcebergTarget, partition: dict[str, str]) -> None:
+        self.target = target
+        self.partition = partition
+        self.uri = target.uri
+        self.catalog = iceberg.load_catalog(target)
+        self.tables: dict[str, object] = {}
+        self.table_dirs = {}
+        self.partition_columns = {}
+
+    def prepare(self, tables: Sequence[str], id_type: pa.DataType) -> IcebergTables:
+        """Create or evolve the tables; the staged files carry every partition key of each table (null where
+        this run has no value), so each file lands in exactly this run's partition."""
+        keys: list[str] = []
+        for table in tables:
+            found = iceberg.prepare_table(self.catalog, self.target, table, id_type, list(self.partition))
+            self.tables[table] = found
+            keys.extend(k for k in iceberg.partition_keys(found) if k not in keys)
+        self.partition_columns = {key: self.partition.get(key) for key in keys}
+        path = iceberg.partition_path(self.partition_columns)
+        self.table_dirs = {table: Location.parse(found.location(), what=f"the location of {table}").child("data", path)
+                           for table, found in self.tables.items()}
+        rejects = Location.parse(self.tables[REJECTS].location(), what="the location of the rejects table")
+        self.folder = staging.partition_folder(rejects, path)
+        return self
+
+    def recover(self) -> None:
+        """Nothing to finish: each table's commit is atomic, and a run stopped between two tables' commits is
+        repaired by the next run of the partition, which commits all three again."""
+
+    def published_files(self) -> set[Location]:
+        published = set()
+        for table in self.tables.values():
+            for task in table.refresh().scan(row_filter=iceberg.partition_filter(self.partition_columns)).plan_files():
+                published.add(Location.parse(task.file.file_path))
+        return published
+
+    def publish(self, run_id: str, manifests: dict[str, Manifest]) -> None:
+        for table, manifest in manifests.items():  # a fixed order: the tasks' tables, then the rejects
+            iceberg.replace_partition(self.catalog, self.target, table, self.partition_columns,
+                                      [self.table_dirs[table].child(name) for name in manifest.files], manifest)
+        staging.discard(self.folder)
+
+    def partition_uris(self, tables: Sequence[str]) -> dict[str, str]:
+        return {table: self.target.table_uri(table) for table in tables}
+
+
+def open_destination(config: RunConfig, id_type: pa.DataType) -> Destination:
+    """The run's destination, its tables created or evolved (Iceberg) and its staging folder checked."""
+    tables = tables_for(config.tasks)
+    if iceberg.is_iceberg(config.output):
+        destination: Destination = IcebergTables(iceberg.IcebergTarget.parse(config.output),
+                                                 dict(config.partition)).prepare(tables, id_type)
+    else:
+        destination = HiveFolders(config.output_location, config.partition_path).prepare(tables)
+    destination.check()
+    return destination

@@ -157,6 +157,20 @@ def test_local_outputs_become_file_assets(tmp_path):
     assert uris == {"entities": f"file://{tmp_path}/out/entities", "rejects": f"file://{tmp_path}/out/rejects"}
 
 
+def test_an_iceberg_output_is_written_as_a_uri_or_with_output_format_and_its_tables_are_iceberg_assets():
+    by_uri = spec(output="iceberg://lake/nlp", tasks=["classify"])
+    by_format = spec(output="lake/nlp", output_format="iceberg", tasks=["classify"])
+    assert by_uri.output == by_format.output == "iceberg://lake/nlp"
+    assert by_format.run_settings()["output"] == "iceberg://lake/nlp"
+    assert by_format.table_uris() == {"classifications": "iceberg://lake/nlp/classifications",
+                                      "rejects": "iceberg://lake/nlp/rejects"}
+    for output, output_format, message in (("s3://results/reviews", "iceberg", "output_format is iceberg but output"),
+                                           ("iceberg://lake/nlp", "hive", "output_format is hive but output"),
+                                           ("s3://results/reviews", "delta", "must be hive or iceberg")):
+        with pytest.raises(ConfigError, match=message):
+            spec(output=output, output_format=output_format)
+
+
 def job(sid: str, status: str, *, partition: str = "dt=2026-11-27", fingerprint: str = "fp", start: int = 0) -> RayJob:
     return RayJob(submission_id=sid, status=status, start_time_ms=start,
                   metadata={META_OUTPUT: "s3://o", META_PARTITION: partition, META_FINGERPRINT: fingerprint})

@@ -285,3 +285,15 @@ def test_a_run_killed_before_or_between_its_commits_leaves_readers_a_whole_parti
     assert validate_partition(output, DAY, ["classify", "ner"], run_id="after").input_rows == 15
     for table in ("classifications", "entities"):
         assert sorted(r["id"] for r in scan("killed", table)) == [i for i in range(50, 65) if i != 51], "each row once"
+
+
+def test_a_table_whose_columns_cannot_take_the_run_s_rows_is_refused_naming_the_column():
+    from albert_batch.errors import OutputError
+    from albert_batch.iceberg import load_catalog, prepare_table
+
+    target = IcebergTarget("local", "typed")
+    catalog = load_catalog(target)
+    prepare_table(catalog, target, "rejects", pa.int64(), ["dt"])
+    with pytest.raises(OutputError, match=r"iceberg://local/typed/rejects has column id of type int64, but this run "
+                                          r"writes string"):
+        prepare_table(catalog, target, "rejects", pa.string(), ["dt"])

@@ -110,14 +110,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def iceberg_demo(hive: RunSummary) -> None:
     """The same corpus into Iceberg tables; read back through pyiceberg and DuckDB."""
-    import duckdb
-    from pyiceberg.catalog import load_catalog
-
     if not any(name.startswith("PYICEBERG_CATALOG__DEMO__") for name in os.environ):
         (ROOT / "iceberg/warehouse").mkdir(parents=True, exist_ok=True)
         os.environ.update({"PYICEBERG_CATALOG__DEMO__TYPE": "sql",
                            "PYICEBERG_CATALOG__DEMO__URI": f"sqlite:///{ROOT}/iceberg/catalog.db",
                            "PYICEBERG_CATALOG__DEMO__WAREHOUSE": f"file://{ROOT}/iceberg/warehouse"})
+    import duckdb
+    from pyiceberg.catalog import load_catalog  # reads its configuration once, at import: after the lines above
     print("\ndemo: the same corpus into Iceberg tables, iceberg://demo/reviews", flush=True)
     config = RunConfig(input=str(ROOT / "corpus"), output="iceberg://demo/reviews",
                        classifier_model=str(ROOT / "models" / Task.CLASSIFY.value),

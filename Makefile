@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,airflow,iceberg]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,airflow,iceberg,openlineage]"
 	touch $(STAMP)
 
 demo: $(STAMP)

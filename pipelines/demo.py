@@ -1,7 +1,7 @@
 """`make demo`: the main job end to end on the embedded default — an in-process local Ray, the local
 filesystem, a generated corpus, and demo models fine-tuned here on Ray Train (nothing is downloaded).
 
-The models are trained once from the demo corpus's train split (about four minutes on two
+The models are trained once from the demo corpus's train split (four to twelve minutes on two
 cores) and cached under .demo/models; their held-out scores are printed with the run's summary.
 
 `make demo-iceberg` (``--iceberg``) then runs the same corpus into Iceberg tables, in a SQL catalog on

@@ -472,3 +472,49 @@ retries: 0
     events = _asset_events("iceberg://local/airflow_reviews/classifications")
     assert [(e["partition"], e["rows"], e["run_id"]) for e in events] == [
         (f"dt={day}", len(TRICKY_TEXTS), jobs[0]["submission_id"])] * 2
+
+
+def test_openlineage_events_name_the_input_and_the_three_output_tables(
+        connections, ray_head, airflow_db, s3, tiny_models, tmp_path):
+    """With apache-airflow-providers-openlineage and its file transport configured (in a process of its own,
+    as a deployment would configure it), the batch job's COMPLETE event names the input corpus and the
+    three output tables, with their row counts and the albert-batch run id."""
+    day = "2026-11-24"
+    upload_corpus(s3, day, [*TRICKY_TEXTS, None])
+    configs = tmp_path / "dag-configs"
+    configs.mkdir()
+    output = tmp_path / "results"
+    (configs / "lineage.yaml").write_text(f"""
+dag_id: reviews_lineage
+input: s3://corpus/reviews/dt={{{{ ds }}}}/
+output: {output}
+start_date: 2026-11-01
+classifier_model: {tiny_models["classifier"]}
+ner_model: {tiny_models["ner"]}
+run: {{precision: fp32}}
+job: {{poll_seconds: 1}}
+wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
+retries: 0
+""")
+    events = tmp_path / "lineage.jsonl"
+    env = {**os.environ, "ALBERT_BATCH_DAG_CONFIG_DIR": str(configs),
+           "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events),
+                                                          "append": True})}
+    code = ("import datetime as dt, os\n"
+            "from airflow.dag_processing.dagbag import DagBag\n"
+            "dag = DagBag(dag_folder=os.environ['AIRFLOW__CORE__DAGS_FOLDER']).dags['reviews_lineage']\n"
+            f"print('state', dag.test(logical_date=dt.datetime.fromisoformat('{day}').replace(tzinfo=dt.UTC)).state)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert "state success" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+
+    emitted = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    [complete] = [e for e in emitted if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(".run_batch_job")]
+    assert [(d["namespace"], d["name"]) for d in complete["inputs"]] == [("s3://corpus", f"reviews/dt={day}")]
+    outputs = {d["name"]: d for d in complete["outputs"]}
+    assert set(outputs) == {str(output / t) for t in ("classifications", "entities", "rejects")}
+    assert {d["namespace"] for d in complete["outputs"]} == {"file"}
+    rows = {name.rsplit("/", 1)[1]: d["outputFacets"]["outputStatistics"]["rowCount"] for name, d in outputs.items()}
+    assert rows == {"classifications": len(TRICKY_TEXTS), "entities": len(TRICKY_TEXTS), "rejects": 1}
+    [job] = partition_jobs(ray_head, f"dt={day}", output=str(output))
+    assert complete["run"]["facets"]["externalQuery"]["externalQueryId"] == job["submission_id"]
+    assert FAKE_SECRET not in events.read_text() and ray_head.token not in events.read_text()

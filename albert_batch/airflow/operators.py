@@ -94,6 +94,7 @@ class RayBatchJobOperator(BaseOperator):
         self.runtime_env = dict(runtime_env or {})
         self.force_rerun = force_rerun
         self._submitted: str | None = None
+        self._published: dict[str, Any] | None = None  # the result, for OpenLineage
 
     def execute(self, context: Any) -> dict[str, Any]:
         from albert_batch.cli import run_argv
@@ -170,9 +171,20 @@ class RayBatchJobOperator(BaseOperator):
         # ``command`` carries the placeholder run id, the same for every job, so it needs no stripping.
         return hashlib.sha256(json.dumps([command, files], default=str).encode()).hexdigest()[:16]
 
-    @staticmethod
-    def _result(sid: str, run_id: str, partition_path: str, *, reused: bool) -> dict[str, Any]:
-        return {"submission_id": sid, "run_id": run_id, "partition": partition_path, "reused": reused}
+    def _result(self, sid: str, run_id: str, partition_path: str, *, reused: bool) -> dict[str, Any]:
+        self._published = {"submission_id": sid, "run_id": run_id, "partition": partition_path, "reused": reused}
+        return self._published
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage's view of the job (apache-airflow-providers-openlineage calls this when it is installed
+        and a transport is configured): the input, the output tables with their rows, the run id."""
+        from albert_batch.airflow.lineage import operator_lineage, published_rows
+        from albert_batch.config import RunConfig
+
+        run_id = (self._published or {}).get("run_id")
+        config = RunConfig(**{**self.run_settings, "run_id": run_id or "pending"})
+        rows = published_rows(config, run_id, AwsS3Hook(self.aws_conn_id).settings()) if run_id else {}
+        return operator_lineage(config, run_id, rows)
 
 
 class ValidatePartitionOperator(BaseOperator):

@@ -138,11 +138,12 @@ def _wait(ready: Any, node: LocalRayNode, log: Path, timeout_s: float, failure: 
 
 
 def stop_process_group(process: subprocess.Popen, *, sig: int = signal.SIGTERM) -> None:
-    """``sig`` to the process group ``process`` leads (started with ``start_new_session``), SIGKILL after 30 s."""
+    """``sig`` to the process group ``process`` leads (started with ``start_new_session``), SIGKILL after 10 s:
+    a `ray start --block` asked to stop can linger for half a minute, and its processes hold nothing to save."""
     if process.poll() is None:
         os.killpg(process.pid, sig)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -126,6 +126,25 @@ def published(s3: str, table: str) -> duckdb.DuckDBPyRelation:
     return duckdb.arrow(dataset)
 
 
+def dag_configs(folder: Path, dag_id: str, models: dict[str, str], settings: str) -> Path:
+    """A folder with one DAG config: the corpus's daily partition of ``s3://corpus/reviews`` in, the given
+    ``settings`` (output, tasks, ...) on top of fast polling, fp32 and no retries."""
+    folder.mkdir()
+    (folder / f"{dag_id}.yaml").write_text(f"""
+dag_id: {dag_id}
+input: s3://corpus/reviews/dt={{{{ ds }}}}/
+start_date: 2026-11-01
+classifier_model: {models["classifier"]}
+ner_model: {models["ner"]}
+run: {{precision: fp32}}
+job: {{poll_seconds: 1}}
+wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
+retries: 0
+{settings}
+""")
+    return folder
+
+
 def test_scheduled_runs_retries_backfills_and_reruns_leave_one_complete_partition_per_date(
         connections, ray_head, airflow_db, s3, tiny_models, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
@@ -134,20 +153,7 @@ def test_scheduled_runs_retries_backfills_and_reruns_leave_one_complete_partitio
     days = ["2026-11-26", "2026-11-27"]
     for day in days:
         upload_corpus(s3, day, [*TRICKY_TEXTS, None, "  "])
-    configs = tmp_path / "dag-configs"
-    configs.mkdir()
-    (configs / "reviews.yaml").write_text(f"""
-dag_id: reviews_e2e
-input: s3://corpus/reviews/dt={{{{ ds }}}}/
-output: s3://results/reviews
-start_date: 2026-11-01
-classifier_model: {tiny_models["classifier"]}
-ner_model: {tiny_models["ner"]}
-run: {{precision: fp32}}
-job: {{poll_seconds: 1}}
-wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
-retries: 0
-""")
+    configs = dag_configs(tmp_path / "dag-configs", "reviews_e2e", tiny_models, "output: s3://results/reviews")
     monkeypatch.setenv("ALBERT_BATCH_DAG_CONFIG_DIR", str(configs))
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     assert bag.import_errors == {}
@@ -442,21 +448,8 @@ def test_a_dag_writing_iceberg_tables_validates_the_commit_and_announces_each_ta
 
     day = "2026-11-25"
     upload_corpus(s3, day, [*TRICKY_TEXTS, None])
-    configs = tmp_path / "dag-configs"
-    configs.mkdir()
-    (configs / "reviews.yaml").write_text(f"""
-dag_id: reviews_iceberg
-input: s3://corpus/reviews/dt={{{{ ds }}}}/
-output_format: iceberg
-output: local/airflow_reviews
-start_date: 2026-11-01
-tasks: [classify]
-classifier_model: {tiny_models["classifier"]}
-run: {{precision: fp32}}
-job: {{poll_seconds: 1}}
-wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
-retries: 0
-""")
+    configs = dag_configs(tmp_path / "dag-configs", "reviews_iceberg", tiny_models,
+                          "output_format: iceberg\noutput: local/airflow_reviews\ntasks: [classify]")
     monkeypatch.setenv("ALBERT_BATCH_DAG_CONFIG_DIR", str(configs))
     dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).dags["reviews_iceberg"]
     when = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
@@ -481,21 +474,8 @@ def test_openlineage_events_name_the_input_and_the_three_output_tables(
     three output tables, with their row counts and the albert-batch run id."""
     day = "2026-11-24"
     upload_corpus(s3, day, [*TRICKY_TEXTS, None])
-    configs = tmp_path / "dag-configs"
-    configs.mkdir()
     output = tmp_path / "results"
-    (configs / "lineage.yaml").write_text(f"""
-dag_id: reviews_lineage
-input: s3://corpus/reviews/dt={{{{ ds }}}}/
-output: {output}
-start_date: 2026-11-01
-classifier_model: {tiny_models["classifier"]}
-ner_model: {tiny_models["ner"]}
-run: {{precision: fp32}}
-job: {{poll_seconds: 1}}
-wait_for_input: {{poke_seconds: 1, timeout_hours: 0.1}}
-retries: 0
-""")
+    configs = dag_configs(tmp_path / "dag-configs", "reviews_lineage", tiny_models, f"output: {output}")
     events = tmp_path / "lineage.jsonl"
     env = {**os.environ, "ALBERT_BATCH_DAG_CONFIG_DIR": str(configs),
            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(events),

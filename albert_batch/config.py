@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from albert_batch import iceberg
-from albert_batch.contract import RESERVED_COLUMNS, Task
+from albert_batch.contract import RESERVED_COLUMNS, Task, partition_path
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
 
@@ -296,7 +296,7 @@ class RunConfig:
     @property
     def partition_path(self) -> str:
         """The Hive partition folder, e.g. ``dt=2026-11-28``."""
-        return "/".join(f"{k}={v}" for k, v in self.partition)
+        return partition_path(self.partition)
 
     def model_for(self, task: Task) -> str:
         uri = self.classifier_model if task is Task.CLASSIFY else self.ner_model

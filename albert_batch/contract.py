@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -103,6 +103,12 @@ RESERVED_COLUMNS = frozenset(
     | {f.name for output in TASK_OUTPUTS.values() for f in output.results}
     | {f.name for f in PROVENANCE_FIELDS + REJECT_FIELDS}
 )
+
+
+def partition_path(partition: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> str:
+    """A partition's folder path below a table, e.g. ``dt=2026-11-28/hour=05``."""
+    items = partition.items() if isinstance(partition, Mapping) else partition
+    return "/".join(f"{key}={value}" for key, value in items)
 
 
 def tables_for(tasks: Iterable[Task | str]) -> list[str]:

@@ -35,11 +35,11 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from albert_batch.contract import Manifest, schema
+from albert_batch.contract import Manifest, partition_path, schema
 from albert_batch.errors import AlbertBatchError, ConfigError, OutputError, PublishError, ValidationError
 from albert_batch.storage import Location
 
@@ -292,10 +292,6 @@ def commit_properties(manifest: Manifest) -> dict[str, str]:
             MANIFEST_PROPERTY: json.dumps(record, separators=(",", ":"), default=str),
             "albert-batch.input-fingerprint": str(manifest.input.get("fingerprint", "")),
             "albert-batch.rows": str(manifest.rows)}
-
-
-def partition_path(partition: Mapping[str, Any]) -> str:
-    return "/".join(f"{k}={v}" for k, v in partition.items())
 
 
 def last_commit(table: Table, partition: str) -> Manifest | None:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from albert_batch import iceberg, storage
 from albert_batch.config import RunConfig
-from albert_batch.contract import REJECTS, Manifest, tables_for
+from albert_batch.contract import REJECTS, Manifest, partition_path, tables_for
 from albert_batch.errors import OutputError, StorageError, Transient
 from albert_batch.pipeline import publish, staging
 from albert_batch.storage import Location
@@ -102,7 +102,7 @@ class IcebergTables(Destination):
             self.tables[table] = found
             keys.extend(k for k in iceberg.partition_keys(found) if k not in keys)
         self.partition_columns = {key: self.partition.get(key) for key in keys}
-        path = iceberg.partition_path(self.partition_columns)
+        path = partition_path(self.partition_columns)
         self.table_dirs = {table: Location.parse(found.location(), what=f"the location of {table}").child("data", path)
                            for table, found in self.tables.items()}
         rejects = Location.parse(self.tables[REJECTS].location(), what="the location of the rejects table")

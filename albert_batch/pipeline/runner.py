@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -86,6 +87,11 @@ class _Run:
         """The partition's staging folder."""
         return self.destination.folder
 
+    @functools.cached_property
+    def key(self) -> staging.WorkKey:
+        """What the partition's results depend on (see `work_key`)."""
+        return work_key(self)
+
     @property
     def unit_rows(self) -> dict[int, int]:
         return {u.index: u.rows for u in self.units}
@@ -130,8 +136,8 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     config = job.config
     with interrupts.deferred():  # an interrupted publication is finished whole, or the partition stays hidden
         job.destination.recover()
-    resumed = staging.prepare(job.folder, job.destination.table_dirs, work_key(job), config.run_id, job.unit_rows,
-                              fresh=config.fresh, published=job.destination.published_files())
+    resumed = staging.prepare(job.folder, job.destination.table_dirs, job.key, config.run_id, job.unit_rows,
+                              fresh=config.fresh, published=job.destination.published_files)
     phase = job.lap("checks_s", job.started)
     sizing = size_stages(config, ray.cluster_resources())
     todo = [u for u in job.units if u.index not in resumed.done]
@@ -294,7 +300,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         "partition": dict(config.partition),
         "tasks": [t.value for t in config.tasks],
         "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows,
-                  "fingerprint": work_key(job).input},
+                  "fingerprint": job.key.input},
         "counts": {"input_rows": plan.num_rows, "accepted_rows": plan.num_rows - rejected, "rejected_rows": rejected,
                    **{f"{table}_rows": report.rows.get(table, 0) for table in files}},
         "models": {task.value: info.manifest_entry() for task, info in job.models.items()},

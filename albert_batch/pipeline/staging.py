@@ -28,7 +28,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,23 +165,25 @@ class Resumed:
 
 
 def prepare(folder: Location, table_dirs: dict[str, Location], key: WorkKey, run_id: str,
-            unit_rows: dict[int, int], *, fresh: bool, published: set[Location] | None = None) -> Resumed:
+            unit_rows: dict[int, int], *, fresh: bool, published: Callable[[], set[Location]] = set) -> Resumed:
     """Make ``folder`` ready for ``run_id``: keep the done units of earlier work with the same ``key`` (unless
     ``fresh``), drop everything else, and record the run. Returns what is reused. ``table_dirs`` are where
-    each table's staged files are; files in ``published`` belong to a published table and are never dropped."""
+    each table's staged files are; ``published()`` names files of a published table, never dropped (asked
+    only when there is earlier work to drop from)."""
     record = _read_record(folder)
     resumed = Resumed(done={}, runs=())
     if record is not None:
+        keep = published()
         earlier = WorkKey(**record["key"])
         reasons = ["a fresh start was asked for"] if fresh else key.changes_from(earlier)
         if reasons:
             log.warning("starting afresh: the work run %s staged for this partition cannot be reused, because %s",
                         record["run_id"], "; ".join(reasons))
-            _drop(folder, table_dirs, read_pieces(folder), published or set())
+            _drop(folder, table_dirs, read_pieces(folder), keep)
             storage.delete_dir(folder)
         else:
             done, unused = done_units(folder, unit_rows)
-            _drop(folder, table_dirs, unused, published or set())
+            _drop(folder, table_dirs, unused, keep)
             runs = tuple(dict.fromkeys(p.run_id for pieces in done.values() for p in pieces))
             resumed = Resumed(done=done, runs=runs)
             log.info("resuming the work of run %s: %d of %d units are done and kept", record["run_id"],

@@ -6,6 +6,9 @@ The public surface is small::
     summary = run(RunConfig(input="s3://corpus/reviews/", output="s3://results/reviews/",
                             classifier_model="models/sentiment", ner_model="models/ner"))
 
+    from albert_batch import load_predictor       # a few texts in this process, no Ray
+    load_predictor("classify", "models/sentiment")(["great phone", "battery died"])
+
 Importing this package has no side effects and does not import torch or ray.
 """
 
@@ -51,6 +54,7 @@ __all__ = [
     "Task",
     "Transient",
     "__version__",
+    "load_predictor",
     "run",
 ]
 
@@ -61,4 +65,8 @@ def __getattr__(name: str) -> object:
         from albert_batch.pipeline import runner
 
         return getattr(runner, name)
+    if name == "load_predictor":  # numpy and pyarrow at import; torch only when a model is loaded
+        from albert_batch import predict
+
+        return predict.load_predictor
     raise AttributeError(f"module 'albert_batch' has no attribute {name!r}")

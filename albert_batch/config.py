@@ -206,6 +206,19 @@ class ResourceConfig:
             raise ConfigError("resources.ner_window_overlap must be between 0 and 256 tokens")
 
 
+def check_precision(value: Precision | str, *, gpu: bool, gpu_setting: str) -> Precision:
+    """``value`` as a Precision, refused with a ConfigError where the models' device cannot run it. The
+    batch job's settings and `albert_batch.load_predictor` both ask here, so one precision means the same
+    everywhere; ``gpu_setting`` names the caller's setting that asks for a GPU."""
+    try:
+        precision = Precision(str(value).lower())
+    except ValueError:
+        raise ConfigError(f"precision {value!r} is not one of {', '.join(p.value for p in Precision)}") from None
+    if precision is Precision.FP16 and not gpu:
+        raise ConfigError(f"precision fp16 needs {gpu_setting}; on CPUs use bf16 or fp32")
+    return precision
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything one batch run needs. Build it directly, or with `RunConfig.from_sources`."""
@@ -241,12 +254,6 @@ class RunConfig:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "tasks", _parse_tasks(self.tasks))
         set_(self, "partition", _parse_partition(self.partition))
-        try:
-            set_(self, "precision", Precision(str(self.precision).lower()))
-        except ValueError:
-            raise ConfigError(
-                f"precision {self.precision!r} is not one of {', '.join(p.value for p in Precision)}"
-            ) from None
         if isinstance(self.resources, Mapping):
             set_(self, "resources", _build(ResourceConfig, self.resources, "resources"))
         input_loc = Location.parse(self.input, what="input")
@@ -266,8 +273,8 @@ class RunConfig:
             raise ConfigError("tasks include ner but no ner_model (--ner-model) is set")
         if not RUN_ID.match(str(self.run_id)):
             raise ConfigError("run_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        if self.precision is Precision.FP16 and self.resources.num_gpus_per_actor == 0:
-            raise ConfigError("precision fp16 needs GPU actors (resources.num_gpus_per_actor > 0); on CPUs use bf16 or fp32")
+        set_(self, "precision", check_precision(self.precision, gpu=self.resources.num_gpus_per_actor > 0,
+                                                gpu_setting="GPU actors (resources.num_gpus_per_actor > 0)"))
         try:
             set_(self, "wait_for_nodes_s", float(self.wait_for_nodes_s))
         except (TypeError, ValueError):

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from albert_batch.config import Precision
-from albert_batch.contract import Task
+from albert_batch.contract import RejectReason, Task
 from albert_batch.inference import models
 from albert_batch.inference.device import fuse_tanh_gelu, resolve_device, resolve_dtype
 from albert_batch.inference.models import ModelInfo
@@ -71,6 +71,17 @@ class Encoder:
     def encode(self, texts: Sequence[str]) -> list[tokenizers.Encoding]:
         """Ids, character offsets and special-token marks (literal ``[SEP]`` in a text is special)."""
         return self.backend.encode_batch(list(texts), add_special_tokens=False)
+
+
+def text_reject_reason(text: str | None) -> RejectReason | None:
+    """Why a text gets no prediction, or None when it gets one: a null text, or one with nothing but
+    whitespace (its only tokens would be the special ones). The batch job writes such rows to its rejects
+    table with this reason; `albert_batch.load_predictor` refuses them with it."""
+    if text is None:
+        return RejectReason.NULL_TEXT
+    if not text.strip():
+        return RejectReason.BLANK_TEXT
+    return None
 
 
 def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:

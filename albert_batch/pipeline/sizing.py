@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from albert_batch.config import RunConfig
+from albert_batch.config import ResourceConfig, RunConfig
 from albert_batch.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
     return sizing
 
 
+def tokens_per_forward(resources: ResourceConfig, *, gpu: bool) -> int:
+    """Tokens per forward pass, padding included: the setting, or the size that suits the device."""
+    return resources.max_tokens_per_forward or (GPU_TOKENS_PER_FORWARD if gpu else CPU_TOKENS_PER_FORWARD)
+
+
 def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizing:
     res = config.resources
     actors = res.model_actors or max(1, int(cpus // CPUS_PER_MODEL_ACTOR))
@@ -87,7 +92,7 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizin
         tokenizer_actors=tokenizers,
         cpus_per_tokenizer_actor=_tokenizer_share(spare - cpus_per_actor * actors, tokenizers),
         batch_size=batch_size,
-        max_tokens_per_forward=res.max_tokens_per_forward or CPU_TOKENS_PER_FORWARD,
+        max_tokens_per_forward=tokens_per_forward(res, gpu=False),
         max_rows_ahead=_rows_ahead(batch_size, actors),
         rows_per_file=res.rows_per_file or ROWS_PER_FILE,
     )
@@ -112,7 +117,7 @@ def _size_gpu_stages(config: RunConfig, spare: float, gpus: float) -> StageSizin
         tokenizer_actors=tokenizers,
         cpus_per_tokenizer_actor=_tokenizer_share(left, tokenizers),
         batch_size=batch_size,
-        max_tokens_per_forward=res.max_tokens_per_forward or GPU_TOKENS_PER_FORWARD,
+        max_tokens_per_forward=tokens_per_forward(res, gpu=True),
         max_rows_ahead=_rows_ahead(batch_size, actors),
         rows_per_file=res.rows_per_file or ROWS_PER_FILE,
     )

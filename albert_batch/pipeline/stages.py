@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from albert_batch.config import Precision
 from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Task
+from albert_batch.inference.predictor import text_reject_reason
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
 from albert_batch.pipeline.columns import POSITION, from_list_array, task_column, to_list_array
@@ -33,14 +34,8 @@ def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> 
     id_null = pc.is_null(ids).to_pylist()
     reasons: list[str | None] = []
     for missing_id, text in zip(id_null, texts, strict=True):
-        if missing_id:
-            reasons.append(RejectReason.NULL_ID.value)
-        elif text is None:
-            reasons.append(RejectReason.NULL_TEXT.value)
-        elif not text.strip():
-            reasons.append(RejectReason.BLANK_TEXT.value)
-        else:
-            reasons.append(None)
+        reason = RejectReason.NULL_ID if missing_id else text_reject_reason(text)
+        reasons.append(None if reason is None else reason.value)
     return reasons
 
 

@@ -19,13 +19,14 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from albert_batch import RunConfig, Task, run
-from albert_batch.cli import format_summary
+from albert_batch.cli import RunConsole, format_summary
 from albert_batch.dev import corpus
 from albert_batch.pipeline.runner import RunSummary
 from albert_batch.training.config import FinetuneConfig
@@ -41,7 +42,7 @@ EPOCHS = {Task.CLASSIFY: 2, Task.NER: 4}
 MAX_LENGTH = 256
 
 
-def build_models(folder: Path) -> dict[Task, dict]:
+def build_models(folder: Path, say: Callable[[str], None] = print) -> dict[Task, dict]:
     """Fine-tune the demo classifier and NER model (cached: a folder with its report is complete)."""
     reports = {}
     for task in (Task.CLASSIFY, Task.NER):
@@ -53,12 +54,12 @@ def build_models(folder: Path) -> dict[Task, dict]:
                 docs = corpus.generate(n, seed=7, split=split)
                 targets = [d.sentiment for d in docs] if task is Task.CLASSIFY else [list(d.entities) for d in docs]
                 write_labelled(data / f"{split}-{task.value}.parquet", [d.text for d in docs], targets, task)
-            print(f"demo: fine-tuning the {task.value} model ({EPOCHS[task]} epochs, once; cached afterwards)", flush=True)
+            say(f"demo: fine-tuning the {task.value} model ({EPOCHS[task]} epochs, once; cached afterwards)")
             started = time.monotonic()
             finetune(FinetuneConfig(task=task, train=str(data / f"train-{task.value}.parquet"),
                                     eval=str(data / f"eval-{task.value}.parquet"), output=str(model), init="tiny",
                                     epochs=EPOCHS[task], max_length=MAX_LENGTH, seed=7))
-            print(f"demo: {task.value} model trained in {time.monotonic() - started:.0f}s", flush=True)
+            say(f"demo: {task.value} model trained in {time.monotonic() - started:.0f}s")
         reports[task] = json.loads((model / REPORT).read_text())
     return reports
 
@@ -77,38 +78,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000, help="documents in the demo corpus (default 2000)")
     parser.add_argument("--iceberg", action="store_true", help="also write the results to Iceberg tables")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = RunConfig(input=str(ROOT / "corpus"), output=str(ROOT / "output"),
+                       classifier_model=str(ROOT / "models" / Task.CLASSIFY.value),
+                       ner_model=str(ROOT / "models" / Task.NER.value))
+    # The console of `albert-batch run`: the demo's and the run's own lines with a progress line; Ray's output,
+    # the training's included, goes to the run's details log.
+    with RunConsole(config.run_id) as console:
+        return demo(args, config, console.say)
 
+
+def demo(args: argparse.Namespace, config: RunConfig, say: Callable[[str], None]) -> int:
     import ray
-    import ray.data
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # saving a small model is not long work
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # a 10-second run needs no progress log
-    # One Ray for training and the run; worker chatter stays in the Ray logs, the summary says what happened.
+    # One Ray for training and the run.
     ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    reports = build_models(ROOT / "models")
-    print(f"demo: building the corpus ({args.rows} documents) under {ROOT}", flush=True)
+    reports = build_models(ROOT / "models", say)
+    say(f"demo: building the corpus ({args.rows} documents) under {ROOT}")
     build_corpus(ROOT / "corpus", args.rows)
     output = ROOT / "output"
-    summary = run(RunConfig(input=str(ROOT / "corpus"), output=str(output),
-                            classifier_model=str(ROOT / "models" / Task.CLASSIFY.value),
-                            ner_model=str(ROOT / "models" / Task.NER.value)))
-    print()
-    print(format_summary(summary))
+    summary = run(config)
+    say("")
+    say(format_summary(summary))
     classify, ner = reports[Task.CLASSIFY]["best_metrics"], reports[Task.NER]["best_metrics"]
-    print(f"demo models, scored on the held-out eval split ({EVAL_DOCS} documents): "
-          f"classification accuracy {classify['accuracy']:.3f} (macro-F1 {classify['macro_f1']:.3f}); "
-          f"entity F1 {ner['f1']:.3f} (precision {ner['precision']:.3f}, recall {ner['recall']:.3f}); "
-          f"fine-tuned in {reports[Task.CLASSIFY]['seconds'] + reports[Task.NER]['seconds']:.0f}s together")
-    print(f"results: {output}  (read them with DuckDB, e.g. SELECT label, count(*) FROM "
-          f"read_parquet('{output}/classifications/*/*.parquet', hive_partitioning=true) GROUP BY 1)")
+    say(f"demo models, scored on the held-out eval split ({EVAL_DOCS} documents): "
+        f"classification accuracy {classify['accuracy']:.3f} (macro-F1 {classify['macro_f1']:.3f}); "
+        f"entity F1 {ner['f1']:.3f} (precision {ner['precision']:.3f}, recall {ner['recall']:.3f}); "
+        f"fine-tuned in {reports[Task.CLASSIFY]['seconds'] + reports[Task.NER]['seconds']:.0f}s together")
+    say(f"results: {output}  (read them with DuckDB, e.g. SELECT label, count(*) FROM "
+        f"read_parquet('{output}/classifications/*/*.parquet', hive_partitioning=true) GROUP BY 1)")
     if args.iceberg:
-        iceberg_demo(summary)
+        iceberg_demo(summary, say)
     return 0
 
 
-def iceberg_demo(hive: RunSummary) -> None:
+def iceberg_demo(hive: RunSummary, say: Callable[[str], None]) -> None:
     """The same corpus into Iceberg tables; read back through pyiceberg and DuckDB."""
     if not any(name.startswith("PYICEBERG_CATALOG__DEMO__") for name in os.environ):
         (ROOT / "iceberg/warehouse").mkdir(parents=True, exist_ok=True)
@@ -117,20 +122,20 @@ def iceberg_demo(hive: RunSummary) -> None:
                            "PYICEBERG_CATALOG__DEMO__WAREHOUSE": f"file://{ROOT}/iceberg/warehouse"})
     import duckdb
     from pyiceberg.catalog import load_catalog  # reads its configuration once, at import: after the lines above
-    print("\ndemo: the same corpus into Iceberg tables, iceberg://demo/reviews", flush=True)
+    say("\ndemo: the same corpus into Iceberg tables, iceberg://demo/reviews")
     config = RunConfig(input=str(ROOT / "corpus"), output="iceberg://demo/reviews",
                        classifier_model=str(ROOT / "models" / Task.CLASSIFY.value),
                        ner_model=str(ROOT / "models" / Task.NER.value))
     summary = run(config)
-    print(format_summary(summary))
-    print(f"publishing took {hive.timings['publish_s']:.2f}s to Hive folders (moves, manifests, _SUCCESS) and "
-          f"{summary.timings['publish_s']:.2f}s to Iceberg (three catalog commits)")
+    say(format_summary(summary))
+    say(f"publishing took {hive.timings['publish_s']:.2f}s to Hive folders (moves, manifests, _SUCCESS) and "
+        f"{summary.timings['publish_s']:.2f}s to Iceberg (three catalog commits)")
     table = load_catalog("demo").load_table("reviews.classifications")
     day = dict(config.partition)["dt"]
     labels = duckdb.arrow(table.scan(row_filter=f"dt == '{day}'").to_arrow()).aggregate(
         "label, count(*) AS n", "label").order("label").fetchall()
-    print(f"read back through pyiceberg and DuckDB, dt={day}: " + ", ".join(f"{label} {n}" for label, n in labels))
-    print("tables: " + ", ".join(summary.partitions.values()) + f"  (catalog database {ROOT}/iceberg/catalog.db)")
+    say(f"read back through pyiceberg and DuckDB, dt={day}: " + ", ".join(f"{label} {n}" for label, n in labels))
+    say("tables: " + ", ".join(summary.partitions.values()) + f"  (catalog database {ROOT}/iceberg/catalog.db)")
 
 
 if __name__ == "__main__":

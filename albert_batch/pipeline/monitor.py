@@ -1,5 +1,5 @@
-"""What watches a run while its stages work, from a thread of the driver: a progress line every
-``PROGRESS_S`` (units done, from the staging folder's records), and the cluster's capacity for model actors.
+"""What watches a run while its stages work, from a thread of the driver: its progress (rows staged, see
+`albert_batch.pipeline.progress`), and the cluster's capacity for model actors.
 
 Ray restarts a model actor whose node is lost on another node that can host it, and Ray Data waits for
 it meanwhile, however long that takes. When no node of the cluster can host a model actor any more (it
@@ -16,26 +16,29 @@ import time
 from collections.abc import Mapping
 
 from albert_batch.errors import NodeLost
-from albert_batch.pipeline import staging
+from albert_batch.pipeline import progress, staging
 from albert_batch.pipeline.interrupts import Interrupts
 from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0
-PROGRESS_S = 60.0
 
 
 class Monitor(threading.Thread):
-    def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], actor_needs: Mapping[str, float],
-                 wait_for_nodes_s: float, interrupts: Interrupts, progress_s: float = PROGRESS_S) -> None:
+    def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
+                 actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts) -> None:
+        """``unit_rows`` (unit -> rows) are the units this run processes, of ``total_rows`` input rows (the
+        others are reused); built as the processing starts, which the rate counts from."""
         super().__init__(name="albert-batch-monitor", daemon=True)
         self.folder = folder
         self.unit_rows = dict(unit_rows)
         self.actor_needs = {name: amount for name, amount in actor_needs.items() if amount > 0}
         self.wait_for_nodes_s = wait_for_nodes_s
         self.interrupts = interrupts
-        self.progress_s = progress_s
+        self.progress_s = progress.interval_s()
+        self.progress = progress.Progress(total_rows=total_rows, reused_rows=total_rows - sum(self.unit_rows.values()),
+                                          started=time.monotonic())
         self._done = threading.Event()
         self._pieces: dict[str, staging.Piece] = {}
 
@@ -43,9 +46,14 @@ class Monitor(threading.Thread):
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._done.set()
         self.join(timeout=10)
+        if exc_type is None:  # the stages are done: the last line says where they ended
+            try:
+                self._log_progress(logging.INFO)
+            except Exception as err:  # a failed look at the staging folder is the runner's to report
+                log.debug("monitor: %s", err)
 
     def run(self) -> None:
         had_capacity, lacking_since, pieces, stalled_since = False, None, -1, 0.0
@@ -73,7 +81,9 @@ class Monitor(threading.Thread):
                         return
                 if now >= next_progress:
                     next_progress = now + self.progress_s
-                    self._log_progress()
+                    self._log_progress(logging.INFO)
+                elif progress.log.isEnabledFor(logging.DEBUG):  # someone shows progress live
+                    self._log_progress(logging.DEBUG)
             except Exception as err:  # watching must never break the run it watches
                 log.debug("monitor: %s", err)
 
@@ -83,8 +93,6 @@ class Monitor(threading.Thread):
         total = ray.cluster_resources()  # the alive nodes' resources
         return all(total.get(name, 0.0) >= amount - 1e-9 for name, amount in self.actor_needs.items())
 
-    def _log_progress(self) -> None:
-        done, _ = staging.done_units(self.folder, self.unit_rows, self._pieces)
-        rows = sum(self.unit_rows[unit] for unit in done)
-        log.info("progress: %d of %d units staged (%d of %d rows)", len(done), len(self.unit_rows), rows,
-                 sum(self.unit_rows.values()))
+    def _log_progress(self, level: int) -> None:
+        done = progress.rows_staged(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
+        progress.log.log(level, self.progress.line(self.progress.reused_rows + done, time.monotonic()))

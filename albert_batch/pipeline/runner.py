@@ -204,8 +204,8 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
     limits = QueueLimits(rows=sizing.max_rows_ahead, rows_into_write=sizing.rows_per_file + sizing.max_rows_ahead,
                          bytes=QUEUE_BYTES)
     try:
-        with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, actor_needs=actor_needs,
-                      wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts),
+        with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
+                      actor_needs=actor_needs, wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts),
               bounded_queues(limits, batch_rows=sizing.batch_size)):
             _stream(job, sizing, units, sink)
     except Stopped:

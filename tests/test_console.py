@@ -1,0 +1,165 @@
+"""What a person sees of `albert-batch run`: its own lines and a progress line, the summary, nothing of Ray's
+internals; `-q` prints the summary alone. The CLI runs as users run it: in a terminal (a pseudo-terminal)
+and with its output piped."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from albert_batch.cli import RAY_JOB_ENV, RunConsole, TerminalLine, format_summary
+from albert_batch.errors import ConfigError
+from albert_batch.pipeline import progress
+from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, rows_staged
+from albert_batch.pipeline.runner import RunSummary
+from albert_batch.pipeline.staging import Piece
+from support import TRICKY_TEXTS, write_corpus
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# What Ray and its workers print, which the console must not show: Ray Data's operator tables and execution
+# plans, the core worker's lines, the token-auth notice, transformers' weight-loading bars and tqdm's bars.
+RAY_INTERNALS = ("Running Dataset", "Execution plan of Dataset", "logging_progress", "streaming_executor",
+                 "core_worker", "Token authentication", "Loading weights", "it/s]")
+
+
+def test_a_progress_line_counts_reused_rows_as_done_but_not_in_its_rate():
+    line = Progress(total_rows=10_000, reused_rows=2_000, started=100.0).line
+    assert line(2_000, 160.0) == "progress: 2,000 of 10,000 rows (20%, 2,000 reused), none staged yet"
+    assert line(5_000, 160.0) == "progress: 5,000 of 10,000 rows (50%, 2,000 reused), 50.0 rows/s, about 1m 40s left"
+    assert line(10_000, 260.0) == "progress: 10,000 of 10,000 rows (100%, 2,000 reused), 50.0 rows/s"
+    slow = Progress(total_rows=1_000_000, reused_rows=0, started=0.0)
+    assert slow.line(1_000, 100.0) == "progress: 1,000 of 1,000,000 rows (0%), 10.0 rows/s, about 27h 45m left"
+
+
+def test_rows_staged_counts_each_row_of_the_run_s_units_once():
+    """A retried write task's pieces repeat rows; pieces of units the run does not process are not its."""
+    pieces = [Piece(unit=0, name="a", run_id="r", ranges=[[0, 40]]),
+              Piece(unit=0, name="b", run_id="r", ranges=[[30, 60], [80, 90]]),  # a retry's, overlapping
+              Piece(unit=1, name="c", run_id="r", ranges=[[0, 10]]),
+              Piece(unit=7, name="d", run_id="r", ranges=[[0, 500]])]  # reused: not among the run's units
+    assert rows_staged(pieces, {0: 100, 1: 10}) == 60 + 10 + 10
+
+
+def test_the_progress_interval_can_be_set_and_a_bad_one_is_refused(monkeypatch):
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    assert interval_s() == progress.INTERVAL_S
+    monkeypatch.setenv(INTERVAL_ENV, "0.5")
+    assert interval_s() == 0.5
+    for bad in ("0", "-3", "soon"):
+        monkeypatch.setenv(INTERVAL_ENV, bad)
+        with pytest.raises(ConfigError, match=INTERVAL_ENV):
+            interval_s()
+
+
+def test_in_a_terminal_progress_rewrites_one_line_and_other_lines_print_above_it():
+    stream = io.StringIO()
+    handler = TerminalLine(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.INFO, __file__, 1, message, None, None)
+
+    handler.emit(record(progress.log.name, "progress: 1 of 9 rows"))
+    handler.emit(record(progress.log.name, "progress: 3 of 9 rows"))
+    handler.emit(record("albert_batch.pipeline.runner", "published"))
+    handler.clear()
+    assert stream.getvalue() == ("\r\x1b[Kprogress: 1 of 9 rows" "\r\x1b[Kprogress: 3 of 9 rows"
+                                 "\r\x1b[KINFO published\nprogress: 3 of 9 rows" "\r\x1b[K")
+
+
+def test_inside_a_ray_job_ray_data_keeps_its_progress_tables_to_its_own_log(monkeypatch):
+    """Inside a Ray job the job's log is the console (Airflow shows it), and nothing is redirected. Ray
+    Data's console handler then shows only its warnings and errors: its progress tables, every few seconds,
+    stay in its log file in the Ray session's logs."""
+    import ray.data  # noqa: F401  (configures the "ray.data" logger: a session log file and the console)
+
+    monkeypatch.setenv(RAY_JOB_ENV, "{}")
+
+    handlers = {h.name: h for h in logging.getLogger("ray.data").handlers}
+    assert handlers["console"].level == logging.INFO and handlers["file"].level < logging.INFO
+    with RunConsole("in-a-job") as console:
+        assert console.log_path is None
+        assert handlers["console"].level == logging.WARNING and handlers["file"].level < logging.INFO
+    assert handlers["console"].level == logging.INFO
+
+
+@pytest.fixture
+def job(tmp_path: Path, tiny_models: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command line of a small run, and its environment: progress lines every second."""
+    (tmp_path / "in").mkdir()
+    write_corpus(tmp_path / "in/part-0.parquet", list(range(24)), TRICKY_TEXTS * 2)
+    argv = [sys.executable, "-m", "albert_batch.cli", "run", "--input", str(tmp_path / "in"),
+            "--output", str(tmp_path / "out"), "--classifier-model", tiny_models["classifier"],
+            "--ner-model", tiny_models["ner"], "--partition", "dt=2026-12-01", "--precision", "fp32"]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "ALBERT_BATCH_CACHE": str(tmp_path / "cache"),
+           INTERVAL_ENV: "1"}
+    return argv, env
+
+
+def run_in_a_terminal(argv: list[str], env: dict[str, str], timeout_s: float = 300) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal as its stdin, stdout and stderr; its exit code and what it wrote."""
+    master, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    written, deadline = bytearray(), time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every holder of the terminal closed it
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        os.close(master)
+        if process.poll() is None and time.monotonic() >= deadline:
+            process.kill()
+    return process.wait(timeout=60), written.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_a_run_in_a_terminal_shows_progress_and_the_summary_and_none_of_ray_s_internals(job, tmp_path):
+    argv, env = job
+    code, written = run_in_a_terminal([*argv, "--run-id", "console"], env)
+    assert code == 0, written[-3000:]
+
+    shown = ANSI.sub("", written).replace("\r", "\n")
+    assert not [term for term in RAY_INTERNALS if term in shown], shown
+    assert "progress: 24 of 24 rows (100%)" in shown, shown
+    assert "run console: published 3 partitions" in shown
+    assert "rows: 24 in, 24 processed, 0 rejected" in shown
+    assert f"details of this run are logged to {tmp_path / 'cache/logs/run-console.log'}" in shown
+
+    details = (tmp_path / "cache/logs/run-console.log").read_text()
+    assert "Execution plan of Dataset" in details, "Ray's lines went to the details log"
+    assert len(re.findall(r"INFO albert_batch\.pipeline\.progress: progress: ", details)) >= 2, details
+
+
+@pytest.mark.slow
+def test_quiet_prints_the_summary_and_nothing_else(job, tmp_path):
+    argv, env = job
+    summary_file = tmp_path / "summary.json"
+    result = subprocess.run([*argv, "--run-id", "quiet", "-q", "--summary-json", str(summary_file)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(summary_file.read_text())
+    summary = RunSummary(**{f.name: figures[f.name] for f in dataclasses.fields(RunSummary)})
+    assert result.stdout == format_summary(summary) + "\n"
+    assert result.stderr == ""
+    assert "progress: 24 of 24 rows (100%)" in (tmp_path / "cache/logs/run-quiet.log").read_text()

@@ -4,8 +4,9 @@
         [--ner-model URI] [--text-column text] [--id-column id] [--partition KEY=VALUE ...]
         [--precision auto|fp32|bf16|fp16] [--run-id ID] [--ray-address ADDRESS] [--config FILE.yaml]
     albert-batch finetune --task classify|ner --train URI --eval URI --output URI ...
+    albert-batch pretrain --corpus URI --output URI (--init tiny|base | --base-model URI) ...
 
-Every flag is a field of `RunConfig`, `ResourceConfig` or `FinetuneConfig`, with the help text given
+Every flag is a field of `RunConfig`, `ResourceConfig`, `FinetuneConfig` or `PretrainConfig`, with the help text given
 there, so a new setting is added in one place. Exit codes are `albert_batch.errors.ExitCode`.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 from albert_batch.config import ResourceConfig, RunConfig, cache_home
 from albert_batch.errors import AlbertBatchError, ExitCode, Stopped, exit_code
 from albert_batch.pipeline import progress
-from albert_batch.training.config import FinetuneConfig
+from albert_batch.training.config import FinetuneConfig, PretrainConfig
 
 log = logging.getLogger("albert_batch")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -104,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(tune, FinetuneConfig, require=True)
     tune.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+    pre = commands.add_parser(
+        "pretrain",
+        help="pretrain ALBERT (masked LM + sentence-order prediction) on unlabelled Parquet with Ray Train; "
+        "writes a model folder `finetune --base-model` takes",
+        description="The corpus has id and text columns, as `run` reads them. Give exactly one of --base-model and --init.",
+    )
+    add_setting_flags(pre, PretrainConfig, require=True)
+    pre.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
 
 
@@ -147,11 +157,22 @@ def format_training(result: Any) -> str:
     return "\n".join(lines)
 
 
+def format_pretraining(result: Any) -> str:
+    lines = [f"pretrained in {result.seconds:.0f}s; model written to {result.output}"]
+    for e in result.evaluations:
+        lines.append(f"  step {e['step']} (epoch {e['epoch']}): held-out mlm_loss {e['mlm_loss']:.4f}, "
+                     f"mlm_accuracy {e['mlm_accuracy']:.4f}, sop_accuracy {e['sop_accuracy']:.4f}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
         return _finetune(args)
+    if args.command == "pretrain":
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
+        return _pretrain(args)
     try:
         config = config_from_args(args)
     except AlbertBatchError as err:
@@ -186,6 +207,18 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"albert-batch: {'error' if exit_code(err) == ExitCode.UNUSABLE else 'failed'}: {err}", file=sys.stderr)
         return exit_code(err)
     print(format_training(result))
+    return ExitCode.OK
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from albert_batch.training.pretrain import pretrain
+
+    try:
+        result = pretrain(PretrainConfig(**settings_from_args(PretrainConfig, args)))
+    except AlbertBatchError as err:
+        print(f"albert-batch: {'error' if exit_code(err) == ExitCode.UNUSABLE else 'failed'}: {err}", file=sys.stderr)
+        return exit_code(err)
+    print(format_pretraining(result))
     return ExitCode.OK
 
 

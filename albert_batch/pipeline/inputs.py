@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,8 +26,6 @@ from albert_batch.storage import Location
 
 if TYPE_CHECKING:
     import ray.data
-
-    from albert_batch.config import RunConfig
 
 IGNORED_PREFIXES = ("_", ".")
 UNIT_BYTES = 16 * 2**20  # uncompressed row groups per unit of work
@@ -166,7 +164,17 @@ def column_desc(name: str, arrow_type: pa.DataType) -> str:
     return f"{name!r} ({arrow_type})"
 
 
-def read_input(config: RunConfig, plan: InputPlan, units: list[WorkUnit], *, rows_per_block: int,
+class InputColumns(Protocol):
+    """The settings reading needs: a run's, or pretraining's (`albert_batch.training.config.PretrainConfig`)."""
+
+    @property
+    def id_column(self) -> str: ...
+
+    @property
+    def text_column(self) -> str: ...
+
+
+def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, rows_per_block: int,
                retries_to: Location | None = None) -> ray.data.Dataset:
     """The ``id`` and ``text`` columns of ``units``, with each row's unit and its row number in the unit, as
     a Ray dataset in blocks of at most ``rows_per_block`` rows.

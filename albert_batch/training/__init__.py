@@ -1,12 +1,16 @@
-"""Fine-tuning ALBERT on Ray Train (`albert-batch finetune`):
+"""Fine-tuning (`albert-batch finetune`) and pretraining (`albert-batch pretrain`) ALBERT on Ray Train:
 
-    config      FinetuneConfig, the typed settings
+    config      FinetuneConfig and PretrainConfig, the typed settings
     data        labelled Parquet in, checked; training rows; length-bucketed batches
     bio         character spans to BIO token labels (NER)
-    loop        what every Ray Train worker runs; scoring an epoch with the batch pipeline's predictor
+    loop        what every Ray Train worker of `finetune` runs; scoring an epoch with the batch pipeline's predictor
     metrics     accuracy, macro-F1, entity precision/recall/F1
     model_init  ALBERT built from scratch, offline: a SentencePiece tokenizer and fresh weights
     finetune    `finetune`: the above, end to end, and the training report
+    sop         documents to sentence-order pairs: consecutive segments of one document, in order or swapped
+    masking     whole-word n-gram masking for the masked LM
+    pretrain_loop  what every Ray Train worker of `pretrain` runs; scoring the held-out slice
+    pretrain    `pretrain`: the corpus streamed through Ray Data, end to end, and the pretraining report
 
 Importing this package imports nothing; Ray, torch and transformers are imported where they are used.
 """

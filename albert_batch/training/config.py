@@ -1,4 +1,4 @@
-"""Typed, validated settings of a fine-tuning run (`albert-batch finetune`)."""
+"""Typed, validated settings of fine-tuning (`albert-batch finetune`) and pretraining (`albert-batch pretrain`)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,68 @@ class FinetuneConfig:
         if self.learning_rate is not None:
             return self.learning_rate
         return 5e-5 if self.base_model else 2e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """Settings of one pretraining run (masked LM plus sentence-order prediction); validated at construction."""
+
+    corpus: str = setting(metavar="URI", help="unlabelled Parquet file or folder (local, file:// or s3://), read as "
+                          "`run` reads its input")
+    output: str = setting(metavar="URI", help="where the pretrained model folder goes (local or s3://)")
+    base_model: str | None = setting(None, metavar="URI",
+                                     help="ALBERT to continue pretraining: folder, s3:// prefix or hub id")
+    init: str | None = setting(None, choices=list(SIZES), help="pretrain ALBERT from scratch (offline), with a "
+                               "SentencePiece tokenizer trained on the corpus")
+    epochs: int = setting(3, type=int, metavar="N", help="passes over the corpus (default: 3)")
+    max_steps: int | None = setting(None, type=int, metavar="N",
+                                    help="stop after N optimizer steps, if that comes before the last epoch's end")
+    batch_size: int = setting(32, type=int, metavar="N", help="sequences per training step (default: 32)")
+    learning_rate: float | None = setting(None, type=float, metavar="LR",
+                                          help="AdamW learning rate (default 1e-4 with --base-model, 1e-3 with --init)")
+    mlm_probability: float = setting(0.15, type=float, metavar="P",
+                                     help="share of tokens masked, as whole words (default: 0.15)")
+    max_length: int = setting(512, type=int, metavar="TOKENS", help="tokens per training sequence (default: 512)")
+    report_every: int | None = setting(None, type=int, metavar="STEPS",
+                                       help="also score the held-out slice every N steps (default: after each epoch)")
+    seed: int = setting(0, type=int, metavar="N", help="random seed (default: 0)")
+    num_workers: int = setting(1, type=int, metavar="N", help="data-parallel Ray Train workers (default: 1)")
+    use_gpu: bool = setting(False, action="store_true", help="one GPU per worker")
+    vocab_size: int = setting(8000, type=int, metavar="N",
+                              help="SentencePiece vocabulary of a model built with --init (default: 8000)")
+    text_column: str = setting("text", metavar="NAME", help="text column (default: text)")
+    id_column: str = setting("id", metavar="NAME", help="id column; it decides the held-out slice (default: id)")
+    ray_address: str | None = setting(None, metavar="ADDRESS", help="'auto' or host:port to join a cluster")
+    allow_pickle_weights: bool = setting(False, action="store_true",
+                                         help="accept pytorch_model.bin weights of --base-model (runs pickle)")
+
+    def __post_init__(self) -> None:
+        if (self.base_model is None) == (self.init is None):
+            raise ConfigError("give exactly one of base_model (--base-model) and init (--init tiny|base)")
+        if self.init is not None and self.init not in SIZES:
+            raise ConfigError(f"init {self.init!r} must be one of {', '.join(SIZES)}")
+        corpus, output = Location.parse(self.corpus, what="corpus"), Location.parse(self.output, what="output")
+        if corpus.contains(output):
+            raise ConfigError(f"output {output} is the corpus location or inside it; choose a separate output")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("num_workers", 1), ("max_length", 16), ("vocab_size", 100)):
+            if int(getattr(self, name)) < low:
+                raise ConfigError(f"{name} must be at least {low}")
+        for name in ("max_steps", "report_every"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1 (or unset)")
+        if self.max_length > 512:
+            raise ConfigError("max_length must be at most 512 (ALBERT's position embeddings)")
+        if not 0 < self.mlm_probability < 1:
+            raise ConfigError("mlm_probability must be between 0 and 1, e.g. 0.15")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ConfigError("learning_rate must be between 0 and 1, e.g. 1e-4")
+        if not self.text_column or not self.id_column or self.text_column == self.id_column:
+            raise ConfigError("text_column and id_column must be two different, non-empty column names")
+
+    @property
+    def lr(self) -> float:
+        """1e-4 continues a pretrained model's training gently (domain-adaptive pretraining); a model built
+        from scratch learns in reasonable time only with a higher rate."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.base_model else 1e-3

@@ -115,18 +115,24 @@ def encode(texts: list[str], targets: list[Any], tokenizer: Any, task: Task, lab
     return pa.table({"input_ids": rows_ids, "labels": rows_labels})
 
 
+def length_buckets(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Row indexes in batches of similar length, in random order: the rows are shuffled, and every
+    ``BUCKET_BATCHES`` batches' worth of them is sorted by length and cut into batches."""
+    order = rng.permutation(len(lengths))
+    span = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def bucketed_batches(rows: list[dict[str, np.ndarray]], batch_size: int, rng: np.random.Generator,
                      pad_id: int) -> Iterator[dict[str, Any]]:
     """Shuffle, then group rows of similar length into batches (in random order) and pad them."""
     import torch
 
-    order = rng.permutation(len(rows))
-    span = batch_size * BUCKET_BATCHES
-    batches = []
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda i: len(rows[i]["input_ids"]))
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    for b in (batches[i] for i in rng.permutation(len(batches))):
+    for b in length_buckets([len(row["input_ids"]) for row in rows], batch_size, rng):
         width = max(len(rows[i]["input_ids"]) for i in b)
         ids = torch.full((len(b), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(b), width), dtype=torch.long)

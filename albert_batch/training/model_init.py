@@ -21,6 +21,8 @@ SIZES: dict[str, dict[str, Any]] = {
              "intermediate_size": 3072},
 }
 MAX_LENGTH = 512
+# The sentence-order head's two classes, as AlbertForPreTraining's sentence_order_label numbers them.
+SENTENCE_ORDER_LABELS = ("in_order", "swapped")
 
 
 def train_tokenizer(texts: Iterable[str], folder: str | Path, *, vocab_size: int = 8000) -> Path:
@@ -72,8 +74,31 @@ def init_model(
     """Write an untrained ALBERT model for ``task`` with ``labels`` into ``folder``.
 
     The tokenizer is trained on ``texts`` unless ``folder`` already holds one."""
+    from transformers import AlbertForSequenceClassification, AlbertForTokenClassification
+
+    head = AlbertForSequenceClassification if task is Task.CLASSIFY else AlbertForTokenClassification
+    _init(folder, head, labels, texts=texts, size=size, seed=seed, vocab_size=vocab_size,
+          initializer_range=initializer_range)
+    log.info("initialised %s %s model with %d labels in %s", size, task.value, len(labels), folder)
+    return Path(folder)
+
+
+def init_pretraining_model(folder: str | Path, *, texts: Iterable[str], size: str = "tiny", seed: int = 0,
+                           vocab_size: int = 8000) -> Path:
+    """Write an untrained `AlbertForPreTraining` (masked-LM and sentence-order heads) into ``folder``, with a
+    tokenizer trained on ``texts``."""
+    from transformers import AlbertForPreTraining
+
+    _init(folder, AlbertForPreTraining, SENTENCE_ORDER_LABELS, texts=texts, size=size, seed=seed,
+          vocab_size=vocab_size, initializer_range=0.02)
+    log.info("initialised %s pretraining model in %s", size, folder)
+    return Path(folder)
+
+
+def _init(folder: str | Path, head: Any, labels: Sequence[str], *, texts: Iterable[str] | None, size: str, seed: int,
+          vocab_size: int, initializer_range: float) -> None:
     import torch
-    from transformers import AlbertConfig, AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
+    from transformers import AlbertConfig, AutoTokenizer
 
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
@@ -94,8 +119,4 @@ def init_model(
         **SIZES[size],
     )
     torch.manual_seed(seed)
-    cls = AlbertForSequenceClassification if task is Task.CLASSIFY else AlbertForTokenClassification
-    model = cls(config)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    log.info("initialised %s %s model with %d labels in %s", size, task.value, len(labels), folder)
-    return folder
+    head(config).save_pretrained(str(folder), safe_serialization=True)

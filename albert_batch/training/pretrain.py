@@ -1,0 +1,365 @@
+"""Pretraining ALBERT on a user's own unlabelled Parquet corpus — masked-LM plus sentence-order prediction
+(SOP), the objective ALBERT was designed with — on Ray Train, into a model folder that
+`albert-batch finetune --base-model` takes directly.
+
+The driver checks the corpus as `run` checks its input (every Parquet footer, the id and text columns),
+prepares the starting model (a pretrained ALBERT, or one built offline with a SentencePiece tokenizer
+trained on the corpus) and writes it into the output location, where every node can read it. One streamed
+pass then counts documents, examples and SOP pairs, so an unusable corpus is refused before training, and
+collects the held-out slice: the documents whose id hashes into a small share (about a thousand documents,
+at most a tenth). Ray Train workers stream the rest of the corpus through Ray Data (`get_dataset_shard`),
+so a corpus need not fit in memory; Ray Train keeps its checkpoints in the output location too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from albert_batch import storage
+from albert_batch.contract import RejectReason
+from albert_batch.errors import AlbertBatchError, InputError, ModelLoadError, OutputError, StorageError, Transient
+from albert_batch.inference import models
+from albert_batch.pipeline.cluster import connect_ray, package_versions
+from albert_batch.pipeline.inputs import InputPlan, plan_input, read_input
+from albert_batch.pipeline.stages import reject_reasons
+from albert_batch.storage import Location
+from albert_batch.training import sop
+from albert_batch.training.config import PretrainConfig
+from albert_batch.training.masking import Masker
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+REPORT = "pretraining_report.json"
+WORK_DIR = "_pretraining"  # in the output: the starting model and Ray Train's checkpoints; removed at the end
+HASH_BUCKETS = 1_000_000
+HELD_OUT_DOCUMENTS = 1000  # about this many documents are held out, and at most a tenth of the corpus
+HELD_OUT_MAX_SHARE = 0.1
+# Fewer SOP pairs than these leave the sentence-order head untrained, or its held-out accuracy meaningless.
+MIN_TRAINING_PAIRS = 100
+MIN_HELD_OUT_PAIRS = 20
+TOKENIZER_CHARACTERS = 2**25  # a new tokenizer learns from the corpus's first 32 Mi characters of text
+ROWS_PER_BLOCK = 1024
+SIDES = ("training", "held_out")
+COUNTS = ("documents", "examples", "sop_pairs", "tokens")
+
+
+@dataclass
+class PretrainResult:
+    output: str
+    data: dict[str, Any]
+    evaluations: list[dict[str, Any]]  # the held-out scores before the first step and at every report
+    seconds: float
+
+
+def pretrain(config: PretrainConfig) -> PretrainResult:
+    """Pretrain, then write the model folder and ``pretraining_report.json`` (last) to ``config.output``."""
+    import ray
+
+    started = time.monotonic()
+    corpus = Location.parse(config.corpus, what="corpus")
+    output = Location.parse(config.output, what="output")
+    work = output.child(WORK_DIR)
+    plan = plan_input(corpus, id_column=config.id_column, text_column=config.text_column)
+    if not plan.num_rows:
+        raise InputError(f"corpus {corpus} is empty: its Parquet files hold no rows")
+    _start_output(output)
+    local = Path(tempfile.mkdtemp(prefix="albert-pretrain-"))
+    started_ray = connect_ray(config.ray_address)
+    try:
+        from transformers import AutoTokenizer
+
+        from albert_batch.training.pretrain_loop import EVALUATIONS, mask_held_out
+
+        base = prepare_base(config, plan, local / "base")
+        _upload(base, work.child("base"))
+        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        settings = ExampleSettings.of(config, tokenizer, held_out_buckets(plan.num_rows))
+        data = count_corpus(config, plan, settings)
+        masker = Masker(mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                        special_ids=frozenset(tokenizer.all_special_ids), probability=config.mlm_probability)
+        held_out = mask_held_out(corpus_examples(config, plan, settings, side="held_out").take_all(), masker,
+                                 config.seed)
+        trainer = _trainer(config, plan, settings, data, work, held_out, masker, pad_id=tokenizer.pad_token_id or 0)
+        try:
+            result = trainer.fit()
+        except Exception as err:  # Ray wraps worker failures; keep the root cause
+            raise AlbertBatchError(f"pretraining failed: {err}") from err
+        with result.checkpoint.as_directory() as folder:
+            evaluations = json.loads((Path(folder) / EVALUATIONS).read_text())
+            for path in sorted(Path(folder).iterdir()):
+                if path.is_file() and path.name != EVALUATIONS:
+                    storage.write_bytes(output.child(path.name), path.read_bytes())
+        storage.delete_dir(work)
+        seconds = round(time.monotonic() - started, 1)
+        storage.write_bytes(output.child(REPORT), json.dumps(_report(config, data, evaluations, seconds), indent=2,
+                                                             default=str).encode())
+        log.info("wrote the pretrained model to %s", output)
+        return PretrainResult(output=config.output, data=data, evaluations=evaluations, seconds=seconds)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()
+
+
+def _start_output(output: Location) -> None:
+    """Check that the output can be written before any work, and drop what an earlier run left there: its
+    report, which marks a complete model, and its working folder."""
+    try:
+        storage.check_writable(output)
+        storage.delete_file(output.child(REPORT))
+        storage.delete_dir(output.child(WORK_DIR))
+    except Transient:
+        raise
+    except StorageError as err:
+        raise OutputError(f"output {output} cannot be written: {err}") from err
+
+
+def prepare_base(config: PretrainConfig, plan: InputPlan, folder: Path) -> Path:
+    """The starting `AlbertForPreTraining` and its tokenizer, as a local folder."""
+    from transformers import AlbertForPreTraining, AutoTokenizer
+
+    from albert_batch.training.model_init import SENTENCE_ORDER_LABELS, init_pretraining_model
+
+    if config.init:
+        init_pretraining_model(folder, texts=tokenizer_texts(config, plan), size=config.init, seed=config.seed,
+                               vocab_size=config.vocab_size)
+        # Positions beyond the training length are never learnt: the tokenizer's length says so, as
+        # `finetune --init` does.
+        AutoTokenizer.from_pretrained(str(folder), model_max_length=config.max_length).save_pretrained(str(folder))
+        return folder
+    name = config.base_model or ""
+    local_dir, _ = models.resolve(name, allow_pickle_weights=config.allow_pickle_weights)
+    try:
+        model_type = json.loads((Path(local_dir) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"base model {name} has no readable config.json: {err}") from err
+    if model_type != "albert":
+        raise ModelLoadError(f"base model {name} is not ALBERT (model_type {model_type!r}); pretrain continues the "
+                             "pretraining of ALBERT models")
+    try:
+        # The sentence-order head has two classes, whatever head the base model was saved with.
+        model = AlbertForPreTraining.from_pretrained(
+            local_dir, id2label=dict(enumerate(SENTENCE_ORDER_LABELS)),
+            label2id={label: i for i, label in enumerate(SENTENCE_ORDER_LABELS)}, ignore_mismatched_sizes=True,
+            use_safetensors=None if config.allow_pickle_weights else True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(local_dir, trust_remote_code=False)
+    except Exception as err:  # from_pretrained raises many types for an unusable folder
+        raise ModelLoadError(f"cannot load base model {name}: {err}") from err
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise ModelLoadError(f"base model {name}: a fast (tokenizers-backed) tokenizer is needed for word boundaries")
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def tokenizer_texts(config: PretrainConfig, plan: InputPlan) -> list[str]:
+    """The corpus's first texts, up to `TOKENIZER_CHARACTERS`, for training a new tokenizer."""
+    texts: list[str] = []
+    size = 0
+    dataset = read_input(config, plan, list(plan.units()), rows_per_block=ROWS_PER_BLOCK)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for text in batch.column("text").to_pylist():
+            if text and text.strip():
+                texts.append(text)
+                size += len(text)
+        if size >= TOKENIZER_CHARACTERS:
+            break
+    if not texts:
+        raise InputError(f"corpus {plan.location} has no text to learn a tokenizer from: every one of its "
+                         f"{plan.num_rows} rows has a null or blank {config.text_column!r}")
+    return texts
+
+
+def held_out_buckets(rows: int) -> int:
+    """How many of `HASH_BUCKETS` id hashes are held out: about `HELD_OUT_DOCUMENTS` documents."""
+    return max(1, min(int(HASH_BUCKETS * HELD_OUT_MAX_SHARE), math.ceil(HASH_BUCKETS * HELD_OUT_DOCUMENTS / rows)))
+
+
+def is_held_out(key: str, buckets: int) -> bool:
+    """Whether the document with id ``key`` is held out; a stable hash, the same on every node and run."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % HASH_BUCKETS < buckets
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    """What turning corpus rows into examples needs in a Ray Data task. The tokenizer is the fast
+    tokenizer's backend (`tokenizers.Tokenizer`): unpickling a transformers tokenizer would import torch
+    and transformers in every task's worker."""
+
+    backend: Any
+    cls_id: int
+    sep_id: int
+    max_length: int
+    seed: int
+    held_out: int  # of HASH_BUCKETS
+
+    @classmethod
+    def of(cls, config: PretrainConfig, tokenizer: Any, held_out: int) -> ExampleSettings:
+        backend = tokenizer.backend_tokenizer
+        backend.no_truncation()
+        backend.no_padding()
+        return cls(backend, tokenizer.cls_token_id, tokenizer.sep_token_id, config.max_length, config.seed, held_out)
+
+
+def corpus_examples(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings, *,
+                    side: str) -> ray.data.Dataset:
+    """The training or held-out examples of the corpus, streamed."""
+    return read_input(config, plan, list(plan.units()), rows_per_block=ROWS_PER_BLOCK).map_batches(
+        batch_examples, fn_kwargs={"settings": settings, "side": side}, batch_format="pyarrow", batch_size=None)
+
+
+def count_corpus(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings) -> dict[str, Any]:
+    """Documents, examples, SOP pairs and tokens on each side, and the rows skipped by reason; refuses a
+    corpus with no documents or too few SOP pairs."""
+    counts = read_input(config, plan, list(plan.units()), rows_per_block=ROWS_PER_BLOCK).map_batches(
+        batch_counts, fn_kwargs={"settings": settings}, batch_format="pyarrow", batch_size=None)
+    total: Counter[str] = Counter()
+    for row in counts.take_all():  # a row per block; Dataset.sum would start a shuffle's actors for these few
+        total.update({name: int(value) for name, value in row.items()})
+    data: dict[str, Any] = {
+        "corpus": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows,
+        "skipped_rows": {r.value: total[r.value] for r in RejectReason},
+        "held_out_share": settings.held_out / HASH_BUCKETS,
+        **{side: {what: total[f"{side}_{what}"] for what in COUNTS} for side in SIDES},
+    }
+    if not data["training"]["documents"] + data["held_out"]["documents"]:
+        raise InputError(f"corpus {plan.location} has no documents to pretrain on: every one of its {plan.num_rows} "
+                         f"rows is skipped ({', '.join(f'{k}: {v}' for k, v in data['skipped_rows'].items() if v)})")
+    pairs = data["training"]["sop_pairs"], data["held_out"]["sop_pairs"]
+    if pairs[0] < MIN_TRAINING_PAIRS or pairs[1] < MIN_HELD_OUT_PAIRS:
+        raise InputError(
+            f"corpus {plan.location} has too few texts of two or more sentences for sentence-order prediction: "
+            f"{pairs[0]} pairs to train on and {pairs[1]} held out, of {MIN_TRAINING_PAIRS} and "
+            f"{MIN_HELD_OUT_PAIRS} needed (a pair is two consecutive segments of one text; sentences end at . ! ? "
+            "or a line break)")
+    return data
+
+
+def _documents(batch: pa.Table, settings: ExampleSettings) -> tuple[dict[str, list[list[sop.Example]]], Counter[str]]:
+    """Each usable row's examples, by side, and the rows skipped by reason (as `run` rejects them)."""
+    texts = batch.column("text").to_pylist()
+    reasons = reject_reasons(batch.column("id"), texts)
+    keys = [str(key) for key in batch.column("id").to_pylist()]
+    kept = [i for i, reason in enumerate(reasons) if reason is None]
+    documents: dict[str, list[list[sop.Example]]] = {side: [] for side in SIDES}
+    skipped = Counter(reason for reason in reasons if reason)
+    if not kept:
+        return documents, skipped
+    sentences = [sop.split_sentences(texts[i]) for i in kept]
+    encoded = settings.backend.encode_batch([s for doc in sentences for s in doc], add_special_tokens=False)
+    first = 0
+    for i, doc in zip(kept, sentences, strict=True):
+        tokenized = [(e.ids, e.word_ids) for e in encoded[first : first + len(doc)]]
+        first += len(doc)
+        examples = sop.document_examples(sop.segments(tokenized), max_length=settings.max_length,
+                                         rng=random.Random(f"{settings.seed}/{keys[i]}"), cls_id=settings.cls_id,
+                                         sep_id=settings.sep_id)
+        documents["held_out" if is_held_out(keys[i], settings.held_out) else "training"].append(examples)
+    return documents, skipped
+
+
+def batch_examples(batch: pa.Table, *, settings: ExampleSettings, side: str) -> pa.Table:
+    """The examples of a block of corpus rows (``id``, ``text``) on one side (``training`` or ``held_out``)."""
+    documents, _ = _documents(batch, settings)
+    examples = [e for doc in documents[side] for e in doc]
+    return pa.table({
+        "input_ids": pa.array([e.input_ids for e in examples], pa.list_(pa.int32())),
+        "token_type_ids": pa.array([e.token_type_ids for e in examples], pa.list_(pa.int8())),
+        "word_starts": pa.array([e.word_starts for e in examples], pa.list_(pa.bool_())),
+        "sentence_order": pa.array([e.sentence_order for e in examples], pa.int64()),
+    })
+
+
+def batch_counts(batch: pa.Table, *, settings: ExampleSettings) -> pa.Table:
+    """One row: a block's documents, examples, SOP pairs and tokens on each side, and its skipped rows."""
+    documents, skipped = _documents(batch, settings)
+    row: dict[str, list[int]] = {r.value: [skipped[r.value]] for r in RejectReason}
+    for side in SIDES:
+        examples = [e for doc in documents[side] for e in doc]
+        row[f"{side}_documents"] = [len(documents[side])]
+        row[f"{side}_examples"] = [len(examples)]
+        row[f"{side}_sop_pairs"] = [sum(e.sentence_order != sop.NO_PAIR for e in examples)]
+        row[f"{side}_tokens"] = [sum(len(e.input_ids) for e in examples)]
+    return pa.table({name: pa.array(values, pa.int64()) for name, values in row.items()})
+
+
+def _upload(folder: Path, target: Location) -> None:
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            storage.write_bytes(target.child(path.name), path.read_bytes())
+
+
+def _trainer(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings, data: dict[str, Any],
+             work: Location, held_out: list[Any], masker: Masker, *, pad_id: int) -> Any:
+    """A `TorchTrainer` streaming the training examples, starting from the uploaded base model."""
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from albert_batch.training.pretrain_loop import PretrainLoop, train_loop
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_worker = data["training"]["examples"] // config.num_workers
+    expected = config.epochs * max(1, math.ceil(per_worker / config.batch_size))
+    loop = PretrainLoop(
+        base=work.child("base").uri, epochs=config.epochs, stop_after=config.max_steps,
+        schedule_steps=min(expected, config.max_steps or expected), report_every=config.report_every,
+        batch_size=config.batch_size, learning_rate=config.lr, seed=config.seed, pad_id=pad_id, masker=masker,
+        held_out=held_out,
+        threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
+    )
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"loop": loop},
+        # One CPU stays free for Ray Data's read and tokenize tasks, which stream the corpus to the workers.
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": max(0, cpus - 1) / config.num_workers}
+                                     if not config.use_gpu else None),
+        run_config=RunConfig(name="pretrain", storage_path=work.child("ray_train").path,
+                             storage_filesystem=work.filesystem, checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        datasets={"train": corpus_examples(config, plan, settings, side="training")},
+    )
+
+
+def _report(config: PretrainConfig, data: dict[str, Any], evaluations: list[dict[str, Any]],
+            seconds: float) -> dict[str, Any]:
+    """``pretraining_report.json``: the data, the objective, hyperparameters and every held-out evaluation."""
+    hyperparameters = ("epochs", "max_steps", "batch_size", "seed", "num_workers", "max_length", "mlm_probability",
+                       "vocab_size")
+    return {
+        "base": config.base_model or f"init:{config.init}",
+        "data": data,
+        "objective": {
+            "masking": "whole words in n-grams of 1-3 words (P(n) proportional to 1/n), about mlm_probability of "
+                       "each sequence's tokens; 80% [MASK], 10% a random token, 10% unchanged; masked afresh "
+                       "every epoch, the held-out slice once",
+            "sentence_order": "consecutive segments of one document, swapped half of the time; single-segment "
+                              "examples train the masked LM only",
+            "short_sequence_probability": sop.SHORT_SEQ_PROB,
+        },
+        "hyperparameters": {k: v for k, v in asdict(config).items() if k in hyperparameters}
+        | {"learning_rate": config.lr, "optimizer": "AdamW", "weight_decay": 0.01, "schedule": "linear, 10% warmup"},
+        "evaluations": evaluations,
+        "final": evaluations[-1],
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "seconds": seconds,
+        "versions": package_versions(),
+    }

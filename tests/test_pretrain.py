@@ -21,10 +21,9 @@ from albert_batch.training.bio import IGNORE_INDEX
 from albert_batch.training.config import FinetuneConfig, PretrainConfig
 from albert_batch.training.finetune import prepare_base
 from albert_batch.training.masking import Masker
-from albert_batch.training.pretrain import (
+from albert_batch.training.pretrain import REPORT, WORK_DIR
+from albert_batch.training.pretrain_data import (
     HASH_BUCKETS,
-    REPORT,
-    WORK_DIR,
     ExampleSettings,
     batch_counts,
     batch_examples,

@@ -9,6 +9,7 @@
     finetune    `finetune`: the above, end to end, and the training report
     sop         documents to sentence-order pairs: consecutive segments of one document, in order or swapped
     masking     whole-word n-gram masking for the masked LM
+    pretrain_data  the corpus as examples, streamed: the held-out slice, the counts that refuse a corpus
     pretrain_loop  what every Ray Train worker of `pretrain` runs; scoring the held-out slice
     pretrain    `pretrain`: the corpus streamed through Ray Data, end to end, and the pretraining report
 

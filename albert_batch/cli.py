@@ -5,6 +5,7 @@
         [--precision auto|fp32|bf16|fp16] [--run-id ID] [--ray-address ADDRESS] [--config FILE.yaml]
     albert-batch finetune --task classify|ner --train URI --eval URI --output URI ...
     albert-batch pretrain --corpus URI --output URI (--init tiny|base | --base-model URI) ...
+    albert-batch report --output URI --partition KEY=VALUE [--against KEY=VALUE] [--to FILE.html]
 
 Every flag is a field of `RunConfig`, `ResourceConfig`, `FinetuneConfig` or `PretrainConfig`, with the help text given
 there, so a new setting is added in one place. Exit codes are `albert_batch.errors.ExitCode`.
@@ -114,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(pre, PretrainConfig, require=True)
     pre.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+    report = commands.add_parser(
+        "report",
+        help="write the quality report of a published partition (every run also publishes one beside it)",
+        description="Reads the partition's _quality.json; compares it with the partition its drift was measured "
+        "against (the previous one), or with --against.",
+    )
+    report.add_argument("--output", required=True, metavar="URI", help="the run's output (path, s3:// or iceberg://)")
+    report.add_argument("--partition", required=True, action="append", metavar="KEY=VALUE",
+                        help="the partition; repeat for several keys")
+    report.add_argument("--against", action="append", metavar="KEY=VALUE",
+                        help="compare with this partition instead; repeat for several keys")
+    report.add_argument("--to", metavar="FILE.html", help="where to write the report (default: report-<partition>.html)")
     return parser
 
 
@@ -136,6 +150,10 @@ def format_summary(summary: Any) -> str:
         + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(summary.rejects_by_reason.items()))})" if summary.rejected_rows else ""),
         f"throughput: {summary.rows_per_second:.1f} rows/s over {summary.seconds:.1f}s (precision {summary.precision})",
     ]
+    if summary.report:
+        lines.append(f"report: {summary.report}")
+    if summary.shifted:
+        lines.append(f"drift: {', '.join(summary.shifted)} shifted against the previous partition (see the report)")
     if summary.units.get("reused"):
         lines.append(f"resumed: {summary.units['reused']} of {summary.units['total']} units reused from run(s) "
                      f"{', '.join(summary.units['reused_from_runs'])}")
@@ -173,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pretrain":
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
         return _pretrain(args)
+    if args.command == "report":
+        return _report(args)
     try:
         config = config_from_args(args)
     except AlbertBatchError as err:
@@ -195,6 +215,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.summary_json, "w", encoding="utf-8") as fh:
             json.dump({**dataclasses.asdict(summary), "rows_per_second": summary.rows_per_second}, fh, indent=2,
                       default=str)
+    return ExitCode.OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from albert_batch.config import parse_partition
+    from albert_batch.contract import partition_path
+    from albert_batch.quality import stored_report
+
+    try:
+        partition = partition_path(parse_partition(args.partition))
+        against = partition_path(parse_partition(args.against)) if args.against else None
+        figures, page = stored_report(args.output, partition, against=against)
+    except AlbertBatchError as err:
+        print(f"albert-batch: error: {err}", file=sys.stderr)
+        return exit_code(err)
+    target = Path(args.to or f"report-{partition.replace('/', '_')}.html")
+    target.write_text(page, encoding="utf-8")
+    print(f"report of {partition}: {target.resolve()}")
+    if figures.drift:
+        print(f"drift against {figures.drift['against']}: "
+              + ", ".join(f"{name} {c['value']:.3f}{' SHIFTED' if c['shifted'] else ''}"
+                          for name, c in figures.drift["checks"].items()))
     return ExitCode.OK
 
 

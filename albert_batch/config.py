@@ -64,7 +64,7 @@ def today_partition() -> tuple[tuple[str, str], ...]:
     return (("dt", dt.datetime.now(dt.UTC).date().isoformat()),)
 
 
-def _parse_partition(value: Any) -> tuple[tuple[str, str], ...]:
+def parse_partition(value: Any) -> tuple[tuple[str, str], ...]:
     """Accept ``["k=v", ...]``, ``"k=v"``, a mapping or pairs; validate keys and values."""
     if isinstance(value, Mapping):
         pairs = [(str(k), _scalar_text(v)) for k, v in value.items()]
@@ -253,7 +253,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "tasks", _parse_tasks(self.tasks))
-        set_(self, "partition", _parse_partition(self.partition))
+        set_(self, "partition", parse_partition(self.partition))
         if isinstance(self.resources, Mapping):
             set_(self, "resources", _build(ResourceConfig, self.resources, "resources"))
         input_loc = Location.parse(self.input, what="input")

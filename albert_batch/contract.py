@@ -64,13 +64,12 @@ REJECT_FIELDS = (pa.field("reason", pa.string(), nullable=False), pa.field("run_
 @dataclass(frozen=True)
 class TaskOutput:
     """What one task writes: its table and the result columns its predictor gives for every accepted row
-    (a predictor's result is a dict with exactly these keys). ``counted`` is a result column whose values
-    the run summary counts, ``sampled`` a list column of which the summary shows a few non-empty rows."""
+    (a predictor's result is a dict with exactly these keys). ``sampled`` is a list column of which the run
+    summary shows a few non-empty rows."""
 
     task: Task
     table: str
     results: tuple[pa.Field, ...]
-    counted: str | None = None
     sampled: str | None = None
 
     def schema(self, id_type: pa.DataType) -> pa.Schema:
@@ -87,7 +86,6 @@ TASK_OUTPUTS: dict[Task, TaskOutput] = {
             pa.field("scores", SCORES_TYPE, nullable=False),
             pa.field("truncated", pa.bool_(), nullable=False),
         ),
-        counted="label",
     ),
     Task.NER: TaskOutput(
         task=Task.NER,

@@ -110,6 +110,8 @@ def demo(args: argparse.Namespace, config: RunConfig, say: Callable[[str], None]
         f"read_parquet('{output}/classifications/*/*.parquet', hive_partitioning=true) GROUP BY 1)")
     if args.iceberg:
         iceberg_demo(summary, say)
+    say(f"quality report of the partition (label mix, scores, entities, lengths, throughput, drift against the "
+        f"previous partition): {summary.report}")
     return 0
 
 

@@ -153,7 +153,8 @@ def test_scheduled_runs_retries_backfills_and_reruns_leave_one_complete_partitio
     days = ["2026-11-26", "2026-11-27"]
     for day in days:
         upload_corpus(s3, day, [*TRICKY_TEXTS, None, "  "])
-    configs = dag_configs(tmp_path / "dag-configs", "reviews_e2e", tiny_models, "output: s3://results/reviews")
+    configs = dag_configs(tmp_path / "dag-configs", "reviews_e2e", tiny_models,
+                          "output: s3://results/reviews\nquality: {max_reject_rate: 0.05}")  # on_breach: warn
     monkeypatch.setenv("ALBERT_BATCH_DAG_CONFIG_DIR", str(configs))
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     assert bag.import_errors == {}
@@ -183,6 +184,13 @@ def test_scheduled_runs_retries_backfills_and_reruns_leave_one_complete_partitio
     rejects = published(s3, "rejects").aggregate("reason, count(*)", "reason").order("reason").fetchall()
     assert rejects == [("blank_text", 2), ("null_text", 2)]
 
+    # The second date's corpus is the first's: its quality figures show no drift. Both dates breach the
+    # gate's max_reject_rate, which only warns: the runs succeeded, and the breach is in XCom.
+    checked = tis["validate_output"].xcom_pull(task_ids="validate_output")
+    assert checked["drift"]["against"] == f"dt={days[0]}" and not checked["drift"]["shifted"]
+    assert checked["quality_breaches"] == [reject_rate_breach(2)]
+    assert checked["report"] == f"s3://results/reviews/classifications/dt={days[1]}/_report.html"
+
     # Running a date again (a cleared task, a retry after the job finished): the job is reused, not repeated.
     first_run_id = _published_run_ids(s3, days[1])
     run_date(days[1])
@@ -196,6 +204,35 @@ def test_scheduled_runs_retries_backfills_and_reruns_leave_one_complete_partitio
     assert [new_run_id] != first_run_id
     counts = published(s3, "entities").aggregate("dt, count(*)", "dt").order("dt").fetchall()
     assert [(str(d), n) for d, n in counts] == [(d, len(TRICKY_TEXTS)) for d in days]
+
+
+def test_a_quality_gate_set_to_fail_fails_the_dag_run_on_a_breach(connections, ray_head, airflow_db, s3, tiny_models,
+                                                                   tmp_path, monkeypatch, capsys):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import DagRunState
+
+    day = "2026-11-25"
+    upload_corpus(s3, day, [*TRICKY_TEXTS, None, "  "])  # two rows are rejected
+    configs = dag_configs(tmp_path / "configs", "reviews_gated", tiny_models,  # its own output, so its own Assets
+                          "output: s3://results/gated\nquality: {max_reject_rate: 0.05, on_breach: fail}")
+    monkeypatch.setenv("ALBERT_BATCH_DAG_CONFIG_DIR", str(configs))
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    assert bag.import_errors == {}
+    capsys.readouterr()
+    dag_run = bag.dags["reviews_gated"].test(logical_date=dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC))
+    captured = capsys.readouterr()
+    task_log = captured.out + captured.err  # Airflow's task logging writes here outside a real worker
+
+    tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+    assert dag_run.state == DagRunState.FAILED
+    assert tis["run_batch_job"].state == "success" and tis["validate_output"].state == "failed"
+    assert tis["publish"].state == "upstream_failed"  # no Asset event for a partition that breaches its gate
+    assert f"breaches its quality gate: {reject_rate_breach(2)}" in task_log
+    assert f"quality report of dt={day}: s3://results/gated/classifications/dt={day}/_report.html" in task_log
+
+
+def reject_rate_breach(rejected: int) -> str:
+    return f"reject rate {rejected / (len(TRICKY_TEXTS) + rejected):.4f} > max_reject_rate 0.05"
 
 
 def _asset_events(uri: str) -> list[dict[str, Any]]:

@@ -22,6 +22,8 @@ from albert_batch.contract import Manifest
 from albert_batch.errors import ConfigError, ValidationError
 from albert_batch.iceberg import IcebergTarget, redact
 from albert_batch.pipeline.validate import validate_partition
+from albert_batch.quality import REPORT
+from albert_batch.quality.store import read_figures
 from support import FAKE_SECRET, TRICKY_TEXTS, read_published, write_corpus
 
 DAY = "dt=2026-11-21"
@@ -114,6 +116,12 @@ def test_an_iceberg_run_holds_the_same_rows_as_a_hive_run_and_records_its_lineag
                                                  "files": 1}
     with pytest.raises(ValidationError, match="published by run 'ice-run', not by run 'other'"):
         validate_partition("iceberg://local/reviews", DAY, ["classify", "ner"], run_id="other")
+
+    # Each table's partition report, beside the table's data: the same figures as the Hive run's.
+    reports = Path(classifications.location().removeprefix("file://")) / "_reports" / DAY
+    assert summary.report.removeprefix("file://") == str(reports / REPORT) and (reports / REPORT).is_file()
+    figures = read_figures("iceberg://local/reviews", DAY)
+    assert figures.run["run_id"] == "ice-run" and figures.rows == read_figures(tmp_path / "hive", DAY).rows
 
 
 @pytest.mark.slow

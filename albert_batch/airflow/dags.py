@@ -4,6 +4,10 @@ Each DAG run handles the partition of its logical date::
 
     wait_for_input >> run_batch_job >> validate_output >> publish
 
+``validate_output`` also applies the config's ``quality:`` gate to the partition's published figures
+(`albert_batch.quality.QualityGate`): a breach fails the task with ``on_breach: fail`` and is a warning
+otherwise, the default.
+
 Every key of a config file is listed in `DagSpec` (unknown keys are refused, naming the file), and
 the run settings are checked with `albert_batch.RunConfig` when the DAG is parsed. A config that cannot
 be used does not take the other configs' DAGs down with it: it becomes a DAG of one task,
@@ -25,6 +29,7 @@ from albert_batch import iceberg
 from albert_batch.config import ResourceConfig, RunConfig, load_yaml
 from albert_batch.contract import tables_for
 from albert_batch.errors import ConfigError
+from albert_batch.quality.figures import QualityGate
 from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ class DagSpec:
     aws_conn_id: str = "aws_default"
     job: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     wait_for_input: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    quality: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `albert_batch.quality.QualityGate`
     retries: int = 2
     retry_delay_minutes: float = 10.0
     source: str = "<code>"
@@ -73,6 +79,10 @@ class DagSpec:
             unknown = sorted(set(getattr(self, name)) - set(allowed))
             if unknown:
                 raise ConfigError(f"{where}: unknown {name} setting(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
+        try:
+            QualityGate.from_mapping(self.quality)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
         object.__setattr__(self, "start_date", aware_start_date(self.start_date, where))
         object.__setattr__(self, "output", output_uri(self.output, self.output_format, where))
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -189,7 +199,7 @@ def build_dag(spec: DagSpec) -> Any:
             runtime_env=job.get("runtime_env"), force_rerun="{{ params.force_rerun }}",
         )
         validate = ValidatePartitionOperator(task_id="validate_output", output_uri=spec.output, tasks=spec.tasks,
-                                             job=run.output, aws_conn_id=spec.aws_conn_id)
+                                             job=run.output, aws_conn_id=spec.aws_conn_id, quality=dict(spec.quality))
         assets = {table: Asset(uri=uri, name=f"{spec.dag_id}.{table}") for table, uri in spec.table_uris().items()}
         publish = PublishPartitionOperator(task_id="publish", summary=validate.output, table_assets=assets)
         sensor >> run >> validate >> publish

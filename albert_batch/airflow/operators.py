@@ -188,29 +188,49 @@ class RayBatchJobOperator(BaseOperator):
 
 
 class ValidatePartitionOperator(BaseOperator):
-    """Check the partition a job published (see `albert_batch.pipeline.validate.validate_partition`): ``job`` is
-    `RayBatchJobOperator`'s result. Returns the compact, secret-free run summary."""
+    """Check the partition a job published (see `albert_batch.pipeline.validate.validate_partition`), then its
+    quality figures against ``quality`` (`albert_batch.quality.QualityGate`'s fields; a breach fails the
+    task, not retried, when ``on_breach`` is ``fail``, and is logged as a warning otherwise). ``job`` is
+    `RayBatchJobOperator`'s result. Returns the compact, secret-free run summary, with the report's location
+    and the gate's breaches."""
 
     template_fields = ("output_uri", "job")
 
     def __init__(self, *, output_uri: str, tasks: Sequence[str], job: Any,
-                 aws_conn_id: str | None = AwsS3Hook.default_conn_name, **kwargs: Any) -> None:
+                 aws_conn_id: str | None = AwsS3Hook.default_conn_name, quality: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        from albert_batch.quality.figures import QualityGate
+
         self.output_uri = output_uri
         self.tasks = list(tasks)
         self.job = job
         self.aws_conn_id = aws_conn_id
+        self.gate = QualityGate.from_mapping(quality)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from albert_batch import storage
+        from albert_batch.contract import tables_for
         from albert_batch.pipeline.validate import validate_partition
+        from albert_batch.quality import REPORT
+        from albert_batch.quality import store as quality_store
 
+        partition = self.job["partition"]
         with storage.s3_settings(AwsS3Hook(self.aws_conn_id).settings()):
-            summary = validate_partition(self.output_uri, self.job["partition"], self.tasks,
-                                         run_id=self.job["run_id"]).as_dict()
+            summary = validate_partition(self.output_uri, partition, self.tasks, run_id=self.job["run_id"]).as_dict()
+            figures = quality_store.read_figures(self.output_uri, partition)
+            report = quality_store.report_folder(self.output_uri, tables_for(self.tasks)[0], partition).child(REPORT)
         self.log.info("%s of %s is complete and keeps the contract: %s", summary["partition"], self.output_uri,
                       json.dumps({k: summary[k] for k in ("run_id", "input_rows", "rejected_rows", "tables")}))
-        return {**summary, "submission_id": self.job["submission_id"], "reused_job": self.job["reused"]}
+        self.log.info("quality report of %s: %s", partition, report.uri)
+        breaches = self.gate.breaches(figures)
+        if breaches and self.gate.on_breach == "fail":
+            raise AirflowFailException(f"{partition} of {self.output_uri} breaches its quality gate: "
+                                       f"{'; '.join(breaches)} (report: {report.uri})")
+        for breach in breaches:
+            self.log.warning("quality gate (on_breach: warn): %s", breach)
+        return {**summary, "submission_id": self.job["submission_id"], "reused_job": self.job["reused"],
+                "report": report.uri, "quality_breaches": breaches, "drift": figures.drift}
 
 
 class PublishPartitionOperator(BaseOperator):

@@ -29,15 +29,19 @@ class ClassificationPredictor(Predictor):
     """One label per text: ``label``, ``score``, ``scores`` (every label) and ``truncated``."""
 
     task = Task.CLASSIFY
-    features: ClassVar[dict[str, pa.DataType]] = {"input_ids": pa.list_(pa.int32()), "truncated": pa.bool_()}
+    features: ClassVar[dict[str, pa.DataType]] = {"input_ids": pa.list_(pa.int32()), "tokens": pa.int32()}
 
     def preprocess(self, texts: Sequence[str]) -> Features:
+        """Token ids cut to the model's length, and each text's whole length in tokens."""
         budget = self.max_length - 2
-        ids, truncated = [], []
+        ids, tokens = [], []
         for row in self.encoder.ids(texts):
-            truncated.append(np.array(len(row) > budget))
+            tokens.append(np.array(len(row), dtype=np.int32))
             ids.append(np.asarray(row[:budget], dtype=np.int32))
-        return {"input_ids": ids, "truncated": truncated}
+        return {"input_ids": ids, "tokens": tokens}
+
+    def text_tokens(self, features: Features) -> list[int]:
+        return [int(n) for n in features["tokens"]]
 
     def sequences(self, features: Features) -> list[np.ndarray]:
         return [self._with_specials(ids) for ids in features["input_ids"]]
@@ -54,12 +58,13 @@ class ClassificationPredictor(Predictor):
     def postprocess(self, texts: Sequence[str], features: Features, logits: list[np.ndarray]) -> list[dict[str, Any]]:
         scores = SCORE_FUNCTIONS[self.score_function](np.stack(logits))
         best = scores.argmax(axis=-1)
+        budget = self.max_length - 2
         return [
             {
                 "label": self.labels[b],
                 "score": float(row[b]),
                 "scores": dict(zip(self.labels, row.tolist(), strict=True)),
-                "truncated": bool(truncated),
+                "truncated": bool(tokens > budget),
             }
-            for b, row, truncated in zip(best, scores, features["truncated"], strict=True)
+            for b, row, tokens in zip(best, scores, features["tokens"], strict=True)
         ]

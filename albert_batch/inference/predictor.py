@@ -165,6 +165,10 @@ class Predictor(ABC):
     def preprocess(self, texts: Sequence[str]) -> Features:
         """Tokenize texts into per-row arrays (content tokens only; special tokens are added later)."""
 
+    def text_tokens(self, features: Features) -> list[int]:
+        """Each text's length in tokens, special tokens excluded, before any truncation or windowing."""
+        return [len(ids) for ids in features["input_ids"]]
+
     # -- forward (device) -----------------------------------------------------------------------
     @abstractmethod
     def sequences(self, features: Features) -> list[np.ndarray]:

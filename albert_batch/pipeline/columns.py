@@ -13,6 +13,8 @@ from albert_batch.contract import Task
 UNIT = "unit"
 ROW = "row"
 POSITION = (UNIT, ROW)
+# The number of tokens of each accepted text (before truncation or windows), for the quality report.
+TOKENS = "tokens"
 
 
 def task_column(task: Task, name: str) -> str:

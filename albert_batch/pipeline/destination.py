@@ -6,7 +6,7 @@ columns the files carry beside the contract's, and how a finished run is publish
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
@@ -15,6 +15,7 @@ from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, Manifest, partition_path, tables_for
 from albert_batch.errors import OutputError, StorageError, Transient
 from albert_batch.pipeline import publish, staging
+from albert_batch.quality import store as quality_store
 from albert_batch.storage import Location
 
 
@@ -46,8 +47,14 @@ class Destination(ABC):
         return set()
 
     @abstractmethod
-    def publish(self, run_id: str, manifests: dict[str, Manifest]) -> None:
-        """Publish the staged files that ``manifests`` list, atomically per table; then drop the staging folder."""
+    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
+        """Publish the staged files that ``manifests`` list, atomically per table, with the partition's
+        ``reports`` (file name -> content, `albert_batch.quality`) beside each table; then drop the staging
+        folder."""
+
+    @abstractmethod
+    def report_uri(self, table: str, name: str) -> str:
+        """Where the published partition's report file ``name`` is for ``table``."""
 
     @abstractmethod
     def partition_uris(self, tables: Sequence[str]) -> dict[str, str]:
@@ -55,7 +62,7 @@ class Destination(ABC):
 
 
 class HiveFolders(Destination):
-    """``OUTPUT/<table>/<partition>/`` with ``_manifest.json`` and ``_SUCCESS`` (`pipeline.publish`)."""
+    """``OUTPUT/<table>/<partition>/`` with ``_manifest.json``, the reports and ``_SUCCESS`` (`pipeline.publish`)."""
 
     def __init__(self, output: Location, partition_path: str) -> None:
         self.output = output
@@ -72,15 +79,20 @@ class HiveFolders(Destination):
     def recover(self) -> None:
         publish.recover(self.output, self.partition_path)
 
-    def publish(self, run_id: str, manifests: dict[str, Manifest]) -> None:
-        publish.publish(self.output, run_id, self.partition_path, self.folder, manifests)
+    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
+        publish.publish(self.output, run_id, self.partition_path, self.folder, manifests, reports)
+
+    def report_uri(self, table: str, name: str) -> str:
+        return self.output.child(table, self.partition_path, name).uri
 
     def partition_uris(self, tables: Sequence[str]) -> dict[str, str]:
         return {table: self.output.child(table, self.partition_path).uri for table in tables}
 
 
 class IcebergTables(Destination):
-    """``iceberg://CATALOG/NAMESPACE``: one table per output table, one atomic commit per table (`albert_batch.iceberg`)."""
+    """``iceberg://CATALOG/NAMESPACE``: one table per output table, one atomic commit per table
+    (`albert_batch.iceberg`); a partition's reports are written right after its table's commit, to
+    ``<table location>/_reports/<partition>/`` (`albert_batch.quality.store`)."""
 
     empty_tables_need_a_file = False
 
@@ -120,11 +132,19 @@ class IcebergTables(Destination):
                 published.add(Location.parse(task.file.file_path))
         return published
 
-    def publish(self, run_id: str, manifests: dict[str, Manifest]) -> None:
+    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
         for table, manifest in manifests.items():  # a fixed order: the tasks' tables, then the rejects
             iceberg.replace_partition(self.catalog, self.target, table, self.partition_columns,
                                       [self.table_dirs[table].child(name) for name in manifest.files], manifest)
+            for name, content in reports.items():
+                storage.write_bytes(self._reports(table).child(name), content)
         staging.discard(self.folder)
+
+    def report_uri(self, table: str, name: str) -> str:
+        return self._reports(table).child(name).uri
+
+    def _reports(self, table: str) -> Location:
+        return quality_store.iceberg_reports(self.tables[table].location()).child(partition_path(self.partition))
 
     def partition_uris(self, tables: Sequence[str]) -> dict[str, str]:
         return {table: self.target.table_uri(table) for table in tables}

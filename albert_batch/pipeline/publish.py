@@ -2,9 +2,9 @@
 
 A run writes every file into its partition's staging folder, ``OUTPUT/_staging/<partition>/`` (consumers
 skip ``_`` folders; see `albert_batch.pipeline.staging`). When all rows are written and accounted for, it
-writes ``_COMMIT.json`` there — the point of no return — and then,
-for each table's partition: removes ``_SUCCESS``, removes the partition's old data files, moves the new
-files in, writes ``_manifest.json`` and finally ``_SUCCESS``. Consumers read a partition only when
+writes its reports (`albert_batch.quality`) and ``_COMMIT.json`` there — the point of no return — and then,
+for each table's partition: removes ``_SUCCESS``, removes the partition's old files, moves the new data
+files in, copies the reports in, writes ``_manifest.json`` and finally ``_SUCCESS``. Consumers read a partition only when
 ``_SUCCESS`` exists, so they see either the old complete partition or the new one.
 
 Every step is idempotent, so a run killed after its commit is finished by the next run of the same
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from albert_batch import storage
@@ -26,14 +27,20 @@ from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)
 
+REPORTS = "_reports"  # in the staging folder: the partition's reports, copied into each table's partition
+
 
 def publish(output: Location, run_id: str, partition_path: str, staging: Location,
-            manifests: dict[str, Manifest]) -> None:
-    """Commit the files staged in ``staging`` and publish one partition per table, as ``manifests`` list them."""
+            manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
+    """Commit the files staged in ``staging`` and publish one partition per table, as ``manifests`` list them,
+    with ``reports`` (file name -> content) in each."""
     commit = {"run_id": run_id, "partition_path": partition_path,
               "files": {table: manifest.files for table, manifest in manifests.items()},
-              "manifests": {table: dataclasses.asdict(manifest) for table, manifest in manifests.items()}}
+              "manifests": {table: dataclasses.asdict(manifest) for table, manifest in manifests.items()},
+              "reports": sorted(reports)}
     try:
+        for name, content in reports.items():
+            storage.write_bytes(staging.child(REPORTS, name), content)
         storage.write_bytes(staging.child(COMMIT), json.dumps(commit, indent=2, default=str).encode())
         apply_commit(output, staging, commit)
     except AlbertBatchError as err:
@@ -58,6 +65,8 @@ def apply_commit(output: Location, staging: Location, commit: dict[str, Any]) ->
                 storage.move(staged, target.child(name))
             elif not storage.exists(target.child(name)):
                 raise PublishError(f"staged file {staged} vanished before it was published")
+        for name in commit.get("reports", []):
+            storage.write_bytes(target.child(name), storage.read_bytes(staging.child(REPORTS, name)))
         storage.write_bytes(target.child(MANIFEST), json.dumps(commit["manifests"][table], indent=2, default=str).encode())
         storage.write_bytes(target.child(SUCCESS), b"")
         log.info("published %s", target)

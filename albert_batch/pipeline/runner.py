@@ -24,7 +24,7 @@ from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, Task, schema, tables_for
 from albert_batch.errors import AlbertBatchError, PublishError, Stopped
 from albert_batch.inference import models
-from albert_batch.inference.device import describe_precision
+from albert_batch.inference.device import describe_precision, slow_precision
 from albert_batch.inference.models import ModelInfo
 from albert_batch.pipeline import staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
@@ -36,6 +36,7 @@ from albert_batch.pipeline.monitor import Monitor
 from albert_batch.pipeline.sink import StagingSink, WriteReport, parquet_bytes
 from albert_batch.pipeline.sizing import StageSizing, size_stages
 from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+from albert_batch.quality import REPORT, partition_report
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class RunSummary:
     units: dict[str, Any] = field(default_factory=dict)  # total, reused, and the runs whose work was reused
     storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
     timings: dict[str, float] = field(default_factory=dict)  # seconds: checks_s, process_s, total_s, publish_s
+    report: str = ""  # the partition's report (`albert_batch.quality`), in its first table
+    shifted: list[str] = field(default_factory=list)  # the drift checks that fired against the previous partition
 
     @property
     def rows_per_second(self) -> float:
@@ -110,6 +113,8 @@ def run(config: RunConfig) -> RunSummary:
     a failed run publishes nothing it did not finish, and the next run of its partition reuses the work it
     staged. Called from the main thread, SIGTERM and SIGINT stop it with `Stopped`."""
     started, retries_before = time.monotonic(), Counter(storage.retries_made())
+    if warning := slow_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0):
+        log.warning("%s (judged by this machine's CPU; each model actor warns for its own)", warning)
     plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column)
     infos = {
         task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
@@ -317,7 +322,13 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     }
     manifests = {table: Manifest(table=table, rows=report.rows.get(table, 0), files=names, **shared)
                  for table, names in files.items()}
-    job.destination.publish(config.run_id, manifests)
+    run = {"run_id": config.run_id, "output": job.destination.uri, "models": shared["models"],
+           "precision": shared["precision"], "started_at": shared["started_at"], "finished_at": shared["finished_at"],
+           "seconds": round(seconds, 3), "rows_per_second": round(plan.num_rows / seconds, 1) if seconds else 0.0,
+           "units": units}
+    figures, reports = partition_report(report.quality, output=config.output_uri, partition_path=config.partition_path,
+                                        run=run, input_rows=plan.num_rows, rejects_by_reason=dict(report.rejects))
+    job.destination.publish(config.run_id, manifests, reports)
     return RunSummary(
         run_id=config.run_id,
         output=job.destination.uri,
@@ -335,5 +346,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         units=units,
         storage_retries=retries,
         timings=dict(job.timings),
+        report=job.destination.report_uri(tables_for(config.tasks)[0], REPORT),
+        shifted=figures.shifted,
     )
 

@@ -19,9 +19,10 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from albert_batch import storage
-from albert_batch.contract import REJECTS, TASK_OUTPUTS, Task, schema
+from albert_batch.contract import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_OUTPUTS, Task, schema
 from albert_batch.pipeline import heap, staging
-from albert_batch.pipeline.columns import ROW, UNIT, task_column
+from albert_batch.pipeline.columns import ROW, TOKENS, UNIT, task_column
+from albert_batch.quality.sketch import Sketch
 from albert_batch.storage import Location
 
 SAMPLE_ENTITIES = 5
@@ -29,14 +30,18 @@ SAMPLE_ENTITIES = 5
 
 @dataclass
 class WriteReport:
-    """What pieces of work staged: each table's files and rows, rejects by reason, counts of the counted
-    result column's values (labels), and a few rows of the sampled one (entities)."""
+    """What pieces of work staged: each table's files and rows, rejects by reason, a few rows of the sampled
+    column (entities), and the quality sketch of their rows (`albert_batch.quality.sketch`)."""
 
     files: dict[str, list[str]] = field(default_factory=dict)
     rows: Counter[str] = field(default_factory=Counter)
     rejects: Counter[str] = field(default_factory=Counter)
-    labels: Counter[str] = field(default_factory=Counter)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    quality: Sketch = field(default_factory=Sketch)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return self.quality.labels
 
     @classmethod
     def of(cls, pieces: Iterable[staging.Piece]) -> WriteReport:
@@ -46,7 +51,7 @@ class WriteReport:
                 total.files.setdefault(table, []).append(name)
             total.rows.update(piece.rows)
             total.rejects.update(piece.rejects)
-            total.labels.update(piece.labels)
+            total.quality.add(Sketch.from_dict(piece.quality))
             total.samples.extend(piece.samples[: SAMPLE_ENTITIES - len(total.samples)])
         return total
 
@@ -107,7 +112,7 @@ class StagingSink(Datasink[int]):
                                     parquet_bytes(self.with_partition_columns(table)))
         return staging.Piece(unit=unit, name=name, run_id=self.run_id, ranges=_ranges(batch.column(ROW)),
                              files=files, rows=dict(report.rows), rejects=dict(report.rejects),
-                             labels=dict(report.labels), samples=report.samples)
+                             samples=report.samples, quality=report.quality.as_dict())
 
     def with_partition_columns(self, table: pa.Table) -> pa.Table:
         """The table with the destination's partition columns (Iceberg's files carry them; Hive's folders do)."""
@@ -116,7 +121,8 @@ class StagingSink(Datasink[int]):
         return table
 
     def tables(self, batch: pa.Table, report: WriteReport) -> dict[str, pa.Table]:
-        """The output tables of one batch of the model stage; counts and samples go into ``report``."""
+        """The output tables of one batch of the model stage; counts, samples and the quality sketch go into
+        ``report``."""
         accepted_mask = pc.is_null(batch.column("reject_reason"))
         accepted = batch.filter(accepted_mask)
         rejected = batch.filter(pc.invert(accepted_mask))
@@ -129,10 +135,12 @@ class StagingSink(Datasink[int]):
                        "model": pa.array([uri] * accepted.num_rows, pa.string()), "run_id": run_ids,
                        "processed_at": accepted.column("processed_at")}
             tables[output.table] = pa.table(columns, schema=output.schema(self.id_type))
-            if output.counted:
-                report.labels.update(_value_counts(accepted.column(task_column(task, output.counted))))
             if output.sampled:
                 report.samples = _sample_rows(accepted, task_column(task, output.sampled))
+        report.quality = Sketch.of(
+            tokens=accepted.column(TOKENS), processed_at=accepted.column("processed_at"),
+            classifications=tables.get(CLASSIFICATIONS),
+            entities=tables[ENTITIES].column("entities") if ENTITIES in tables else None)
         reasons = rejected.column("reject_reason")
         report.rejects.update(_value_counts(reasons))
         tables[REJECTS] = pa.table(

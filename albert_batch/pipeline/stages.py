@@ -2,8 +2,8 @@
 ``__init__`` (once per actor), and maps an Arrow batch to an Arrow batch; both can be called directly
 on a small table, without a cluster.
 
-    TokenizeStage  id, text  ->  id, text, reject_reason, <task>.<feature>...      (CPU)
-    ModelStage     ...       ->  id, reject_reason, <task>.<result>..., processed_at (GPU or CPU)
+    TokenizeStage  id, text  ->  id, text, reject_reason, tokens, <task>.<feature>...      (CPU)
+    ModelStage     ...       ->  id, reject_reason, tokens, <task>.<result>..., processed_at (GPU or CPU)
 
 Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`).
 
@@ -26,7 +26,7 @@ from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Ta
 from albert_batch.inference.predictor import text_reject_reason
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
-from albert_batch.pipeline.columns import POSITION, from_list_array, task_column, to_list_array
+from albert_batch.pipeline.columns import POSITION, TOKENS, from_list_array, task_column, to_list_array
 
 
 def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> list[str | None]:
@@ -76,8 +76,11 @@ class TokenizeStage:
             "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
             "reject_reason": pa.array(reasons, pa.string()),
         }
-        for task, predictor in self.predictors.items():
+        for number, (task, predictor) in enumerate(self.predictors.items()):
             features = predictor.preprocess(accepted_texts) if accepted_texts else {}
+            if number == 0:  # lengths by the first task's tokenizer
+                counts = predictor.text_tokens(features) if accepted_texts else []
+                columns[TOKENS] = pa.array(_scatter(counts, accepted, len(texts), None), pa.int32())
             for name, arrow_type in predictor.features.items():
                 if pa.types.is_list(arrow_type):
                     values = _scatter(features.get(name, []), accepted, len(texts), np.empty(0))
@@ -132,7 +135,7 @@ class ModelStage:
         accepted = pc.is_null(batch.column("reject_reason")).to_numpy(zero_copy_only=False)
         texts = [t for t, ok in zip(batch.column("text").to_pylist(), accepted, strict=True) if ok]
         columns: dict[str, pa.Array] = {"id": batch.column("id"), **_positions(batch),
-                                         "reject_reason": batch.column("reject_reason")}
+                                         "reject_reason": batch.column("reject_reason"), TOKENS: batch.column(TOKENS)}
         for task, predictor in self.predictors.items():
             features = {}
             for name, arrow_type in predictor.features.items():

@@ -185,12 +185,9 @@ def format_pretraining(result: Any) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "finetune":
+    if args.command in ("finetune", "pretrain"):
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
-        return _finetune(args)
-    if args.command == "pretrain":
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
-        return _pretrain(args)
+        return _train(args)
     if args.command == "report":
         return _report(args)
     try:
@@ -240,27 +237,22 @@ def _report(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _finetune(args: argparse.Namespace) -> int:
-    from albert_batch.training.finetune import finetune
+def _train(args: argparse.Namespace) -> int:
+    """``finetune`` or ``pretrain``: build its settings from the flags, train, print the outcome."""
+    if args.command == "finetune":
+        from albert_batch.training.finetune import finetune as train
 
+        settings, describe = FinetuneConfig, format_training
+    else:
+        from albert_batch.training.pretrain import pretrain as train
+
+        settings, describe = PretrainConfig, format_pretraining
     try:
-        result = finetune(FinetuneConfig(**settings_from_args(FinetuneConfig, args)))
+        result = train(settings(**settings_from_args(settings, args)))
     except AlbertBatchError as err:
         print(f"albert-batch: {'error' if exit_code(err) == ExitCode.UNUSABLE else 'failed'}: {err}", file=sys.stderr)
         return exit_code(err)
-    print(format_training(result))
-    return ExitCode.OK
-
-
-def _pretrain(args: argparse.Namespace) -> int:
-    from albert_batch.training.pretrain import pretrain
-
-    try:
-        result = pretrain(PretrainConfig(**settings_from_args(PretrainConfig, args)))
-    except AlbertBatchError as err:
-        print(f"albert-batch: {'error' if exit_code(err) == ExitCode.UNUSABLE else 'failed'}: {err}", file=sys.stderr)
-        return exit_code(err)
-    print(format_pretraining(result))
+    print(describe(result))
     return ExitCode.OK
 
 

@@ -36,7 +36,7 @@ RAY_INTERNALS = ("Running Dataset", "Execution plan of Dataset", "logging_progre
 
 def test_a_progress_line_counts_reused_rows_as_done_but_not_in_its_rate():
     line = Progress(total_rows=10_000, reused_rows=2_000, started=100.0).line
-    assert line(2_000, 160.0) == "progress: 2,000 of 10,000 rows (20%, 2,000 reused), none staged yet"
+    assert line(2_000, 160.0) == "progress: 2,000 of 10,000 rows (20%, 2,000 reused), none done yet"
     assert line(5_000, 160.0) == "progress: 5,000 of 10,000 rows (50%, 2,000 reused), 50.0 rows/s, about 1m 40s left"
     assert line(10_000, 260.0) == "progress: 10,000 of 10,000 rows (100%, 2,000 reused), 50.0 rows/s"
     slow = Progress(total_rows=1_000_000, reused_rows=0, started=0.0)
@@ -50,6 +50,33 @@ def test_rows_staged_counts_each_row_of_the_run_s_units_once():
               Piece(unit=1, name="c", run_id="r", ranges=[[0, 10]]),
               Piece(unit=7, name="d", run_id="r", ranges=[[0, 500]])]  # reused: not among the run's units
     assert rows_staged(pieces, {0: 100, 1: 10}) == 60 + 10 + 10
+
+
+def test_the_model_stage_reports_each_finished_batch_to_the_run_s_row_counter(tiny_models, ray_cluster, monkeypatch):
+    import pyarrow as pa
+    import ray
+    import torch
+
+    from albert_batch.config import Precision
+    from albert_batch.contract import Task
+    from albert_batch.inference import models
+    from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+
+    counter = progress.start_row_counter()
+    uris = {Task.CLASSIFY: tiny_models["classifier"]}
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the stage sets it for its process: undone after the test
+    threads = torch.get_num_threads()
+    try:
+        model = ModelStage(model_uris=uris, weights_sha256={Task.CLASSIFY: models.inspect(uris[Task.CLASSIFY],
+                                                                                          Task.CLASSIFY).weights_sha256},
+                           precision=Precision.FP32, use_gpu=False, torch_threads=1, max_tokens_per_forward=512,
+                           window_overlap=0, row_counter=counter)
+        tokenize = TokenizeStage(model_uris=uris)
+        for texts in (["Anna flew to Berlin.", "  "], ["Krakow.", "Lisbon.", "Nairobi."]):
+            model(tokenize(pa.table({"id": list(range(len(texts))), "text": texts})))
+    finally:
+        torch.set_num_threads(threads)
+    assert ray.get(counter.total.remote()) == 5  # rejected rows too: they are done
 
 
 def test_the_progress_interval_can_be_set_and_a_bad_one_is_refused(monkeypatch):

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from albert_batch.errors import NodeLost
 from albert_batch.pipeline import progress, staging
@@ -27,11 +28,14 @@ POLL_S = 2.0
 
 class Monitor(threading.Thread):
     def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
-                 actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts) -> None:
+                 actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts,
+                 counter: Any = None) -> None:
         """``unit_rows`` (unit -> rows) are the units this run processes, of ``total_rows`` input rows (the
-        others are reused); built as the processing starts, which the rate counts from."""
+        others are reused); built as the processing starts, which the rate counts from. ``counter`` is the
+        model stage's `progress.RowCounter` actor."""
         super().__init__(name="albert-batch-monitor", daemon=True)
         self.folder = folder
+        self.counter = counter
         self.unit_rows = dict(unit_rows)
         self.actor_needs = {name: amount for name, amount in actor_needs.items() if amount > 0}
         self.wait_for_nodes_s = wait_for_nodes_s
@@ -95,4 +99,9 @@ class Monitor(threading.Thread):
 
     def _log_progress(self, level: int) -> None:
         done = progress.rows_staged(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
+        if self.counter is not None:
+            import ray
+
+            scored = ray.get(self.counter.total.remote(), timeout=10)
+            done = max(done, min(scored, sum(self.unit_rows.values())))
         progress.log.log(level, self.progress.line(self.progress.reused_rows + done, time.monotonic()))

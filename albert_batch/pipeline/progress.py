@@ -1,8 +1,9 @@
 """A run's progress as a person reads it: rows done of the total, rows per second and the time left.
 
-It is counted from the rows the writer has staged (the staging folder's piece records), not from Ray's
-metrics, so it reads the same on any cluster and counts a resumed run's reused rows as done, though not
-in its rate. It advances as write tasks stage their files (every ``rows_per_file`` rows per task).
+It is counted from the pipeline's own counters, not from Ray's metrics, so it reads the same on any
+cluster: the rows the model stage has finished (a `RowCounter` actor every model actor reports each batch
+to) or, when further, the rows the writer has staged (the staging folder's piece records, which also
+count a resumed run's reused rows as done, though not in its rate). It advances a batch at a time.
 
 `albert_batch.pipeline.monitor` logs a line here at INFO every `interval_s` seconds, the plain lines that
 logs, Ray jobs and Airflow show. A console that shows progress live (a terminal, `albert_batch.cli`)
@@ -15,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from albert_batch.errors import ConfigError
 from albert_batch.pipeline.staging import Piece
@@ -56,6 +58,29 @@ def rows_staged(pieces: Iterable[Piece], unit_rows: Mapping[int, int]) -> int:
     return rows
 
 
+class RowCounter:
+    """Rows the model stage has finished, as its actors report them (a batch retried after an actor died
+    counts twice; readers cap it at the rows to do)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def total(self) -> int:
+        return self.rows
+
+
+def start_row_counter() -> Any:
+    """A `RowCounter` actor that holds no CPU, on the driver's node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(RowCounter).remote()
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a run stands: ``total_rows`` of its input, ``reused_rows`` of them done by earlier runs, and
@@ -73,7 +98,7 @@ class Progress:
         text = f"progress: {done_rows:,} of {self.total_rows:,} rows ({share:.0%}{reused})"
         new_rows, seconds = done_rows - self.reused_rows, now - self.started
         if new_rows <= 0 or seconds <= 0:
-            return f"{text}, none staged yet"
+            return f"{text}, none done yet"
         rate = new_rows / seconds
         left = self.total_rows - done_rows
         return f"{text}, {rate:,.1f} rows/s" + (f", about {_duration(left / rate)} left" if left > 0 else "")

@@ -26,7 +26,7 @@ from albert_batch.errors import AlbertBatchError, PublishError, Stopped
 from albert_batch.inference import models
 from albert_batch.inference.device import describe_precision, slow_precision
 from albert_batch.inference.models import ModelInfo
-from albert_batch.pipeline import staging
+from albert_batch.pipeline import progress, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
 from albert_batch.pipeline.cluster import connect_ray, package_versions, worker_error
 from albert_batch.pipeline.destination import Destination, open_destination
@@ -209,10 +209,12 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
     limits = QueueLimits(rows=sizing.max_rows_ahead, rows_into_write=sizing.rows_per_file + sizing.max_rows_ahead,
                          bytes=QUEUE_BYTES)
     try:
+        counter = progress.start_row_counter()
         with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
-                      actor_needs=actor_needs, wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts),
+                      actor_needs=actor_needs, wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts,
+                      counter=counter),
               bounded_queues(limits, batch_rows=sizing.batch_size)):
-            _stream(job, sizing, units, sink)
+            _stream(job, sizing, units, sink, counter)
     except Stopped:
         raise
     except Exception as err:
@@ -223,7 +225,7 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
         raise failure from err
 
 
-def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: StagingSink) -> None:
+def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: StagingSink, counter: Any) -> None:
     """Read -> tokenize -> model -> write, streamed through Ray Data; returns once the sink has every row."""
     import ray.data
 
@@ -249,6 +251,7 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: Staging
             "max_tokens_per_forward": sizing.max_tokens_per_forward,
             "window_overlap": config.resources.ner_window_overlap,
             "allow_pickle_weights": config.allow_pickle_weights,
+            "row_counter": counter,
         },
         batch_format="pyarrow",
         batch_size=sizing.batch_size,

@@ -105,8 +105,11 @@ class ModelStage:
         max_tokens_per_forward: int,
         window_overlap: int,
         allow_pickle_weights: bool = False,
+        row_counter: Any = None,
     ):
+        """``row_counter``, a `albert_batch.pipeline.progress.RowCounter` actor, hears of every finished batch."""
         heap.use_the_system_allocator_for_arrow()
+        self.row_counter = row_counter
         # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
         # threads; torch reads the variable once, when it loads OpenMP (the first torch import below).
         # On CPUs the predictor runs ``torch_threads`` forward passes side by side, one thread each, so
@@ -150,4 +153,6 @@ class ModelStage:
         columns["processed_at"] = pa.array([now] * size, TIMESTAMP_TYPE)
         output = pa.table(columns)
         heap.return_freed_heap_pages()
+        if self.row_counter is not None:
+            self.row_counter.add.remote(size)  # not awaited: progress must never slow the stage
         return output

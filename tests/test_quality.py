@@ -191,3 +191,15 @@ def test_every_run_publishes_a_report_and_flags_a_partition_built_to_shift(tmp_p
     assert "Drift against dt=2026-11-01" in target.read_text()
     assert cli_main(["report", "--output", str(out), "--partition", "dt=2026-10-01"]) == ExitCode.FAILED
     assert "partition dt=2026-10-01 of" in capsys.readouterr().err
+
+
+def test_a_previous_partition_whose_figures_cannot_be_read_leaves_drift_unmeasured(tmp_path, caplog):
+    from albert_batch.quality import partition_report
+
+    folder = tmp_path / "rejects" / "dt=2026-11-01"
+    folder.mkdir(parents=True)
+    (folder / QUALITY).write_text("{not json")
+    found, files = partition_report(sketch_of(rows(30)), output=str(tmp_path), partition_path="dt=2026-11-02",
+                                    run={"run_id": "r"}, input_rows=30, rejects_by_reason={})
+    assert found.drift is None and json.loads(files[QUALITY])["drift"] is None
+    assert "drift not measured: the figures of dt=2026-11-01 cannot be read" in caplog.text

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from albert_batch.errors import AlbertBatchError
 from albert_batch.quality.figures import QUALITY, REPORT, QualityFigures, QualityGate, figures
 from albert_batch.quality.sketch import Sketch
 
@@ -31,7 +32,12 @@ def partition_report(sketch: Sketch, *, output: str, partition_path: str, run: M
     found = figures(sketch, partition=partition_path, run=run, input_rows=input_rows,
                     rejects_by_reason=rejects_by_reason)
     against = store.previous_partition(output, partition_path)
-    previous = store.read_figures(output, against) if against else None
+    previous = None
+    if against:
+        try:
+            previous = store.read_figures(output, against)
+        except (AlbertBatchError, ValueError, TypeError) as err:  # an unreadable old file must not fail today's run
+            log.warning("drift not measured: the figures of %s cannot be read: %s", against, err)
     found = found.with_drift(previous)
     if found.shifted:
         log.warning("partition %s shifted against %s: %s", partition_path, against,

@@ -41,6 +41,9 @@ class FinetuneConfig:
     ray_address: str | None = setting(None, metavar="ADDRESS", help="'auto' or host:port to join a cluster")
     allow_pickle_weights: bool = setting(False, action="store_true",
                                          help="accept pytorch_model.bin weights of --base-model (runs pickle)")
+    # Python API only: Ray resources every training worker needs besides its CPUs or GPU, such as a custom
+    # resource that only the nodes meant for training have ({"trainer": 1}).
+    worker_resources: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         try:

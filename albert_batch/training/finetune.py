@@ -2,10 +2,14 @@
 `albert-batch run` loads directly.
 
 The driver reads and checks the labelled data (`albert_batch.training.data`), prepares the starting
-model (a pretrained ALBERT, or one built offline with `albert_batch.training.model_init`) and tokenizes;
-`TorchTrainer` workers train data-parallel (`albert_batch.training.loop`), and after every epoch rank 0
-scores the eval split *through the batch pipeline's own predictor*, so the reported quality is the
-quality users get. The best epoch is kept.
+model (a pretrained ALBERT, or one built offline with `albert_batch.training.model_init`) into the output
+location, where every node can read it, and tokenizes; `TorchTrainer` workers train data-parallel
+(`albert_batch.training.loop`), and after every epoch rank 0 scores the eval split *through the batch
+pipeline's own predictor*, so the reported quality is the quality users get. The best epoch is kept.
+
+Ray Train's checkpoints are kept in the output location too (`albert_batch.training.workspace`): workers
+that fail are restarted from the last epoch's checkpoint, and a re-run of the same command after the
+driver was lost resumes from it.
 """
 
 from __future__ import annotations
@@ -22,17 +26,21 @@ from typing import Any
 
 from albert_batch import storage
 from albert_batch.contract import Task
-from albert_batch.errors import AlbertBatchError, ModelLoadError
+from albert_batch.errors import AlbertBatchError, ModelLoadError, OutputError, StorageError, Transient
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
 from albert_batch.storage import Location
+from albert_batch.training import workspace
 from albert_batch.training.config import FinetuneConfig
 from albert_batch.training.data import LabelledData, encode, label_names, read_labelled
-from albert_batch.training.loop import TrainLoop, train_loop
+from albert_batch.training.loop import TRAINING_STATE, TrainLoop, train_loop
 
 log = logging.getLogger(__name__)
 
 REPORT = "training_report.json"
+WORK_DIR = "_finetuning"  # in the output: the starting model and Ray Train's checkpoints; removed at the end
+RUN = "run.json"  # in WORK_DIR: the settings its checkpoints were trained with, written once the base is there
+MAX_FAILURES = 3  # restarts of the training workers from the last checkpoint before the run fails
 # What a tokenizer may be saved as; each one the base model has goes into every checkpoint.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -84,42 +92,76 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     train = read_labelled(config.train, config, what="train")
     evaluation = read_labelled(config.eval, config, what="eval")
     labels = label_names(config, train, evaluation)
-    workdir = Path(tempfile.mkdtemp(prefix="albert-finetune-"))
+    output = Location.parse(config.output, what="output")
+    work = output.child(WORK_DIR)
+    settings = json.dumps(_run_settings(config, labels), sort_keys=True, default=str).encode()
+    resuming = _start_output(output, settings)
+    local = Path(tempfile.mkdtemp(prefix="albert-finetune-"))
     started_ray = connect_ray(config.ray_address)
     try:
-        trainer = _trainer(config, labels, train, evaluation, workdir)
+        if resuming:
+            log.info("resuming fine-tuning from the checkpoints in %s", work)
+        else:
+            workspace.upload_base(prepare_base(config, labels, train.texts, local / "base"), work)
+            storage.write_bytes(work.child(RUN), settings)
+        trainer = _trainer(config, labels, train, evaluation, work)
         try:
             result = trainer.fit()
         except Exception as err:  # Ray wraps worker failures; keep the root cause
-            raise AlbertBatchError(f"fine-tuning failed: {err}") from err
+            raise AlbertBatchError(f"fine-tuning failed: {err}; running the same command again resumes from the "
+                                   f"last epoch's checkpoint in {work}") from err
         history = _history(result)
         best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["score"])
         report = _report(config, labels, train, evaluation, history, best_metrics, started)
         with best_checkpoint.as_directory() as folder:
-            _write_output(Path(folder), Location.parse(config.output, what="output"), report)
+            _write_output(Path(folder), output, work, report)
         return FinetuneResult(output=config.output, labels=labels, best_epoch=best_metrics["epoch"],
                               best_metrics=report["best_metrics"], epochs=history, seconds=report["seconds"])
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(local, ignore_errors=True)
         if started_ray:
             ray.shutdown()
 
 
+def _run_settings(config: FinetuneConfig, labels: tuple[str, ...]) -> dict[str, Any]:
+    """What decides the checkpoints' meaning: every setting but where Ray runs, and the labels."""
+    return {k: v for k, v in asdict(config).items() if k != "ray_address"} | {"labels": list(labels)}
+
+
+def _start_output(output: Location, settings: bytes) -> bool:
+    """Check that the output can be written before any work and drop an earlier run's report (which marks a
+    complete model). The working folder stays when an earlier run of the same settings left it, so that this
+    run resumes from its checkpoints (returns True); any other is removed."""
+    work = output.child(WORK_DIR)
+    try:
+        storage.check_writable(output)
+        storage.delete_file(output.child(REPORT))
+        if storage.exists(work.child(RUN)) and storage.read_bytes(work.child(RUN)) == settings:
+            return True
+        storage.delete_dir(work)
+    except Transient:
+        raise
+    except StorageError as err:
+        raise OutputError(f"output {output} cannot be written: {err}") from err
+    return False
+
+
 def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledData, evaluation: LabelledData,
-             workdir: Path) -> Any:
-    """A `TorchTrainer` over the encoded training rows, starting from the prepared base model."""
+             work: Location) -> Any:
+    """A `TorchTrainer` over the encoded training rows, starting from the base model in ``work``."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
 
-    base = prepare_base(config, labels, train.texts, workdir / "base")
+    base_uri = work.child(workspace.BASE).uri
+    base = Path(models.resolve(base_uri)[0])
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     label2id = {name: i for i, name in enumerate(labels)}
     encoded = encode(train.texts, train.targets, tokenizer, config.task, label2id, config.max_length, config.max_windows)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = workspace.node_cpus()
     loop = TrainLoop(
-        task=config.task, base=str(base), epochs=config.epochs, batch_size=config.batch_size,
+        task=config.task, base=base_uri, epochs=config.epochs, batch_size=config.batch_size,
         learning_rate=config.lr, seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
         threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
         tokenizer_files=tuple(n for n in TOKENIZER_FILES if (base / n).exists()),
@@ -127,15 +169,13 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
     return TorchTrainer(
         train_loop,
         train_loop_config={"loop": loop},
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": max(1, cpus // config.num_workers) - 0.5}
-                                     if not config.use_gpu else None),
-        run_config=RunConfig(
-            name="finetune", storage_path=str(workdir / "ray_train"),
-            # Every epoch's checkpoint is kept (they are small and temporary) so that the report has
-            # every epoch's metrics; the best is chosen afterwards.
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-        ),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu,
+            resources_per_worker=({"GPU": 1} if config.use_gpu else {"CPU": max(1, cpus // config.num_workers) - 0.5})
+            | dict(config.worker_resources or {})),
+        # Every epoch's checkpoint is kept (they are small and removed at the end) so that the report has
+        # every epoch's metrics; the best is chosen afterwards.
+        run_config=workspace.run_config("finetune", work, num_to_keep=None, max_failures=MAX_FAILURES),
         datasets={"train": ray.data.from_arrow(encoded)},
     )
 
@@ -168,10 +208,12 @@ def _history(result: Any) -> list[dict[str, Any]]:
             for row in frame[keep].to_dict(orient="records")]
 
 
-def _write_output(folder: Path, output: Location, report: dict[str, Any]) -> None:
-    """Copy the model folder and the report; the report goes last, so its presence marks a complete model."""
+def _write_output(folder: Path, output: Location, work: Location, report: dict[str, Any]) -> None:
+    """Copy the model folder, remove the working folder, and write the report; the report goes last, so its
+    presence marks a complete model."""
     for path in sorted(folder.iterdir()):
-        if path.is_file():
+        if path.is_file() and path.name != TRAINING_STATE:
             storage.write_bytes(output.child(path.name), path.read_bytes())
+    storage.delete_dir(work)
     storage.write_bytes(output.child(REPORT), json.dumps(report, indent=2, default=str).encode())
     log.info("wrote the fine-tuned model to %s", output)

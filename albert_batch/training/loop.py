@@ -15,7 +15,10 @@ from albert_batch.config import Precision
 from albert_batch.contract import Task
 from albert_batch.inference import models
 from albert_batch.training import metrics
-from albert_batch.training.data import LabelledData, bucketed_batches
+from albert_batch.training.data import LabelledData, bucketed_batches, length_buckets
+
+# In every checkpoint beside the model: the optimizer's and the schedule's state and the epoch, to resume from.
+TRAINING_STATE = "training_state.pt"
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class TrainLoop:
     """The settings every Ray Train worker gets (as ``train_loop_config={"loop": TrainLoop(...)}``)."""
 
     task: Task
-    base: str  # the prepared starting model's folder
+    base: str  # the prepared starting model, where every node can read it (the output location)
     epochs: int
     batch_size: int
     learning_rate: float
@@ -51,7 +54,9 @@ def evaluate(folder: str, task: Task, evaluation: LabelledData) -> dict[str, flo
 
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: AdamW with linear warm-up and decay; every epoch, rank 0 saves the
-    model as a checkpoint and reports its eval scores."""
+    model, with the optimizer's state, as a checkpoint and reports its eval scores. Workers that start with a
+    checkpoint (restarted after a failure, or a re-run) continue after its epoch, replaying the shuffles of
+    the epochs before it, so that they train on the batches an uninterrupted run would."""
     import ray.train
     import torch
     from transformers import (
@@ -65,17 +70,31 @@ def train_loop(config: dict[str, Any]) -> None:
     if loop.threads:
         torch.set_num_threads(loop.threads)
     cls = AlbertForSequenceClassification if loop.task is Task.CLASSIFY else AlbertForTokenClassification
-    model = ray.train.torch.prepare_model(cls.from_pretrained(loop.base))
+    base, _ = models.resolve(loop.base)
+    checkpoint = ray.train.get_checkpoint()
+    state: dict[str, Any] = {"epoch": 0}
+    if checkpoint is None:
+        model = cls.from_pretrained(base)
+    else:
+        with checkpoint.as_directory() as folder:
+            model = cls.from_pretrained(folder)
+            state = torch.load(Path(folder) / TRAINING_STATE, weights_only=True)
+    model = ray.train.torch.prepare_model(model)
     shard = ray.train.get_dataset_shard("train")
     rows = [row for batch in shard.iter_batches(batch_size=4096, batch_format="numpy")
             for row in ({k: batch[k][i] for k in batch} for i in range(len(batch["input_ids"])))]
     steps = loop.epochs * max(1, -(-len(rows) // loop.batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
+    if checkpoint is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
     rank = ray.train.get_context().get_world_rank()
     rng = np.random.default_rng(loop.seed + rank)
+    for _ in range(state["epoch"]):
+        length_buckets([len(row["input_ids"]) for row in rows], loop.batch_size, rng)
     device = ray.train.torch.get_device()
-    for epoch in range(1, loop.epochs + 1):
+    for epoch in range(state["epoch"] + 1, loop.epochs + 1):
         started = time.monotonic()
         model.train()
         total, count = 0.0, 0
@@ -87,24 +106,31 @@ def train_loop(config: dict[str, Any]) -> None:
             schedule.step()
             optimizer.zero_grad()
             total, count = total + float(loss), count + 1
+        # resumed_from: the epoch of the checkpoint these workers started from (0: the base model).
         scores: dict[str, Any] = {"epoch": epoch, "loss": total / max(1, count),
-                                  "epoch_seconds": round(time.monotonic() - started, 2)}
+                                  "epoch_seconds": round(time.monotonic() - started, 2),
+                                  "resumed_from": int(state["epoch"])}
         if rank == 0:
-            _report_with_checkpoint(loop, model, scores)
+            training_state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+            _report_with_checkpoint(loop, base, model, training_state, scores)
         else:
             ray.train.report(scores)
 
 
-def _report_with_checkpoint(loop: TrainLoop, model: Any, scores: dict[str, Any]) -> None:
-    """Save the epoch's model with the tokenizer, score it on the eval split, and report both."""
+def _report_with_checkpoint(loop: TrainLoop, base: str, model: Any, training_state: dict[str, Any],
+                            scores: dict[str, Any]) -> None:
+    """Save the epoch's model with the tokenizer and the training state, score it on the eval split, and
+    report both."""
     import ray.train
+    import torch
     from ray.train import Checkpoint
 
     folder = tempfile.mkdtemp(prefix=f"epoch-{scores['epoch']}-")
     unwrapped = model.module if hasattr(model, "module") else model
     unwrapped.save_pretrained(folder, safe_serialization=True)
     for name in loop.tokenizer_files:
-        shutil.copy(Path(loop.base) / name, Path(folder) / name)
+        shutil.copy(Path(base) / name, Path(folder) / name)
+    torch.save(training_state, Path(folder) / TRAINING_STATE)
     scores.update(evaluate(folder, loop.task, loop.evaluation))
     scores["score"] = scores["macro_f1" if loop.task is Task.CLASSIFY else "f1"]
     ray.train.report(scores, checkpoint=Checkpoint.from_directory(folder))

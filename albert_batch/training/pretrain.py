@@ -30,7 +30,7 @@ from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
 from albert_batch.pipeline.inputs import InputPlan, plan_input, read_input
 from albert_batch.storage import Location
-from albert_batch.training import sop
+from albert_batch.training import sop, workspace
 from albert_batch.training.config import PretrainConfig
 from albert_batch.training.masking import Masker
 from albert_batch.training.pretrain_data import (
@@ -76,7 +76,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         from albert_batch.training.pretrain_loop import EVALUATIONS, mask_held_out
 
         base = prepare_base(config, plan, local / "base")
-        _upload(base, work.child("base"))
+        base_uri = workspace.upload_base(base, work)
         tokenizer = AutoTokenizer.from_pretrained(str(base))
         settings = ExampleSettings.of(config, tokenizer, held_out_buckets(plan.num_rows))
         data = count_corpus(config, plan, settings)
@@ -84,7 +84,8 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
                         special_ids=frozenset(tokenizer.all_special_ids), probability=config.mlm_probability)
         held_out = mask_held_out(corpus_examples(config, plan, settings, side="held_out").take_all(), masker,
                                  config.seed)
-        trainer = _trainer(config, plan, settings, data, work, held_out, masker, pad_id=tokenizer.pad_token_id or 0)
+        trainer = _trainer(config, plan, settings, data, work, base_uri, held_out, masker,
+                           pad_id=tokenizer.pad_token_id or 0)
         try:
             result = trainer.fit()
         except Exception as err:  # Ray wraps worker failures; keep the root cause
@@ -175,26 +176,19 @@ def tokenizer_texts(config: PretrainConfig, plan: InputPlan) -> list[str]:
     return texts
 
 
-def _upload(folder: Path, target: Location) -> None:
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            storage.write_bytes(target.child(path.name), path.read_bytes())
-
-
 def _trainer(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings, data: dict[str, Any],
-             work: Location, held_out: list[Any], masker: Masker, *, pad_id: int) -> Any:
+             work: Location, base: str, held_out: list[Any], masker: Masker, *, pad_id: int) -> Any:
     """A `TorchTrainer` streaming the training examples, starting from the uploaded base model."""
-    import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from albert_batch.training.pretrain_loop import PretrainLoop, train_loop
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = workspace.node_cpus()
     per_worker = data["training"]["examples"] // config.num_workers
     expected = config.epochs * max(1, math.ceil(per_worker / config.batch_size))
     loop = PretrainLoop(
-        base=work.child("base").uri, epochs=config.epochs, stop_after=config.max_steps,
+        base=base, epochs=config.epochs, stop_after=config.max_steps,
         schedule_steps=min(expected, config.max_steps or expected), report_every=config.report_every,
         batch_size=config.batch_size, learning_rate=config.lr, seed=config.seed, pad_id=pad_id, masker=masker,
         held_out=held_out,
@@ -207,8 +201,7 @@ def _trainer(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": max(0, cpus - 1) / config.num_workers}
                                      if not config.use_gpu else None),
-        run_config=RunConfig(name="pretrain", storage_path=work.child("ray_train").path,
-                             storage_filesystem=work.filesystem, checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        run_config=workspace.run_config("pretrain", work, num_to_keep=1),
         datasets={"train": corpus_examples(config, plan, settings, side="training")},
     )
 

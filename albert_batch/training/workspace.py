@@ -1,0 +1,44 @@
+"""Where a training run keeps what every node reads: a working folder in the run's output location holding
+the starting model (``base/``) and Ray Train's checkpoints (``ray_train/``). On a cluster the output is
+``s3://…``, so workers on any node load the model through `albert_batch.inference.models.resolve` and Ray
+Train resumes from checkpoints that outlive the worker (and the driver) that wrote them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from albert_batch import storage
+from albert_batch.storage import Location
+
+BASE = "base"
+CHECKPOINTS = "ray_train"
+
+
+def upload_base(folder: Path, work: Location) -> str:
+    """Copy the prepared starting model into ``work``; returns the location the workers load it from."""
+    target = work.child(BASE)
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            storage.write_bytes(target.child(path.name), path.read_bytes())
+    return target.uri
+
+
+def run_config(name: str, work: Location, *, num_to_keep: int | None, max_failures: int = 0) -> Any:
+    """Ray Train's `RunConfig` with its storage in ``work``: a re-run with the same ``name`` and ``work``
+    restores the checkpoints of the run before it, and a failed worker group restarts from the latest one
+    up to ``max_failures`` times."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    checkpoints = work.child(CHECKPOINTS)
+    return RunConfig(name=name, storage_path=checkpoints.path, storage_filesystem=checkpoints.filesystem,
+                     checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+                     failure_config=FailureConfig(max_failures=max_failures))
+
+
+def node_cpus() -> int:
+    """The CPUs of the largest alive node: a worker runs on one node, so its share comes from one node's
+    CPUs, not the cluster's."""
+    import ray
+
+    return int(max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=1)) or 1

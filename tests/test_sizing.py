@@ -22,6 +22,12 @@ def test_cpu_clusters_leave_a_whole_cpu_for_io_tasks(cpus):
     assert sizing.gpus_per_model_actor == 0
 
 
+def test_on_a_cluster_of_small_nodes_a_model_actor_fits_one_node_and_leaves_it_a_cpu():
+    sizing = size_stages(RunConfig(**BASE), {"CPU": 4}, node_cpus=2)  # two nodes of two CPUs
+    assert sizing.model_actors == 1 and sizing.cpus_per_model_actor == 1 and sizing.torch_threads == 2
+    assert size_stages(RunConfig(**BASE), {"CPU": 4}).cpus_per_model_actor == 2.25  # one node of four
+
+
 def test_fractional_gpus_put_several_replicas_on_each_gpu():
     config = RunConfig(**BASE, resources={"num_gpus_per_actor": 0.25})
     sizing = size_stages(config, {"CPU": 16, "GPU": 2})

@@ -144,7 +144,8 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     resumed = staging.prepare(job.folder, job.destination.table_dirs, job.key, config.run_id, job.unit_rows,
                               fresh=config.fresh, published=job.destination.published_files)
     phase = job.lap("checks_s", job.started)
-    sizing = size_stages(config, ray.cluster_resources())
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
+    sizing = size_stages(config, ray.cluster_resources(), node_cpus)
     todo = [u for u in job.units if u.index not in resumed.done]
     if todo:
         log.info("stage sizing: %s", sizing)

@@ -45,14 +45,16 @@ class StageSizing:
     rows_per_file: int
 
 
-def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
-    """Derive the stage layout from the cluster's resources; settings in ``config.resources`` win.
+def size_stages(config: RunConfig, cluster: dict[str, float], node_cpus: float | None = None) -> StageSizing:
+    """Derive the stage layout from the cluster's resources (``node_cpus``: the largest node's CPUs, where
+    the cluster has several); settings in ``config.resources`` win.
 
     Ray Data's list, read and write tasks each ask for a whole logical CPU, so the actors' reservations
     leave one CPU free or the pipeline would deadlock; settings that would not raise ConfigError. Logical
     reservations only schedule: a CPU model actor runs torch on its whole share of the cores (tokenizing
     and I/O take little).
-    CPU clusters: one model actor per 8 CPUs, one tokenizer actor per 64 CPUs.
+    CPU clusters: one model actor per 8 CPUs, one tokenizer actor per 64 CPUs; an actor's share fits one
+    node and leaves it a CPU (a share of the whole cluster larger than any node would never be scheduled).
     GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
     it, several tokenizer actors per GPU on the CPUs left, and GPU-sized forward passes."""
     res = config.resources
@@ -61,7 +63,7 @@ def size_stages(config: RunConfig, cluster: dict[str, float]) -> StageSizing:
     if res.num_gpus_per_actor > 0:
         sizing = _size_gpu_stages(config, spare, float(cluster.get("GPU", 0.0)))
     else:
-        sizing = _size_cpu_stages(config, cpus, spare)
+        sizing = _size_cpu_stages(config, cpus, spare, node_cpus or cpus)
     reserved = sizing.model_actors * sizing.cpus_per_model_actor + sizing.tokenizer_actors * sizing.cpus_per_tokenizer_actor
     if reserved > spare + 1e-6:
         raise ConfigError(
@@ -77,11 +79,11 @@ def tokens_per_forward(resources: ResourceConfig, *, gpu: bool) -> int:
     return resources.max_tokens_per_forward or (GPU_TOKENS_PER_FORWARD if gpu else CPU_TOKENS_PER_FORWARD)
 
 
-def _size_cpu_stages(config: RunConfig, cpus: float, spare: float) -> StageSizing:
+def _size_cpu_stages(config: RunConfig, cpus: float, spare: float, node_cpus: float) -> StageSizing:
     res = config.resources
     actors = res.model_actors or max(1, int(cpus // CPUS_PER_MODEL_ACTOR))
-    cpus_per_actor = res.num_cpus_per_actor or spare * 0.75 / actors
-    threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(cpus // actors)
+    cpus_per_actor = res.num_cpus_per_actor or min(spare * 0.75 / actors, max(0.5, node_cpus - 1))
+    threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(min(cpus // actors, node_cpus))
     tokenizers = res.tokenizer_actors or math.ceil(cpus / CPUS_PER_TOKENIZER_ACTOR)
     batch_size = res.batch_size or BATCH_ROWS
     return StageSizing(

@@ -31,6 +31,9 @@ class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    # Opt-in, CPUs only: the linear layers' weights in int8, activations quantised per pass (torch's dynamic
+    # quantisation); faster than fp32 on CPUs without AMX, at a measured cost in agreement (BENCHMARKS.md).
+    INT8 = "int8"
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | None = None, default_factory: Any = None,
@@ -216,6 +219,9 @@ def check_precision(value: Precision | str, *, gpu: bool, gpu_setting: str) -> P
         raise ConfigError(f"precision {value!r} is not one of {', '.join(p.value for p in Precision)}") from None
     if precision is Precision.FP16 and not gpu:
         raise ConfigError(f"precision fp16 needs {gpu_setting}; on CPUs use bf16 or fp32")
+    if precision is Precision.INT8 and gpu:
+        raise ConfigError(f"precision int8 runs on CPUs only (its int8 kernels are CPU kernels), not with {gpu_setting}; "
+                          "on GPUs use auto, bf16 or fp16")
     return precision
 
 
@@ -236,7 +242,8 @@ class RunConfig:
         default_factory=today_partition, metavar="KEY=VALUE", action="append",
         help="output partition; repeat for several keys (default: dt=<today, UTC>)")
     precision: Precision = setting(Precision.AUTO, choices=[p.value for p in Precision],
-                                   help="model precision (default: auto)")
+                                   help="model precision: auto, fp32, bf16, fp16 (GPU actors) or int8 (CPU actors, "
+                                        "opt-in) (default: auto)")
     run_id: str = setting(default_factory=new_run_id, metavar="ID",
                           help="run id recorded in every row (default: generated)")
     ray_address: str | None = setting(

@@ -103,8 +103,8 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
               tuned: bool = False) -> dict[str, Any]:
     """(d) The best hand-written loop: pre-tokenized, sorted by length, batches capped at a token budget
     (padding included), torch on every core. It does no I/O and no postprocessing. ``tuned`` adds what
-    albert-batch's CPU model actors do on top: the fused GELU, and one forward pass per core side by side,
-    each on one thread, instead of one pass on every core."""
+    albert-batch's CPU model actors do on top: the fused GELU (in bf16, as theirs), and one forward pass per
+    core side by side, each on one thread, instead of one pass on every core."""
     import torch
     from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
 
@@ -116,7 +116,7 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     cls = AlbertForSequenceClassification if task == "classify" else AlbertForTokenClassification
     net = cls.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
     threads = torch.get_num_threads()
-    if tuned:
+    if tuned and dtype != "float32":
         fuse_tanh_gelu(net)
     rows = tokenizer(texts, truncation=True, verbose=False)["input_ids"]
     batches = token_budget_batches(np.array([len(r) for r in rows]), tokens_per_forward)
@@ -138,7 +138,7 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     run_all(tensors)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "rows": len(rows), "forwards": len(batches), "threads": threads,
-            "side_by_side_passes": tuned}
+            "side_by_side_passes": tuned, "dtype": dtype}
 
 
 def model_ceiling(model: str, texts_file: str, use_gpu: bool, seconds: float, batch_rows: int,
@@ -171,9 +171,10 @@ def model_ceiling(model: str, texts_file: str, use_gpu: bool, seconds: float, ba
             "device": str(predictor.device)}
 
 
-def agreement(task: str, model: str, texts_file: str) -> dict[str, Any]:
-    """bf16 against fp32 on the corpus, through the pipeline's own predictors: the share of documents with
-    the same label, or, for NER, the F1 of bf16's entity spans (label, start, end) against fp32's."""
+def agreement(task: str, model: str, texts_file: str, precisions: list[str]) -> dict[str, Any]:
+    """Each of ``precisions`` against fp32 on the corpus, through the pipeline's own predictors: the share of
+    documents with the same label, or, for NER, the F1 of the entity spans (label, start, end) against
+    fp32's; with each precision's time over fp32's (both include loading the model)."""
     from albert_batch.config import Precision
     from albert_batch.contract import Task
     from albert_batch.inference import models
@@ -181,23 +182,28 @@ def agreement(task: str, model: str, texts_file: str) -> dict[str, Any]:
 
     texts = json.loads(Path(texts_file).read_text())
     info = models.inspect(model, Task(task), hash_weights=False)
-    results = {}
-    for precision in (Precision.FP32, Precision.BF16):
+    results, seconds = {}, {}
+    for precision in (Precision.FP32, *map(Precision, precisions)):
         started = time.perf_counter()
         results[precision] = build_predictor(info, precision=precision)(texts)
-        results[f"{precision}_s"] = time.perf_counter() - started
-    fp32, bf16 = results[Precision.FP32], results[Precision.BF16]
-    timings = {"fp32_s": results["fp32_s"], "bf16_s": results["bf16_s"]}
+        seconds[precision] = time.perf_counter() - started
+    fp32 = results.pop(Precision.FP32)
+    return {precision.value: {**_agreement(task, fp32, other, len(texts)), "fp32_s": seconds[Precision.FP32],
+                              "seconds": seconds[precision], "speedup": seconds[Precision.FP32] / seconds[precision]}
+            for precision, other in results.items()}
+
+
+def _agreement(task: str, fp32: list[dict[str, Any]], other: list[dict[str, Any]], docs: int) -> dict[str, Any]:
     if task == "classify":
-        same = sum(a["label"] == b["label"] for a, b in zip(fp32, bf16, strict=True))
+        same = sum(a["label"] == b["label"] for a, b in zip(fp32, other, strict=True))
         margins = [_margin(r["scores"]) for r in fp32]
-        return {"label_agreement": same / len(texts), "median_fp32_margin": float(np.median(margins)), **timings}
+        return {"label_agreement": same / docs, "median_fp32_margin": float(np.median(margins))}
     want = [{(e["label"], e["start"], e["end"]) for e in r["entities"]} for r in fp32]
-    got = [{(e["label"], e["start"], e["end"]) for e in r["entities"]} for r in bf16]
+    got = [{(e["label"], e["start"], e["end"]) for e in r["entities"]} for r in other]
     common = sum(len(w & g) for w, g in zip(want, got, strict=True))
     total = sum(len(w) + len(g) for w, g in zip(want, got, strict=True))
     return {"entity_span_agreement": 2 * common / total if total else 1.0, "fp32_entities": sum(map(len, want)),
-            "identical_documents": sum(w == g for w, g in zip(want, got, strict=True)) / len(texts), **timings}
+            "identical_documents": sum(w == g for w, g in zip(want, got, strict=True)) / docs}
 
 
 def _margin(scores: dict[str, float]) -> float:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import DTYPES, compute_dtype, share
+
 # The targets for albert-batch end to end on >= 2,000 documents (issue 6).
 TARGET_DOCS = 2000
 TARGETS: dict[str, dict[str, float]] = {
@@ -29,15 +31,17 @@ def steady_rate(batches: list[list[float]], *, of: str = "tokens", actors: int =
     return sum(b[column] for b in batches[actors:]) / elapsed if elapsed > 0 else None
 
 
-def ratios(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """albert-batch against each baseline, per corpus size and task, and whether each target is met."""
+def ratios(measurements: list[dict[str, Any]], ceilings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """albert-batch (each of its precisions: ``albert_batch``, ``albert_batch[int8]``, ...) against each
+    baseline, per corpus size and task, its steady state as a share of the machine's ceiling, and whether
+    each target is met."""
     by_key = {(m["docs"], m["task"], m["contender"]): m for m in measurements}
     rows = []
-    for docs, task in dict.fromkeys((m["docs"], m["task"]) for m in measurements):
-        ours = by_key.get((docs, task, "albert_batch"))
-        if ours is None:
-            continue
-        row: dict[str, Any] = {"docs": docs, "task": task, "albert_batch_tokens_per_s": ours["tokens_per_s"]}
+    for docs, task, label in dict.fromkeys((m["docs"], m["task"], m["contender"]) for m in measurements
+                                           if m["contender"].startswith("albert_batch")):
+        ours = by_key[(docs, task, label)]
+        row: dict[str, Any] = {"docs": docs, "task": task, "contender": label,
+                               "albert_batch_tokens_per_s": ours["tokens_per_s"]}
         for name, baseline in RATIO_BASELINES.items():
             other = by_key.get((docs, task, baseline))
             row[name] = round(ours["tokens_per_s"] / other["tokens_per_s"], 2) if other else None
@@ -47,6 +51,7 @@ def ratios(measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  if k in by_key]
         hand = max(loops, default=None)  # the best hand loop, plain or with the pipeline's model-level tuning
         row["steady_tokens_per_s"] = round(steady, 1) if steady else None
+        row["steady_share_of_ceiling"] = share(steady, compute_dtype(ours["details"]), ceilings)
         row["hand_loop_tokens_per_s"] = hand
         row["steady_vs_hand_loop"] = round(steady / hand, 3) if steady and hand else None
         row["targets"] = targets_met(row) if docs >= TARGET_DOCS else {}
@@ -64,22 +69,42 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
 def _verdict(row: dict[str, Any], name: str) -> str:
     met = row["targets"].get(name)
     return "" if met is None else (" ✓" if met else " ✗")
 
 
 def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    features = ", ".join(name for name, present in m.get("features", {}).items() if present) or "none of them"
     lines = [f"# Benchmark results ({report['started_at']})", "",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, "
-             f"{report['machine']['memory_gib']} GiB, AMX bf16: {report['machine']['amx_bf16']}. "
-             f"Load average at start {_loads(report['load_average_at_start'])}, at end "
-             f"{_loads(report['load_average_at_end'])}. Models: {report['models']['size']}.", ""]
+             f"Machine: {m['cpu']} ({m.get('cpu_class', '?')} class; of AMX, AVX-512, AVX-512-BF16, AVX2 it has: "
+             f"{features}), {m['cpus']} CPUs, {m['memory_gib']} GiB. Load average at start "
+             f"{_loads(report['load_average_at_start'])}, at end {_loads(report['load_average_at_end'])}. "
+             f"Models: {report['models']['size']}.", ""]
+    if report.get("ceilings"):
+        lines += _ceilings(report["ceilings"])
     if "measurements" in report:
         lines += _throughput(report) + _ratio_table(report) + _agreement(report)
     if "streaming" in report:
         lines += _streaming(report["streaming"])
     return "\n".join(lines) + "\n"
+
+
+def _ceilings(c: dict[str, Any]) -> list[str]:
+    shape = "×".join(map(str, c["matmul_shape"]))
+    return ["## The machine's ceiling", "",
+            f"Matrix products ({shape} as (m×k)·(k×n)): one core's rate, timed by its CPU time, times "
+            f"{c['threads']} cores; and the tokens/s they allow the model at {c['mflops_per_token']:.0f} MFLOP per "
+            "token:", "",
+            "| dtype | GFLOP/s | ceiling tokens/s |", "| --- | ---: | ---: |",
+            *[f"| {d} | {c['gflops'][d]:.1f} | {c['tokens_per_s'][d]:,.0f} |" for d in DTYPES], "",
+            "Shares below are of the ceiling of the dtype a contender multiplies in (bf16 where it runs bf16, fp32 "
+            "otherwise, int8 included: an int8 run may pass 100%).", ""]
 
 
 def _loads(values: list[float]) -> str:
@@ -88,11 +113,13 @@ def _loads(values: list[float]) -> str:
 
 def _throughput(report: dict[str, Any]) -> list[str]:
     lines = ["## Throughput", "",
-             "| docs | task | contender | seconds | real tokens/s | docs/s | peak PSS GiB | Σ RSS GiB |",
-             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| docs | task | contender | seconds | real tokens/s | share of ceiling | docs/s | peak PSS GiB "
+             "| Σ RSS GiB |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for m in report["measurements"]:
         lines.append(f"| {m['docs']} | {m['task']} | {m['contender']} | {m['seconds']:.1f} | {m['tokens_per_s']:.0f} | "
-                     f"{m['docs_per_s']:.1f} | {m['peak_pss_gib']:.2f} | {m['peak_rss_sum_gib']:.2f} |")
+                     f"{_percent(m.get('share_of_ceiling'))} | {m['docs_per_s']:.1f} | {m['peak_pss_gib']:.2f} | "
+                     f"{m['peak_rss_sum_gib']:.2f} |")
     return [*lines, ""]
 
 
@@ -100,13 +127,15 @@ def _ratio_table(report: dict[str, Any]) -> list[str]:
     lines = ["## albert-batch against the alternatives", "",
              f"Targets on ≥{TARGET_DOCS:,} documents: classification ≥2.5× (a) default and ≥10× (a) batch_size=32; "
              "NER ≥2× (a) default; steady state ≥90% of the hand loop.", "",
-             "| docs | task | (c)/(a) default | (c)/(a) bs32 | (c)/(b) | (c) steady tokens/s | best hand loop tokens/s "
-             "| steady / hand loop |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| docs | task | (c) | (c)/(a) default | (c)/(a) bs32 | (c)/(b) | (c) steady tokens/s "
+             "| steady share of ceiling | best hand loop tokens/s | steady / hand loop |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["ratios"]:
-        lines.append(f"| {r['docs']} | {r['task']} | {_fmt(r['vs_hf_default'])}{_verdict(r, 'vs_hf_default')} | "
+        lines.append(f"| {r['docs']} | {r['task']} | {r['contender']} | "
+                     f"{_fmt(r['vs_hf_default'])}{_verdict(r, 'vs_hf_default')} | "
                      f"{_fmt(r['vs_hf_batch32'])}{_verdict(r, 'vs_hf_batch32')} | {_fmt(r['vs_ray_docs'])} | "
-                     f"{_fmt(r['steady_tokens_per_s'], '.0f')} | {_fmt(r['hand_loop_tokens_per_s'], '.0f')} | "
+                     f"{_fmt(r['steady_tokens_per_s'], '.0f')} | {_percent(r.get('steady_share_of_ceiling'))} | "
+                     f"{_fmt(r['hand_loop_tokens_per_s'], '.0f')} | "
                      f"{_fmt(r['steady_vs_hand_loop'])}{_verdict(r, 'steady_vs_hand_loop')} |")
     return [*lines, ""]
 
@@ -115,14 +144,16 @@ def _agreement(report: dict[str, Any]) -> list[str]:
     rows = report.get("agreement", [])
     if not rows:
         return []
-    lines = ["## bf16 against fp32 (the pipeline's predictors, same corpus)", "",
-             "| docs | task | agreement | target | detail |", "| ---: | --- | ---: | ---: | --- |"]
+    lines = ["## Lower precisions against fp32 (the pipeline's predictors, same corpus)", "",
+             "| docs | task | precision | agreement | target | time against fp32 | detail |",
+             "| ---: | --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         metric = "label_agreement" if r["task"] == "classify" else "entity_span_agreement"
         detail = (f"median fp32 score margin {r['median_fp32_margin']:.3f}" if r["task"] == "classify" else
                   f"{r['fp32_entities']} fp32 entities; identical documents {r['identical_documents']:.1%}")
         ok = "✓" if r[metric] >= AGREEMENT_TARGETS[metric] else "✗"
-        lines.append(f"| {r['docs']} | {r['task']} | {r[metric]:.2%} {ok} | {AGREEMENT_TARGETS[metric]:.1%} | {detail} |")
+        lines.append(f"| {r['docs']} | {r['task']} | {r['precision']} | {r[metric]:.2%} {ok} | "
+                     f"{AGREEMENT_TARGETS[metric]:.1%} | {r['speedup']:.2f}× faster | {detail} |")
     return [*lines, ""]
 
 

@@ -24,12 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from albert_batch.config import Precision
+from benchmarks import machine as machine_ceilings
 from benchmarks import workload
 from benchmarks.memory import GIB, TreeSampler, TreeUsage
 from benchmarks.report import markdown, ratios, save
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("hf_default", "hf_batch32", "ray_docs", "albert_batch", "hand_loop", "hand_loop_tuned", "agreement")
+# albert_batch[PRECISION] is albert-batch with that --precision (albert_batch alone: --precision's).
+CONTENDERS = ("hf_default", "hf_batch32", "ray_docs", "albert_batch", "albert_batch[int8]", "hand_loop",
+              "hand_loop_tuned", "agreement")
 # On the steady-state corpus only albert-batch and the hand loops run (the others would take most of an hour).
 STEADY_CONTENDERS = ("albert_batch", "hand_loop", "hand_loop_tuned")
 RAY_DOCS_BATCH_ROWS = 64
@@ -49,6 +53,7 @@ class Measurement:
     processes: int
     cpu_s: float
     details: dict[str, Any]
+    share_of_ceiling: float | None  # of the machine's ceiling for the dtype it multiplies in (`benchmarks.machine`)
 
     @property
     def tokens_per_s(self) -> float:
@@ -78,7 +83,7 @@ def run_child(name: str, params: dict[str, Any], log_file: Path) -> tuple[dict[s
 
 
 def measure(label: str, task: str, corpus: workload.Corpus, runs: list[tuple[dict[str, Any], TreeUsage]],
-            log_file: Path) -> Measurement:
+            log_file: Path, ceilings: dict[str, Any] | None) -> Measurement:
     """The fastest of a contender's runs (on a shared machine the fastest is the one least disturbed)."""
     result, usage = min(runs, key=lambda r: r[0]["seconds"])
     details = {k: v for k, v in result.items() if k not in ("seconds", "ray_stats")}
@@ -86,26 +91,34 @@ def measure(label: str, task: str, corpus: workload.Corpus, runs: list[tuple[dic
         details["all_seconds"] = [round(r[0]["seconds"], 2) for r in runs]
     if "ray_stats" in result:
         (log_file.parent / f"ray-stats-{label}-{task}-{corpus.docs}.txt").write_text(result["ray_stats"])
+    share = machine_ceilings.share(corpus.real_tokens / result["seconds"], machine_ceilings.compute_dtype(result),
+                                   ceilings)
     return Measurement(contender=label, task=task, docs=corpus.docs, real_tokens=corpus.real_tokens,
                        seconds=result["seconds"], peak_pss_gib=round(usage.pss / GIB, 3),
                        peak_rss_sum_gib=round(usage.rss / GIB, 3), processes=usage.processes,
-                       cpu_s=round(usage.cpu_s, 1), details=details)
+                       cpu_s=round(usage.cpu_s, 1), details=details, share_of_ceiling=share)
 
 
 def run_and_print(name: str, label: str, task: str, corpus: workload.Corpus, params: dict[str, Any],
-                  log_file: Path) -> tuple[dict[str, Any], TreeUsage]:
-    print(f"  {label:<14} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
+                  log_file: Path, ceilings: dict[str, Any] | None) -> tuple[dict[str, Any], TreeUsage]:
+    print(f"  {label:<20} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
     result, usage = run_child(name, params, log_file)
-    print(f"{result['seconds']:7.1f}s  {corpus.real_tokens / result['seconds']:8.0f} tokens/s  "
+    tokens_per_s = corpus.real_tokens / result["seconds"]
+    dtype = machine_ceilings.compute_dtype(result)
+    share = machine_ceilings.share(tokens_per_s, dtype, ceilings)
+    print(f"{result['seconds']:7.1f}s  {tokens_per_s:8.0f} tokens/s"
+          f"{f' = {share:.0%} of the {dtype} ceiling' if share is not None else ''}  "
           f"peak PSS {usage.pss / GIB:.2f} GiB  CPU {usage.cpu_s:.0f}s", flush=True)
     return result, usage
 
 
 def contender_params(contender: str, task: str, models: workload.Models, corpus: workload.Corpus, work: Path,
                      args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The child's name and keyword arguments for one contender."""
+    """The child's name and keyword arguments for one contender (``albert_batch[int8]``: albert-batch with
+    ``--precision int8``)."""
     model = models.classifier if task == "classify" else models.ner
-    output = work / "outputs" / f"{contender}-{task}-{corpus.docs}"
+    contender, _, precision = contender.partition("[")
+    output = work / "outputs" / f"{contender}{precision and '-' + precision.rstrip(']')}-{task}-{corpus.docs}"
     shutil.rmtree(output, ignore_errors=True)
     if contender in ("hf_default", "hf_batch32"):
         return "hf_pipeline", {"task": task, "model": model, "texts_file": corpus.texts_file,
@@ -115,26 +128,43 @@ def contender_params(contender: str, task: str, models: workload.Models, corpus:
                             "batch_size": RAY_DOCS_BATCH_ROWS, "actors": max(1, (os.cpu_count() or 2) - 1)}
     if contender == "albert_batch":
         return "albert_batch", {"task": task, "model": json.dumps({task: model}), "corpus": corpus.folder,
-                                "output": str(output), "precision": args.precision, "tokens_file": corpus.tokens_file}
+                                "output": str(output), "precision": precision.rstrip("]") or args.precision,
+                                "tokens_file": corpus.tokens_file}
     if contender in ("hand_loop", "hand_loop_tuned"):
-        return "hand_loop", {"task": task, "model": model, "texts_file": corpus.texts_file, "dtype": "bfloat16",
+        return "hand_loop", {"task": task, "model": model, "texts_file": corpus.texts_file, "dtype": auto_dtype(),
                              "tokens_per_forward": 2048, "tuned": contender == "hand_loop_tuned"}
-    return "agreement", {"task": task, "model": model, "texts_file": corpus.texts_file}
+    return "agreement", {"task": task, "model": model, "texts_file": corpus.texts_file,
+                         "precisions": agreement_precisions()}
+
+
+def auto_dtype() -> str:
+    """The dtype ``--precision auto`` multiplies in on this CPU: the hand loops run in it."""
+    from albert_batch.inference.device import cpu_has_amx
+
+    return "bfloat16" if cpu_has_amx() else "float32"
+
+
+def agreement_precisions() -> list[str]:
+    """The precisions held against fp32: int8, and bf16 where the CPU has bf16 instructions (elsewhere
+    torch emulates it, far too slowly for a corpus: BENCHMARKS.md)."""
+    from albert_batch.inference.device import cpu_has_native_bf16
+
+    return ["bf16", "int8"] if cpu_has_native_bf16() else ["int8"]
 
 
 def machine() -> dict[str, Any]:
-    from albert_batch.inference.device import cpu_has_amx
+    from albert_batch.inference.device import cpu_features, cpu_has_amx
     from albert_batch.pipeline.cluster import package_versions
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": model, "cpus": os.cpu_count(), "amx_bf16": cpu_has_amx(), "memory_gib": round(memory / GIB, 1),
-            "platform": platform.platform(), "versions": package_versions()}
+    return {"cpu": machine_ceilings.cpu_model(), "cpu_class": machine_ceilings.cpu_class(),
+            "features": cpu_features(), "cpus": os.cpu_count(), "amx_bf16": cpu_has_amx(),
+            "memory_gib": round(memory / GIB, 1), "platform": platform.platform(), "versions": package_versions()}
 
 
 def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str, Any]:
     models = custom_models(args) or workload.build_models(work, args.size)
+    ceilings = measure_ceilings(models, args)
     measurements: list[Measurement] = []
     corpora, agreements = [], []
     runs = [(docs, args.contenders) for docs in args.docs]
@@ -151,25 +181,40 @@ def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
             for contender in contenders:
                 name, params = contender_params(contender, task, models, corpus, work, args)
                 if contender == "agreement":
-                    agreements.append(measure_agreement(task, corpus, params, log_file))
+                    agreements += measure_agreement(task, corpus, params, log_file)
                 else:
                     timed[contender] = (name, params)
             # Repeats take turns (a b a b, not a a b b), so a slow spell of the machine hits every contender.
             runs: dict[str, list[tuple[dict[str, Any], TreeUsage]]] = {contender: [] for contender in timed}
             for _ in range(args.repeat):
                 for contender, (name, params) in timed.items():
-                    runs[contender].append(run_and_print(name, contender, task, corpus, params, log_file))
-            measurements += [measure(contender, task, corpus, done, log_file) for contender, done in runs.items()]
+                    runs[contender].append(run_and_print(name, contender, task, corpus, params, log_file, ceilings))
+            measurements += [measure(contender, task, corpus, done, log_file, ceilings)
+                             for contender, done in runs.items()]
     results = [m.to_json() for m in measurements]
-    return {"models": models.__dict__, "corpora": corpora, "measurements": results, "ratios": ratios(results),
-            "agreement": agreements}
+    return {"models": models.__dict__, "ceilings": ceilings, "corpora": corpora, "measurements": results,
+            "ratios": ratios(results, ceilings), "agreement": agreements}
 
 
-def measure_agreement(task: str, corpus: workload.Corpus, params: dict[str, Any], log_file: Path) -> dict[str, Any]:
-    print(f"  {'bf16 vs fp32':<14} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
+def measure_ceilings(models: workload.Models, args: argparse.Namespace) -> dict[str, Any]:
+    """The machine's fp32 and bf16 matrix throughput, and the tokens/s they allow the benchmark's model."""
+    print("ceilings: matrix products in fp32 and bf16 ...", end=" ", flush=True)
+    ceilings = machine_ceilings.ceilings(models.classifier, workload.MEAN_TOKENS, seconds=1.0 if args.quick else 3.0)
+    features = ", ".join(name for name, present in ceilings["features"].items() if present) or "none of them"
+    print(f"{ceilings['cpu']} ({ceilings['cpu_class']}; {features}): "
+          + ", ".join(f"{dtype} {ceilings['gflops'][dtype]:.1f} GFLOP/s = {ceilings['tokens_per_s'][dtype]:.0f} tokens/s"
+                      for dtype in machine_ceilings.DTYPES)
+          + f" at {ceilings['mflops_per_token']:.0f} MFLOP/token", flush=True)
+    return ceilings
+
+
+def measure_agreement(task: str, corpus: workload.Corpus, params: dict[str, Any], log_file: Path) -> list[dict[str, Any]]:
+    print(f"  {' and '.join(params['precisions']) + ' vs fp32':<20} {task:<8} {corpus.docs} docs ...", end=" ", flush=True)
     result, _ = run_child("agreement", params, log_file)
-    print(", ".join(f"{k} {v:.4f}" for k, v in result.items() if "agreement" in k), flush=True)
-    return {"docs": corpus.docs, "task": task, **result}
+    rows = [{"docs": corpus.docs, "task": task, "precision": precision, **figures} for precision, figures in result.items()]
+    print("; ".join(f"{r['precision']}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items()
+                                                       if "agreement" in k or k == "speedup") for r in rows), flush=True)
+    return rows
 
 
 def streaming(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str, Any]:
@@ -221,7 +266,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", choices=["tiny", "base"], help="model shape (default base; tiny with --quick)")
     parser.add_argument("--docs", type=int, nargs="+", help="corpus sizes (default 384 2000; 384 with --quick)")
     parser.add_argument("--tasks", help="comma-separated: classify,ner (default both; classify with --quick)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated subset of {CONTENDERS}")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help=f"comma-separated subset of {CONTENDERS}; albert_batch[fp32] etc. for other precisions")
     parser.add_argument("--steady-docs", type=int, metavar="N",
                         help="a corpus of N documents for the steady state, run by albert-batch and the hand loops "
                              "only (default 12000: three model batches; 0 to skip; skipped with --quick)")
@@ -241,7 +287,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.steady_docs = 0 if args.quick else 12_000
     args.tasks = [t.strip() for t in (args.tasks or ("classify" if args.quick else "classify,ner")).split(",") if t.strip()]
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = sorted(set(args.contenders) - set(CONTENDERS)) + sorted(set(args.tasks) - {"classify", "ner"})
+    precisions = {f"albert_batch[{p.value}]" for p in Precision}
+    unknown = (sorted(set(args.contenders) - set(CONTENDERS) - precisions)
+               + sorted(set(args.tasks) - {"classify", "ner"}))
     if unknown:
         parser.error(f"unknown contender or task: {', '.join(unknown)}")
     if args.repeat < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
-from benchmarks import report, workload
+from benchmarks import machine, report, workload
 from benchmarks.gpu import busy_between, parse_sample
 from benchmarks.memory import TreeSampler, TreeUsage, machine_memory_in_use, sample_tree
 
@@ -92,3 +93,42 @@ def test_the_machine_wide_figure_is_memory_in_use_above_the_start(monkeypatch):
     memory = SimpleNamespace(total=16 << 30, available=10 << 30)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
     assert machine_memory_in_use() == 6 << 30
+
+
+def test_the_ceiling_counts_albert_base_s_matrix_work_per_token(tmp_path):
+    """ALBERT-base: 12 layers of 4·768² + 2·768·3072 multiply-adds per token, plus attention over the
+    sequence and the embedding projection: about 175 MFLOP per token at the corpus' mean length."""
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 768, "intermediate_size": 3072,
+                                                       "num_hidden_layers": 12, "embedding_size": 128}))
+    flops = machine.flops_per_token(str(tmp_path), mean_tokens=44)
+    assert flops == 2 * (12 * (4 * 768**2 + 2 * 768 * 3072 + 2 * 44 * 768) + 128 * 768)
+    assert 170e6 < flops < 175e6
+    ceilings = {"tokens_per_s": {"fp32": 800.0, "bf16": 4000.0}}
+    assert machine.share(600.0, machine.compute_dtype({"precision": "auto (fp32: this CPU lacks AMX)"}), ceilings) == 0.75
+    assert machine.compute_dtype({"precision": "auto (bf16: this CPU has AMX)"}) == "bf16"
+    assert machine.compute_dtype({"dtype": "bfloat16"}) == "bf16"
+    assert machine.compute_dtype({"precision": "int8"}) == "fp32", "int8 is held against fp32's ceiling"
+    assert machine.share(600.0, "fp32", None) is None
+
+
+def test_a_matrix_product_s_rate_is_measured_in_gflops():
+    assert machine.matmul_gflops("fp32", seconds=0.05) > 1.0
+    assert machine.cpu_class() in ("AMX", "AVX-512-BF16", "AVX-512", "AVX2", "older than AVX2")
+
+
+def test_each_albert_batch_precision_gets_its_own_ratios_and_share_of_the_ceiling():
+    batches = [[0.0, 1, 100], [1.0, 1, 400], [2.0, 1, 400]]
+    rows = report.ratios([measurement("hf_default", 300.0),
+                          measurement("albert_batch", 600.0, batches=batches, precision="auto (fp32: this CPU lacks AMX)"),
+                          measurement("albert_batch[int8]", 900.0, precision="int8")],
+                         {"tokens_per_s": {"fp32": 800.0, "bf16": 4.0}})
+    assert [(r["contender"], r["vs_hf_default"]) for r in rows] == [("albert_batch", 2.0), ("albert_batch[int8]", 3.0)]
+    assert rows[0]["steady_share_of_ceiling"] == 0.5 and rows[1]["steady_share_of_ceiling"] is None
+    text = report.markdown({"started_at": "now", "machine": {"cpu": "AMD EPYC", "cpu_class": "AVX2", "cpus": 2,
+                                                             "memory_gib": 23.5, "features": {"avx2": True, "amx_bf16": False}},
+                            "load_average_at_start": [0.5], "load_average_at_end": [0.7], "models": {"size": "base"},
+                            "ceilings": {"matmul_shape": [256, 768, 3072], "threads": 2, "mflops_per_token": 172.4,
+                                         "gflops": {"fp32": 150.0, "bf16": 0.8},
+                                         "tokens_per_s": {"fp32": 870.0, "bf16": 4.6}},
+                            "measurements": [], "ratios": rows, "agreement": []})
+    assert "AVX2 class" in text and "| fp32 | 150.0 | 870 |" in text and "| albert_batch[int8] | 3.00" in text

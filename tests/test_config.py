@@ -53,7 +53,8 @@ def test_each_task_needs_its_model():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"precision": "int8"}, "precision 'int8' is not one of"),
+        ({"precision": "int4"}, "precision 'int4' is not one of"),
+        ({"precision": "int8", "resources": {"num_gpus_per_actor": 0.5}}, "int8 runs on CPUs only"),
         ({"precision": "fp16"}, "fp16 needs GPU actors"),
         ({"run_id": "bad id!"}, "run_id must be"),
         ({"input": "gs://bucket/x"}, "unsupported scheme 'gs'"),

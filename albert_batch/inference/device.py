@@ -1,9 +1,10 @@
 """Where and in which precision a model runs: the device, the dtype ``--precision`` resolves to on it,
-and the bf16 kernel fusion."""
+the CPU features that decide it, the int8 quantisation and the bf16 kernel fusion."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import TYPE_CHECKING
 
 from albert_batch.config import Precision
@@ -11,15 +12,48 @@ from albert_batch.config import Precision
 if TYPE_CHECKING:
     import torch
 
+# CPU features that decide how fast a precision runs, as /proc/cpuinfo names them.
+CPU_FEATURES = ("amx_bf16", "avx512f", "avx512_bf16", "avx2")
+# How much slower bf16 matrix products run than fp32 on a CPU without bf16 instructions, where torch emulates
+# them: 1.6 GFLOP/s against 104-135 on a 2-core AMD EPYC with AVX2 only (BENCHMARKS.md, "The machine's ceiling").
+EMULATED_BF16_SLOWDOWN = 80
+
 
 @functools.cache
-def cpu_has_amx() -> bool:
-    """True when the CPU multiplies bf16 matrices natively (Intel AMX)."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where it cannot be read (then no fast path is assumed)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+            return next((frozenset(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")),
+                        frozenset())
     except OSError:
-        return False
+        return frozenset()
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of `CPU_FEATURES` this CPU has, for benchmark reports and manifests' readers."""
+    return {name: name in cpu_flags() for name in CPU_FEATURES}
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU multiplies bf16 matrices natively and fast (Intel AMX)."""
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions at all (AMX, or AVX-512's BF16 extension). Without
+    them torch emulates bf16 matrix products, far slower than fp32."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def slow_precision(precision: Precision, *, use_gpu: bool) -> str | None:
+    """A warning for a precision this node's CPU runs far slower than fp32, or None: bf16 on CPU actors of a
+    CPU without bf16 instructions (``auto`` picks fp32 there). Such a run is not refused: its results are
+    right, and the node that checks is not always the node that runs the model."""
+    if precision is not Precision.BF16 or use_gpu or cpu_has_native_bf16():
+        return None
+    return (f"precision bf16 on this CPU (no AMX, no AVX-512-BF16) runs emulated: bf16 matrix products measured "
+            f"~{EMULATED_BF16_SLOWDOWN}x slower than fp32 on such a CPU; use --precision auto or fp32 (or int8)")
 
 
 def resolve_device(use_gpu: bool) -> torch.device:
@@ -32,7 +66,7 @@ def resolve_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     """``auto`` is bf16 where the hardware runs it fast (AMX CPUs, GPUs with bf16), fp32 elsewhere."""
     import torch
 
-    if precision is Precision.FP32:
+    if precision in (Precision.FP32, Precision.INT8):  # int8: the model loads in fp32, then is quantised
         return torch.float32
     if precision is Precision.BF16:
         return torch.bfloat16
@@ -52,14 +86,32 @@ def describe_precision(precision: Precision, *, use_gpu: bool) -> str:
     return f"auto ({'bf16: this CPU has AMX' if cpu_has_amx() else 'fp32: this CPU lacks AMX'})"
 
 
+def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the linear layers of its encoder in int8 (torch's dynamic quantisation: weights int8
+    per tensor, each pass's activations quantised on the fly), in place. The embeddings and the task head
+    stay fp32: they are a small share of the work, and the head decides the label.
+
+    torch marks this API and its quantised tensors deprecated in favour of torchao (not installed here); the
+    warnings say nothing a run's user can act on and are silenced. torch is pinned (``constraints.txt``), and
+    the test suite runs this path, so a torch that drops it fails there first."""
+    import torch
+
+    encoder = model.get_submodule("albert.encoder.albert_layer_groups")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+        torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return model
+
+
 def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     """Swap transformers' tanh-approximation GELU (ALBERT's ``gelu_new``), written as six elementwise
     torch ops, for torch's fused kernel of the same formula; return how many modules were swapped.
 
     In bf16 each of those ops is a pass over the feed-forward layer's largest tensor, rounded to bf16 in
     between; the fused kernel makes one pass and computes in float32 inside: faster, and no further from
-    fp32 (BENCHMARKS.md, "What makes it fast"). Not for fp32 models: their results must match Hugging
-    Face's pipelines, which use the op-by-op formula."""
+    fp32 (BENCHMARKS.md, "What makes it fast"). For bf16 and int8 models, not fp32 ones: their results must
+    match Hugging Face's pipelines, which use the op-by-op formula."""
     import torch
     from transformers.activations import FastGELUActivation, NewGELUActivation
 

@@ -10,6 +10,7 @@ produced. Logits become float32 numpy exactly once, in `Predictor.forward`.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,20 @@ import pyarrow as pa
 from albert_batch.config import Precision
 from albert_batch.contract import RejectReason, Task
 from albert_batch.inference import models
-from albert_batch.inference.device import fuse_tanh_gelu, resolve_device, resolve_dtype
+from albert_batch.inference.device import (
+    fuse_tanh_gelu,
+    quantize_linear_int8,
+    resolve_device,
+    resolve_dtype,
+    slow_precision,
+)
 from albert_batch.inference.models import ModelInfo
 
 if TYPE_CHECKING:
     import tokenizers
     import torch
+
+log = logging.getLogger(__name__)
 
 Features = dict[str, list[np.ndarray]]
 
@@ -156,8 +165,12 @@ class Predictor(ABC):
             self.model = models.load_model(
                 info, dtype=self.dtype, device=self.device, allow_pickle_weights=allow_pickle_weights
             )
-            if self.dtype != torch.float32:
+            if precision is Precision.INT8:
+                quantize_linear_int8(self.model)
+            if self.dtype != torch.float32 or precision is Precision.INT8:  # fp32 alone keeps Hugging Face's GELU
                 fuse_tanh_gelu(self.model)
+            if warning := slow_precision(precision, use_gpu=self.device.type == "cuda"):
+                log.warning("model %s: %s", info.uri, warning)
             self.config = self.model.config
 
     # -- preprocess (CPU, no model) -------------------------------------------------------------

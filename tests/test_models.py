@@ -89,6 +89,28 @@ def test_an_actor_refuses_a_model_overwritten_since_the_run_started(tiny_models,
         load_predictors({Task.CLASSIFY: str(folder)}, at_start, load_model=False)
 
 
+def test_a_model_stage_counts_as_started_before_its_models_load_and_fails_its_first_batch(tiny_models, monkeypatch):
+    """A model actor's models load on a thread of their own, so Ray Data reads and tokenizes the first batch
+    meanwhile; a model that cannot be loaded fails the first batch with the loader's own error."""
+    import pyarrow as pa
+
+    from albert_batch.config import Precision
+    from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the stage sets it for its process; restored afterwards
+    uris = {Task.CLASSIFY: tiny_models["classifier"]}
+    batch = TokenizeStage(model_uris=uris)(pa.table({"id": [1], "text": ["Anna flew to Berlin."]}))
+    stage = ModelStage(model_uris=uris, weights_sha256={Task.CLASSIFY: "0" * 64}, precision=Precision.FP32,
+                       use_gpu=False, torch_threads=1, max_tokens_per_forward=512, window_overlap=0)
+    with pytest.raises(ModelLoadError, match="changed during the run"):
+        stage(batch)
+    good = ModelStage(model_uris=uris, weights_sha256={Task.CLASSIFY: models.inspect(uris[Task.CLASSIFY],
+                                                                                     Task.CLASSIFY).weights_sha256},
+                      precision=Precision.FP32, use_gpu=False, torch_threads=1, max_tokens_per_forward=512,
+                      window_overlap=0)
+    assert good(batch).column("classify.label").to_pylist()[0] in ("negative", "neutral", "positive")
+
+
 def test_a_sharded_model_missing_a_shard_or_with_a_broken_index_is_named(tiny_models, tmp_path):
     folder = tmp_path / "sharded"
     shutil.copytree(tiny_models["classifier"], folder)

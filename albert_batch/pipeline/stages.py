@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 
 from albert_batch.config import Precision
 from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Task
-from albert_batch.inference.predictor import text_reject_reason
+from albert_batch.inference.predictor import Predictor, text_reject_reason
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
 from albert_batch.pipeline.columns import POSITION, TOKENS, from_list_array, task_column, to_list_array
@@ -91,6 +92,16 @@ class TokenizeStage:
         return pa.table(columns)
 
 
+def _load_predictors(omp_threads: int, *args: Any, **kwargs: Any) -> dict[Task, Predictor]:
+    """`load_predictors` in a model actor: torch on ``omp_threads`` threads, no progress bars."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    torch.set_num_threads(omp_threads)
+    transformers_logging.disable_progress_bar()  # a bar per weight file per actor says nothing in a batch job
+    return load_predictors(*args, **kwargs)
+
+
 class ModelStage:
     """Runs each task's model on the accepted rows of a tokenized batch and adds the result columns."""
 
@@ -117,12 +128,13 @@ class ModelStage:
         # CPU; the environment sets every thread's default, where torch.set_num_threads reaches only this one.
         omp_threads = torch_threads if use_gpu else 1
         os.environ["OMP_NUM_THREADS"] = str(omp_threads)
-        import torch
-        from transformers.utils import logging as transformers_logging
-
-        torch.set_num_threads(omp_threads)
-        transformers_logging.disable_progress_bar()  # a bar per weight file per actor says nothing in a batch job
-        self.predictors = load_predictors(
+        # The models load on a thread of their own (importing torch and transformers alone takes seconds), so
+        # the actor counts as started at once and Ray Data reads and tokenizes the first batch meanwhile; the
+        # first call waits for the load and raises its error (BENCHMARKS.md, "Start-up on the AVX2 machine").
+        loader = ThreadPoolExecutor(1, thread_name_prefix="load-models")
+        self._loading = loader.submit(
+            _load_predictors,
+            omp_threads,
             model_uris,
             weights_sha256,
             precision=precision,
@@ -132,6 +144,13 @@ class ModelStage:
             window_overlap=window_overlap,
             allow_pickle_weights=allow_pickle_weights,
         )
+        loader.shutdown(wait=False)
+
+    @property
+    def predictors(self) -> dict[Task, Predictor]:
+        """Each task's predictor, once loaded: waits for the load, and raises its error (a ModelLoadError for
+        a model that changed since the run checked it)."""
+        return self._loading.result()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows

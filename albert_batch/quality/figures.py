@@ -20,7 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from albert_batch.errors import ConfigError
@@ -187,7 +187,6 @@ class QualityGate:
     max_reject_rate_change: float | None = None
     max_reject_rate: float | None = None
     on_breach: str = "warn"
-    limits: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.on_breach not in ("warn", "fail"):
@@ -197,14 +196,17 @@ class QualityGate:
             if f.name.startswith("max_") and value is not None and not (
                     isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
                 raise ConfigError(f"quality.{f.name} must be a number >= 0, not {value!r}")
-        object.__setattr__(self, "limits", {f.name[len("max_"):]: getattr(self, f.name)
-                                            for f in dataclasses.fields(self)
-                                            if f.name.startswith("max_") and getattr(self, f.name) is not None})
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """The thresholds set, by the figure they bound (``max_label_shift`` -> ``label_shift``)."""
+        return {f.name[len("max_"):]: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith("max_") and getattr(self, f.name) is not None}
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> QualityGate:
         raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(raw) - known):
             raise ConfigError(f"quality has unknown keys {unknown}; it takes {sorted(known)}")
         return cls(**raw)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -81,6 +82,13 @@ def setting_flags(settings: Any) -> list[str]:
     return argv
 
 
+def add_console_flags(parser: argparse.ArgumentParser) -> None:
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true", help="print the summary, warnings and errors only")
+    shown.add_argument("-v", "--verbose", action="store_true",
+                       help="print albert-batch's debug lines too, and Ray's own output (no details log)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="albert-batch", description="Batch ALBERT classification and NER on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,10 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(run, RunConfig, require=False)
     add_setting_flags(run, ResourceConfig, require=False)
     run.add_argument("--summary-json", metavar="FILE", help="also write the run summary as JSON to FILE")
-    shown = run.add_mutually_exclusive_group()
-    shown.add_argument("-q", "--quiet", action="store_true", help="print the summary, warnings and errors only")
-    shown.add_argument("-v", "--verbose", action="store_true",
-                       help="print albert-batch's debug lines too, and Ray's own output (no details log)")
+    add_console_flags(run)
 
     tune = commands.add_parser(
         "finetune",
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a list of {start, end, label} character spans). Give exactly one of --base-model and --init.",
     )
     add_setting_flags(tune, FinetuneConfig, require=True)
-    tune.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    add_console_flags(tune)
 
     pre = commands.add_parser(
         "pretrain",
@@ -114,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The corpus has id and text columns, as `run` reads them. Give exactly one of --base-model and --init.",
     )
     add_setting_flags(pre, PretrainConfig, require=True)
-    pre.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    add_console_flags(pre)
 
     report = commands.add_parser(
         "report",
@@ -186,7 +191,6 @@ def format_pretraining(result: Any) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("finetune", "pretrain"):
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=LOG_FORMAT)
         return _train(args)
     if args.command == "report":
         return _report(args)
@@ -238,7 +242,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """``finetune`` or ``pretrain``: build its settings from the flags, train, print the outcome."""
+    """``finetune`` or ``pretrain``: build its settings from the flags, train with the console of `run`
+    (progress in steps), print the outcome."""
     if args.command == "finetune":
         from albert_batch.training.finetune import finetune as train
 
@@ -248,11 +253,21 @@ def _train(args: argparse.Namespace) -> int:
 
         settings, describe = PretrainConfig, format_pretraining
     try:
-        result = train(settings(**settings_from_args(settings, args)))
+        config = settings(**settings_from_args(settings, args))
     except AlbertBatchError as err:
-        print(f"albert-batch: {'error' if exit_code(err) == ExitCode.UNUSABLE else 'failed'}: {err}", file=sys.stderr)
+        print(f"albert-batch: error: {err}", file=sys.stderr)
         return exit_code(err)
-    print(describe(result))
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    with RunConsole(started, command=args.command, quiet=args.quiet, verbose=args.verbose) as console:
+        try:
+            result = train(config)
+        except AlbertBatchError as err:
+            log.debug("%s ended with an error", args.command, exc_info=True)
+            what = "error" if exit_code(err) == ExitCode.UNUSABLE else "failed"
+            console.say(f"albert-batch: {what}: {err}" + (f" (details: {console.log_path})" if console.log_path else ""),
+                        error=True)
+            return exit_code(err)
+        console.say(describe(result))
     return ExitCode.OK
 
 
@@ -261,7 +276,8 @@ class RunConsole:
     failure in one line.
 
     Everything else the process writes — Ray's and Ray Data's logs, its workers' output, tracebacks — goes
-    to a details log, ``<cache>/logs/run-<run id>.log`` (`albert_batch.config.cache_home`), which the error
+    to a details log, ``<cache>/logs/<command>-<run id>.log`` (`albert_batch.config.cache_home`; ``finetune``
+    and ``pretrain`` name theirs by the time they started), which the error
     line names. In a terminal the progress line (`albert_batch.pipeline.progress`) is one line, updated in
     place; elsewhere it is a log line every ``progress.interval_s()``.
 
@@ -271,7 +287,7 @@ class RunConsole:
     folder). ``quiet`` prints only warnings, errors and the summary; ``verbose`` adds albert-batch's debug
     lines and keeps nothing back: no details log, Ray's output as Ray prints it."""
 
-    def __init__(self, run_id: str, *, quiet: bool = False, verbose: bool = False) -> None:
+    def __init__(self, run_id: str, *, command: str = "run", quiet: bool = False, verbose: bool = False) -> None:
         self.quiet, self.verbose = quiet, verbose
         self.log_path: Path | None = None
         self._saved: list[int] = []
@@ -280,7 +296,7 @@ class RunConsole:
         self._live: TerminalLine | None = None
         self._out, self._err = sys.stdout, sys.stderr
         if not verbose and os.environ.get(RAY_JOB_ENV) is None and _own_descriptors():
-            self.log_path = cache_home() / "logs" / f"run-{run_id}.log"
+            self.log_path = cache_home() / "logs" / f"{command}-{run_id}.log"
 
     def __enter__(self) -> RunConsole:
         level = logging.WARNING if self.quiet else logging.INFO

@@ -25,6 +25,8 @@ from albert_batch.pipeline import progress
 from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, rows_staged
 from albert_batch.pipeline.runner import RunSummary
 from albert_batch.pipeline.staging import Piece
+from albert_batch.training.progress import Step, StepCounter, StepMonitor
+from albert_batch.training.progress import line as training_line
 from support import TRICKY_TEXTS, write_corpus
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -41,6 +43,34 @@ def test_a_progress_line_counts_reused_rows_as_done_but_not_in_its_rate():
     assert line(10_000, 260.0) == "progress: 10,000 of 10,000 rows (100%, 2,000 reused), 50.0 rows/s"
     slow = Progress(total_rows=1_000_000, reused_rows=0, started=0.0)
     assert slow.line(1_000, 100.0) == "progress: 1,000 of 1,000,000 rows (0%), 10.0 rows/s, about 27h 45m left"
+
+
+def test_a_training_progress_line_gives_steps_epoch_rate_time_left_and_loss():
+    step = Step(step=120, steps=3_000, epoch=1, epochs=10, loss=6.72301)
+    assert training_line(step, None) == "progress: step 120 of 3,000 (4%), epoch 1 of 10, loss 6.7230"
+    assert training_line(step, 3.2) == ("progress: step 120 of 3,000 (4%), epoch 1 of 10, 3.2 steps/s, about 15m 00s "
+                                        "left, loss 6.7230")
+    done = Step(step=3_000, steps=3_000, epoch=10, epochs=10, loss=2.5)
+    assert training_line(done, 3.2) == "progress: step 3,000 of 3,000 (100%), epoch 10 of 10, 3.2 steps/s, loss 2.5000"
+
+
+def test_training_progress_counts_its_rate_from_the_first_step_it_saw_and_again_after_a_restart(caplog,
+                                                                                                 ray_cluster):
+    """A run resumed from a checkpoint does not count the steps before it in its rate; a worker group
+    restarted from an earlier checkpoint reports lower steps, and the rate starts again from there."""
+    counter = progress.start_counter(StepCounter)
+    monitor = StepMonitor(counter)
+    with caplog.at_level(logging.DEBUG, logger=progress.log.name):
+        monitor._log(logging.INFO, 5.0)  # nothing reported yet: no line
+        for step, now in ((40, 10.0), (40, 12.0), (50, 15.0), (30, 20.0), (35, 22.0)):
+            ray_cluster.get(counter.update.remote(Step(step=step, steps=100, epoch=1, epochs=1, loss=1.0)))
+            monitor._log(logging.INFO, now)
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress: step 40 of 100 (40%), epoch 1 of 1, loss 1.0000",  # 40 again: nothing new to say
+        "progress: step 50 of 100 (50%), epoch 1 of 1, 2.0 steps/s, about 25s left, loss 1.0000",
+        "progress: step 30 of 100 (30%), epoch 1 of 1, loss 1.0000",
+        "progress: step 35 of 100 (35%), epoch 1 of 1, 2.5 steps/s, about 26s left, loss 1.0000",
+    ]
 
 
 def test_rows_staged_counts_each_row_of_the_run_s_units_once():
@@ -62,7 +92,7 @@ def test_the_model_stage_reports_each_finished_batch_to_the_run_s_row_counter(ti
     from albert_batch.inference import models
     from albert_batch.pipeline.stages import ModelStage, TokenizeStage
 
-    counter = progress.start_row_counter()
+    counter = progress.start_counter()
     uris = {Task.CLASSIFY: tiny_models["classifier"]}
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the stage sets it for its process: undone after the test
     threads = torch.get_num_threads()

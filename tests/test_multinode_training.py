@@ -22,8 +22,10 @@ from albert_batch.config import ResourceConfig
 from albert_batch.dev.local_ray import start_head
 from albert_batch.storage import Location
 from albert_batch.training import finetune as finetuning
+from albert_batch.training import workspace
 from albert_batch.training.config import FinetuneConfig
-from albert_batch.training.finetune import REPORT, RUN, WORK_DIR
+from albert_batch.training.finetune import REPORT, WORK_DIR
+from albert_batch.training.workspace import RUN
 from support import read_published, write_corpus
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train writes it when it has recorded a checkpoint
@@ -127,9 +129,9 @@ def test_a_rerun_keeps_the_checkpoints_of_the_same_settings_only(tmp_path):
     storage.write_bytes(work.child(RUN), b'{"epochs": 2}')
     storage.write_bytes(work.child("ray_train", "finetune", SNAPSHOT), b"{}")
 
-    assert finetuning._start_output(output, b'{"epochs": 2}'), "the same settings resume"
+    assert workspace.start(output, work, REPORT, b'{"epochs": 2}'), "the same settings resume"
     assert not (tmp_path / "model" / REPORT).exists(), "an earlier report no longer marks a complete model"
     assert (tmp_path / "model" / WORK_DIR / "ray_train" / "finetune" / SNAPSHOT).exists()
 
-    assert not finetuning._start_output(output, b'{"epochs": 3}'), "other settings start afresh"
+    assert not workspace.start(output, work, REPORT, b'{"epochs": 3}'), "other settings start afresh"
     assert not (tmp_path / "model" / WORK_DIR).exists()

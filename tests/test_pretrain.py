@@ -1,12 +1,18 @@
 """Pretraining (masked LM + sentence-order prediction) on Ray Train: sentence-order pairs come from one
-document, in order or swapped; masking takes whole words and never special tokens; a short run learns,
-reports on its held-out slice, and writes a folder that `finetune --base-model` takes; unusable corpora
-and base models are refused."""
+document, in order or swapped; masking takes whole words and never special tokens; a short run whose
+driver is killed resumes from its checkpoint when run again, learns, reports on its held-out slice, shows
+only its own progress on the console, and writes a folder that `finetune --base-model` takes; unusable
+corpora and base models are refused."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +38,7 @@ from albert_batch.training.pretrain_data import (
 from albert_batch.training.sop import IN_ORDER, NO_PAIR, SWAPPED, Segment, document_examples, split_sentences
 
 CLS, SEP, MASK, PAD = 2, 3, 4, 0
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train writes it when it has recorded a checkpoint
 
 
 def sentences_of(doc: int, lengths: list[int]) -> list[Segment]:
@@ -174,33 +181,60 @@ def write_texts(path, texts: list[str | None]) -> str:
     return str(path)
 
 
-def test_a_short_pretraining_learns_and_finetune_takes_its_folder_as_base(tmp_path, ray_cluster):
-    from transformers import AlbertForPreTraining, AlbertForSequenceClassification
-
+def test_a_pretraining_whose_driver_dies_resumes_from_its_last_checkpoint_learns_and_shows_only_its_progress(
+        tmp_path, ray_cluster):
     docs = corpus.generate(500, seed=11)
     (tmp_path / "corpus").mkdir()
     corpus.write_corpus(tmp_path / "corpus", docs[:300])
     write_texts(tmp_path / "corpus" / "more.parquet", [d.text for d in docs[300:]] + ["  ", None])
     out = tmp_path / "pretrained"
-    assert main(["pretrain", "--corpus", str(tmp_path / "corpus"), "--output", str(out), "--init", "tiny",
-                 "--vocab-size", "800", "--max-length", "64", "--batch-size", "16", "--max-steps", "8",
-                 "--report-every", "4", "--seed", "3", "-q"]) == 0
+    argv = ["pretrain", "--corpus", str(tmp_path / "corpus"), "--output", str(out), "--init", "tiny",
+            "--vocab-size", "800", "--max-length", "64", "--batch-size", "16", "--max-steps", "40",
+            "--report-every", "10", "--seed", "3"]
+    # The first run, in a process of its own with its own Ray, is killed (driver, Ray and all) once Ray Train
+    # has recorded a checkpoint; the same command again resumes from it.
+    killed = subprocess.Popen([sys.executable, "-m", "albert_batch.cli", *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              env={**os.environ, "ALBERT_BATCH_PROGRESS_S": "0.5"})
+    snapshot = out / WORK_DIR / "ray_train" / "pretrain" / SNAPSHOT
+    deadline = time.monotonic() + 240
+    while not snapshot.exists():
+        assert killed.poll() is None, f"pretraining ended before its first checkpoint: {killed.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    shown, errors = killed.communicate(timeout=60)
+    console = shown + errors
+    assert "progress: step " in errors and " of 40 (" in errors, console
+    for internal in ("RayTrainWorker", "TrainController", "core_worker", "Writing model shards", "Loading weights"):
+        assert internal not in console, f"{internal!r} reached the console: {console}"
+    time.sleep(3)  # its Ray's workers go with it (Ray's reaper)
 
+    assert main([*argv, "-q"]) == 0
     report = json.loads((out / REPORT).read_text())
+    evaluations = report["evaluations"]
+    assert [e["step"] for e in evaluations] == [0, 10, 20, 30, 40]
+    resumed = {e["step"]: e["resumed_from"] for e in evaluations}
+    [checkpoint] = {r for r in resumed.values() if r}
+    assert checkpoint in (10, 20, 30), resumed
+    assert all(r == (checkpoint if step > checkpoint else 0) for step, r in resumed.items()), \
+        "the evaluations up to the checkpoint come from the first run, the rest from the resumed one"
     data = report["data"]
     assert data["rows"] == 502 and data["skipped_rows"] == {"null_id": 0, "null_text": 1, "blank_text": 1}
     assert data["training"]["documents"] + data["held_out"]["documents"] == 500, "every row is counted once"
     assert data["held_out"]["sop_pairs"] >= 20
-    steps = [e["step"] for e in report["evaluations"]]
-    assert steps == [0, 4, 8]
-    losses = [e["mlm_loss"] for e in report["evaluations"]]
+    losses = [e["mlm_loss"] for e in evaluations]
     assert losses[-1] < losses[0], "the masked LM learns"
-    assert all(0 <= e["sop_accuracy"] <= 1 and 0 <= e["mlm_accuracy"] <= 1 for e in report["evaluations"])
+    assert all(0 <= e["sop_accuracy"] <= 1 and 0 <= e["mlm_accuracy"] <= 1 for e in evaluations)
     assert report["hyperparameters"]["learning_rate"] == 1e-3 and report["base"] == "init:tiny"
     assert not (out / WORK_DIR).exists(), "the working folder is removed once the model is written"
     assert json.loads((out / "config.json").read_text())["architectures"] == ["AlbertForPreTraining"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", REPORT, "spiece.model",
+                                                     "tokenizer.json", "tokenizer_config.json"]
 
     # What `finetune --base-model` does with its base before training: the pretrained encoder under a new head.
+    from transformers import AlbertForPreTraining, AlbertForSequenceClassification
+
     texts = [d.text for d in docs[:20]]
     base = prepare_base(FinetuneConfig(task=Task.CLASSIFY, train="/t", eval="/e", output="/o", base_model=str(out)),
                         ("negative", "positive"), texts, tmp_path / "base")

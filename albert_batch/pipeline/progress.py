@@ -72,13 +72,13 @@ class RowCounter:
         return self.rows
 
 
-def start_row_counter() -> Any:
-    """A `RowCounter` actor that holds no CPU, on the driver's node."""
+def start_counter(counter: type = RowCounter) -> Any:
+    """A ``counter`` actor (a `RowCounter`, or training's `StepCounter`) that holds no CPU, on the driver's node."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(RowCounter).remote()
+    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(counter).remote()
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,10 @@ class Progress:
             return f"{text}, none done yet"
         rate = new_rows / seconds
         left = self.total_rows - done_rows
-        return f"{text}, {rate:,.1f} rows/s" + (f", about {_duration(left / rate)} left" if left > 0 else "")
+        return f"{text}, {rate:,.1f} rows/s" + (f", about {duration(left / rate)} left" if left > 0 else "")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)

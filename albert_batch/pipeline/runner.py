@@ -210,7 +210,7 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
     limits = QueueLimits(rows=sizing.max_rows_ahead, rows_into_write=sizing.rows_per_file + sizing.max_rows_ahead,
                          bytes=QUEUE_BYTES)
     try:
-        counter = progress.start_row_counter()
+        counter = progress.start_counter()
         with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
                       actor_needs=actor_needs, wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts,
                       counter=counter),

@@ -26,21 +26,21 @@ from typing import Any
 
 from albert_batch import storage
 from albert_batch.contract import Task
-from albert_batch.errors import AlbertBatchError, ModelLoadError, OutputError, StorageError, Transient
+from albert_batch.errors import AlbertBatchError, ModelLoadError
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
+from albert_batch.pipeline.progress import start_counter
 from albert_batch.storage import Location
 from albert_batch.training import workspace
 from albert_batch.training.config import FinetuneConfig
 from albert_batch.training.data import LabelledData, encode, label_names, read_labelled
 from albert_batch.training.loop import TRAINING_STATE, TrainLoop, train_loop
+from albert_batch.training.progress import StepCounter, StepMonitor
 
 log = logging.getLogger(__name__)
 
 REPORT = "training_report.json"
 WORK_DIR = "_finetuning"  # in the output: the starting model and Ray Train's checkpoints; removed at the end
-RUN = "run.json"  # in WORK_DIR: the settings its checkpoints were trained with, written once the base is there
-MAX_FAILURES = 3  # restarts of the training workers from the last checkpoint before the run fails
 # What a tokenizer may be saved as; each one the base model has goes into every checkpoint.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -95,7 +95,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     output = Location.parse(config.output, what="output")
     work = output.child(WORK_DIR)
     settings = json.dumps(_run_settings(config, labels), sort_keys=True, default=str).encode()
-    resuming = _start_output(output, settings)
+    resuming = workspace.start(output, work, REPORT, settings)
     local = Path(tempfile.mkdtemp(prefix="albert-finetune-"))
     started_ray = connect_ray(config.ray_address)
     try:
@@ -103,10 +103,14 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             log.info("resuming fine-tuning from the checkpoints in %s", work)
         else:
             workspace.upload_base(prepare_base(config, labels, train.texts, local / "base"), work)
-            storage.write_bytes(work.child(RUN), settings)
-        trainer = _trainer(config, labels, train, evaluation, work)
+            workspace.record_settings(work, settings)
+        counter = start_counter(StepCounter)
+        trainer = _trainer(config, labels, train, evaluation, work, counter)
+        log.info("fine-tuning on %d Ray Train worker(s): %d training texts, %d eval texts; checkpoints in %s",
+                 config.num_workers, len(train.texts), len(evaluation.texts), work)
         try:
-            result = trainer.fit()
+            with StepMonitor(counter):
+                result = trainer.fit()
         except Exception as err:  # Ray wraps worker failures; keep the root cause
             raise AlbertBatchError(f"fine-tuning failed: {err}; running the same command again resumes from the "
                                    f"last epoch's checkpoint in {work}") from err
@@ -128,26 +132,8 @@ def _run_settings(config: FinetuneConfig, labels: tuple[str, ...]) -> dict[str, 
     return {k: v for k, v in asdict(config).items() if k != "ray_address"} | {"labels": list(labels)}
 
 
-def _start_output(output: Location, settings: bytes) -> bool:
-    """Check that the output can be written before any work and drop an earlier run's report (which marks a
-    complete model). The working folder stays when an earlier run of the same settings left it, so that this
-    run resumes from its checkpoints (returns True); any other is removed."""
-    work = output.child(WORK_DIR)
-    try:
-        storage.check_writable(output)
-        storage.delete_file(output.child(REPORT))
-        if storage.exists(work.child(RUN)) and storage.read_bytes(work.child(RUN)) == settings:
-            return True
-        storage.delete_dir(work)
-    except Transient:
-        raise
-    except StorageError as err:
-        raise OutputError(f"output {output} cannot be written: {err}") from err
-    return False
-
-
 def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledData, evaluation: LabelledData,
-             work: Location) -> Any:
+             work: Location, counter: Any) -> Any:
     """A `TorchTrainer` over the encoded training rows, starting from the base model in ``work``."""
     import ray
     from ray.train import ScalingConfig
@@ -164,7 +150,7 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
         task=config.task, base=base_uri, epochs=config.epochs, batch_size=config.batch_size,
         learning_rate=config.lr, seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
         threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
-        tokenizer_files=tuple(n for n in TOKENIZER_FILES if (base / n).exists()),
+        tokenizer_files=tuple(n for n in TOKENIZER_FILES if (base / n).exists()), progress=counter,
     )
     return TorchTrainer(
         train_loop,
@@ -175,7 +161,7 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
             | dict(config.worker_resources or {})),
         # Every epoch's checkpoint is kept (they are small and removed at the end) so that the report has
         # every epoch's metrics; the best is chosen afterwards.
-        run_config=workspace.run_config("finetune", work, num_to_keep=None, max_failures=MAX_FAILURES),
+        run_config=workspace.run_config("finetune", work, num_to_keep=None),
         datasets={"train": ray.data.from_arrow(encoded)},
     )
 

@@ -16,6 +16,7 @@ from albert_batch.contract import Task
 from albert_batch.inference import models
 from albert_batch.training import metrics
 from albert_batch.training.data import LabelledData, bucketed_batches, length_buckets
+from albert_batch.training.progress import Step, report_step
 
 # In every checkpoint beside the model: the optimizer's and the schedule's state and the epoch, to resume from.
 TRAINING_STATE = "training_state.pt"
@@ -35,6 +36,7 @@ class TrainLoop:
     evaluation: LabelledData  # scored by rank 0 after every epoch
     threads: int | None  # torch threads per CPU worker; None on GPUs
     tokenizer_files: tuple[str, ...]  # copied from ``base`` into every epoch's checkpoint
+    progress: Any = None  # the driver's `progress.StepCounter` actor, which rank 0 reports every step to
 
 
 def evaluate(folder: str, task: Task, evaluation: LabelledData) -> dict[str, float]:
@@ -83,7 +85,8 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     rows = [row for batch in shard.iter_batches(batch_size=4096, batch_format="numpy")
             for row in ({k: batch[k][i] for k in batch} for i in range(len(batch["input_ids"])))]
-    steps = loop.epochs * max(1, -(-len(rows) // loop.batch_size))
+    per_epoch = max(1, -(-len(rows) // loop.batch_size))
+    steps = loop.epochs * per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, steps // 10), steps)
     if checkpoint is not None:
@@ -98,7 +101,8 @@ def train_loop(config: dict[str, Any]) -> None:
         started = time.monotonic()
         model.train()
         total, count = 0.0, 0
-        for batch in bucketed_batches(rows, loop.batch_size, rng, loop.pad_id):
+        for step, batch in enumerate(bucketed_batches(rows, loop.batch_size, rng, loop.pad_id),
+                                     start=(epoch - 1) * per_epoch + 1):
             loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -106,6 +110,9 @@ def train_loop(config: dict[str, Any]) -> None:
             schedule.step()
             optimizer.zero_grad()
             total, count = total + float(loss), count + 1
+            if rank == 0:
+                report_step(loop.progress, Step(step=step, steps=steps, epoch=epoch, epochs=loop.epochs,
+                                                loss=float(loss)))
         # resumed_from: the epoch of the checkpoint these workers started from (0: the base model).
         scores: dict[str, Any] = {"epoch": epoch, "loss": total / max(1, count),
                                   "epoch_seconds": round(time.monotonic() - started, 2),

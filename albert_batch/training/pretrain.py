@@ -8,7 +8,8 @@ trained on the corpus) and writes it into the output location, where every node 
 pass then counts documents, examples and SOP pairs, so an unusable corpus is refused before training, and
 collects the held-out slice: the documents whose id hashes into a small share (about a thousand documents,
 at most a tenth). Ray Train workers stream the rest of the corpus through Ray Data (`get_dataset_shard`),
-so a corpus need not fit in memory; Ray Train keeps its checkpoints in the output location too.
+so a corpus need not fit in memory; Ray Train keeps its checkpoints in the output location too, so that
+dead workers restart from the last one and a re-run of the same settings resumes from it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from albert_batch import storage
-from albert_batch.errors import AlbertBatchError, InputError, ModelLoadError, OutputError, StorageError, Transient
+from albert_batch.errors import AlbertBatchError, InputError, ModelLoadError
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
 from albert_batch.pipeline.inputs import InputPlan, plan_input, read_input
+from albert_batch.pipeline.progress import start_counter
 from albert_batch.storage import Location
 from albert_batch.training import sop, workspace
 from albert_batch.training.config import PretrainConfig
@@ -40,6 +42,7 @@ from albert_batch.training.pretrain_data import (
     count_corpus,
     held_out_buckets,
 )
+from albert_batch.training.progress import StepCounter, StepMonitor
 
 log = logging.getLogger(__name__)
 
@@ -67,33 +70,49 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     plan = plan_input(corpus, id_column=config.id_column, text_column=config.text_column)
     if not plan.num_rows:
         raise InputError(f"corpus {corpus} is empty: its Parquet files hold no rows")
-    _start_output(output)
+    settings_json = json.dumps({k: v for k, v in asdict(config).items() if k != "ray_address"}, sort_keys=True,
+                               default=str).encode()
+    resuming = workspace.start(output, work, REPORT, settings_json)
     local = Path(tempfile.mkdtemp(prefix="albert-pretrain-"))
     started_ray = connect_ray(config.ray_address)
     try:
         from transformers import AutoTokenizer
 
-        from albert_batch.training.pretrain_loop import EVALUATIONS, mask_held_out
+        from albert_batch.training.pretrain_loop import EVALUATIONS, TRAINING_STATE, mask_held_out
 
-        base = prepare_base(config, plan, local / "base")
-        base_uri = workspace.upload_base(base, work)
+        if resuming:
+            log.info("resuming pretraining from the checkpoints in %s", work)
+            base_uri = work.child(workspace.BASE).uri
+            base = Path(models.resolve(base_uri)[0])
+        else:
+            base = prepare_base(config, plan, local / "base")
+            base_uri = workspace.upload_base(base, work)
+            workspace.record_settings(work, settings_json)
         tokenizer = AutoTokenizer.from_pretrained(str(base))
         settings = ExampleSettings.of(config, tokenizer, held_out_buckets(plan.num_rows))
+        log.info("reading the corpus once to count its examples (%d rows in %d files)", plan.num_rows, len(plan.files))
         data = count_corpus(config, plan, settings)
+        log.info("corpus: %d documents to train on (%d examples, %d sentence-order pairs), %d held out; %d rows "
+                 "skipped", data["training"]["documents"], data["training"]["examples"], data["training"]["sop_pairs"],
+                 data["held_out"]["documents"], sum(data["skipped_rows"].values()))
         masker = Masker(mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
                         special_ids=frozenset(tokenizer.all_special_ids), probability=config.mlm_probability)
         held_out = mask_held_out(corpus_examples(config, plan, settings, side="held_out").take_all(), masker,
                                  config.seed)
+        counter = start_counter(StepCounter)
         trainer = _trainer(config, plan, settings, data, work, base_uri, held_out, masker,
-                           pad_id=tokenizer.pad_token_id or 0)
+                           pad_id=tokenizer.pad_token_id or 0, counter=counter)
+        log.info("pretraining on %d Ray Train worker(s); checkpoints in %s", config.num_workers, work)
         try:
-            result = trainer.fit()
+            with StepMonitor(counter):
+                result = trainer.fit()
         except Exception as err:  # Ray wraps worker failures; keep the root cause
-            raise AlbertBatchError(f"pretraining failed: {err}") from err
+            raise AlbertBatchError(f"pretraining failed: {err}; running the same command again resumes from the "
+                                   f"last checkpoint in {work}") from err
         with result.checkpoint.as_directory() as folder:
             evaluations = json.loads((Path(folder) / EVALUATIONS).read_text())
             for path in sorted(Path(folder).iterdir()):
-                if path.is_file() and path.name != EVALUATIONS:
+                if path.is_file() and path.name not in (EVALUATIONS, TRAINING_STATE):
                     storage.write_bytes(output.child(path.name), path.read_bytes())
         storage.delete_dir(work)
         seconds = round(time.monotonic() - started, 1)
@@ -105,19 +124,6 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         shutil.rmtree(local, ignore_errors=True)
         if started_ray:
             ray.shutdown()
-
-
-def _start_output(output: Location) -> None:
-    """Check that the output can be written before any work, and drop what an earlier run left there: its
-    report, which marks a complete model, and its working folder."""
-    try:
-        storage.check_writable(output)
-        storage.delete_file(output.child(REPORT))
-        storage.delete_dir(output.child(WORK_DIR))
-    except Transient:
-        raise
-    except StorageError as err:
-        raise OutputError(f"output {output} cannot be written: {err}") from err
 
 
 def prepare_base(config: PretrainConfig, plan: InputPlan, folder: Path) -> Path:
@@ -177,7 +183,7 @@ def tokenizer_texts(config: PretrainConfig, plan: InputPlan) -> list[str]:
 
 
 def _trainer(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings, data: dict[str, Any],
-             work: Location, base: str, held_out: list[Any], masker: Masker, *, pad_id: int) -> Any:
+             work: Location, base: str, held_out: list[Any], masker: Masker, *, pad_id: int, counter: Any) -> Any:
     """A `TorchTrainer` streaming the training examples, starting from the uploaded base model."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -186,13 +192,15 @@ def _trainer(config: PretrainConfig, plan: InputPlan, settings: ExampleSettings,
 
     cpus = workspace.node_cpus()
     per_worker = data["training"]["examples"] // config.num_workers
-    expected = config.epochs * max(1, math.ceil(per_worker / config.batch_size))
+    per_epoch = max(1, math.ceil(per_worker / config.batch_size))
+    expected = config.epochs * per_epoch
+    steps = min(expected, config.max_steps or expected)
     loop = PretrainLoop(
-        base=base, epochs=config.epochs, stop_after=config.max_steps,
-        schedule_steps=min(expected, config.max_steps or expected), report_every=config.report_every,
+        base=base, epochs=config.epochs, stop_after=config.max_steps, schedule_steps=steps,
+        planned_epochs=min(config.epochs, math.ceil(steps / per_epoch)), report_every=config.report_every,
         batch_size=config.batch_size, learning_rate=config.lr, seed=config.seed, pad_id=pad_id, masker=masker,
         held_out=held_out,
-        threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
+        threads=max(1, cpus // config.num_workers) if not config.use_gpu else None, progress=counter,
     )
     return TorchTrainer(
         train_loop,

@@ -22,9 +22,13 @@ from albert_batch.training.bio import IGNORE_INDEX
 from albert_batch.training.data import BUCKET_BATCHES, length_buckets
 from albert_batch.training.finetune import TOKENIZER_FILES
 from albert_batch.training.masking import Masker
+from albert_batch.training.progress import Step, report_step
 from albert_batch.training.sop import NO_PAIR
 
 EVALUATIONS = "evaluations.json"  # in every checkpoint: the scores of every evaluation up to it
+# In every checkpoint beside the model: the optimizer's and the schedule's state, the step, and where in
+# the epochs it was taken, to resume from.
+TRAINING_STATE = "training_state.pt"
 EVAL_BATCH = 64
 
 
@@ -44,6 +48,7 @@ class PretrainLoop:
     epochs: int
     stop_after: int | None  # optimizer steps, from --max-steps
     schedule_steps: int  # the linear decay's length: the steps this run is expected to take
+    planned_epochs: int  # the epochs those steps take (fewer than ``epochs`` when --max-steps ends training)
     report_every: int | None
     batch_size: int
     learning_rate: float
@@ -52,6 +57,7 @@ class PretrainLoop:
     masker: Masker
     held_out: list[MaskedExample]  # masked once, so that every evaluation scores the same tokens
     threads: int | None  # torch threads per CPU worker; None on GPUs
+    progress: Any = None  # the driver's `progress.StepCounter` actor, which rank 0 reports every step to
 
 
 class Objective(torch.nn.Module):
@@ -107,21 +113,38 @@ def train_loop(config: dict[str, Any]) -> None:
     if loop.threads:
         torch.set_num_threads(loop.threads)
     base, _ = models.resolve(loop.base)
-    core = Objective(AlbertForPreTraining.from_pretrained(base))
+    checkpoint = ray.train.get_checkpoint()
+    # Where training starts: the base model before the first step, or a checkpoint's step, `skip` batches
+    # into its epoch (those batches are passed over, not trained on again).
+    history: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"step": 0, "epoch": 1, "skip": 0}
+    if checkpoint is None:
+        model = AlbertForPreTraining.from_pretrained(base)
+    else:
+        with checkpoint.as_directory() as folder:
+            model = AlbertForPreTraining.from_pretrained(folder)
+            history = json.loads((Path(folder) / EVALUATIONS).read_text())
+            state = torch.load(Path(folder) / TRAINING_STATE, weights_only=True)
+    core = Objective(model)
     objective = ray.train.torch.prepare_model(core)  # wrapped for data parallelism when there are several workers
     optimizer = torch.optim.AdamW(objective.parameters(), lr=loop.learning_rate, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, max(1, loop.schedule_steps // 10), loop.schedule_steps)
+    if checkpoint is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
     rank = ray.train.get_context().get_world_rank()
-    rng = np.random.default_rng([loop.seed, rank])
+    rng = np.random.default_rng([loop.seed, rank, state["step"]])  # fresh masks after a resume
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
-    history: list[dict[str, Any]] = []
     started = time.monotonic()
-    step, totals = 0, dict.fromkeys(("mlm_loss", "mlm_count", "sop_loss", "sop_count"), 0.0)
+    step, resumed_from = int(state["step"]), int(state["step"])
+    totals = dict.fromkeys(("mlm_loss", "mlm_count", "sop_loss", "sop_count"), 0.0)
 
-    def report(epoch: int) -> None:
+    def report(epoch: int, trained: int | None) -> None:
+        """Score and report; ``trained``: the batches of ``epoch`` trained so far, None when it is complete."""
         nonlocal totals
-        scores: dict[str, Any] = {"step": step, "epoch": epoch, "seconds": round(time.monotonic() - started, 1)}
+        scores: dict[str, Any] = {"step": step, "epoch": epoch, "seconds": round(time.monotonic() - started, 1),
+                                  "resumed_from": resumed_from}
         if step:
             scores["train_mlm_loss"] = totals["mlm_loss"] / max(1.0, totals["mlm_count"])
             scores["train_sop_loss"] = totals["sop_loss"] / max(1.0, totals["sop_count"])
@@ -131,11 +154,21 @@ def train_loop(config: dict[str, Any]) -> None:
             # are not evaluating.
             scores.update(evaluate(core, loop.held_out, loop.pad_id, device))
             history.append(scores)
-        _report(core.model, base, scores, history if rank == 0 and step else None)
+        resume_at = {"step": step, "epoch": epoch + 1, "skip": 0} if trained is None else {
+            "step": step, "epoch": epoch, "skip": trained}
+        training_state = resume_at | {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+        _report(core.model, base, scores, (history, training_state) if rank == 0 and step else None)
 
-    report(epoch=0)
-    for epoch in range(1, loop.epochs + 1):
-        for batch in _training_batches(shard, loop, rng):
+    if checkpoint is None:
+        report(epoch=0, trained=None)
+    elif loop.stop_after and step >= loop.stop_after:  # the driver was lost after the last checkpoint
+        return
+    for epoch in range(int(state["epoch"]), loop.epochs + 1):
+        skip = int(state["skip"]) if epoch == state["epoch"] else 0
+        trained = skip
+        for i, batch in enumerate(_training_batches(shard, loop, rng)):
+            if i < skip:
+                continue
             objective.train()
             out = objective(**{k: v.to(device) for k, v in batch.items()})
             loss = out["mlm_loss"] / out["mlm_count"].clamp(min=1) + out["sop_loss"] / out["sop_count"].clamp(min=1)
@@ -144,15 +177,18 @@ def train_loop(config: dict[str, Any]) -> None:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            step += 1
+            step, trained = step + 1, trained + 1
             for key in totals:
                 totals[key] += float(out[key])
+            if rank == 0:
+                report_step(loop.progress, Step(step=step, steps=loop.schedule_steps, epoch=epoch,
+                                                epochs=loop.planned_epochs, loss=float(loss)))
             if step == loop.stop_after or (loop.report_every and step % loop.report_every == 0):
-                report(epoch)
+                report(epoch, trained)
             if step == loop.stop_after:
                 return
         if not (loop.report_every and step % loop.report_every == 0):
-            report(epoch)
+            report(epoch, None)
 
 
 def evaluate(objective: Any, held_out: list[MaskedExample], pad_id: int, device: Any) -> dict[str, float]:
@@ -195,8 +231,8 @@ def _collate(examples: list[MaskedExample], pad_id: int) -> dict[str, torch.Tens
     attention = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[row, :n] = torch.as_tensor(e.input_ids, dtype=torch.long)
-        types[row, :n] = torch.as_tensor(e.token_type_ids, dtype=torch.long)
+        ids[row, :n] = torch.tensor(e.input_ids, dtype=torch.long)  # a copy: Ray Data's arrays are read-only
+        types[row, :n] = torch.tensor(e.token_type_ids, dtype=torch.long)
         labels[row, :n] = torch.as_tensor(e.labels, dtype=torch.long)
         attention[row, :n] = 1
     orders = torch.as_tensor([e.sentence_order for e in examples], dtype=torch.long)
@@ -204,20 +240,23 @@ def _collate(examples: list[MaskedExample], pad_id: int) -> dict[str, torch.Tens
             "sentence_order": orders}
 
 
-def _report(model: Any, base: str, scores: dict[str, Any], history: list[dict[str, Any]] | None) -> None:
-    """Report ``scores``; with ``history`` (rank 0, after the first step), with a checkpoint: the model,
-    its tokenizer and every evaluation so far."""
+def _report(model: Any, base: str, scores: dict[str, Any],
+            saved: tuple[list[dict[str, Any]], dict[str, Any]] | None) -> None:
+    """Report ``scores``; with ``saved`` (rank 0, after the first step: every evaluation so far and the
+    training state), with a checkpoint: the model, its tokenizer, the evaluations and the training state."""
     import ray.train
     from ray.train import Checkpoint
 
-    if history is None:
+    if saved is None:
         ray.train.report(scores)
         return
+    history, training_state = saved
     folder = Path(tempfile.mkdtemp(prefix=f"step-{scores['step']}-"))
     model.save_pretrained(str(folder), safe_serialization=True)
     for name in TOKENIZER_FILES:
         if (Path(base) / name).exists():
             shutil.copy(Path(base) / name, folder / name)
     (folder / EVALUATIONS).write_text(json.dumps(history))
+    torch.save(training_state, folder / TRAINING_STATE)
     ray.train.report(scores, checkpoint=Checkpoint.from_directory(str(folder)))
     shutil.rmtree(folder, ignore_errors=True)

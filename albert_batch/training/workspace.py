@@ -9,10 +9,35 @@ from pathlib import Path
 from typing import Any
 
 from albert_batch import storage
+from albert_batch.errors import OutputError, StorageError, Transient
 from albert_batch.storage import Location
 
 BASE = "base"
 CHECKPOINTS = "ray_train"
+RUN = "run.json"  # the settings the checkpoints were trained with, written once the base is there
+MAX_FAILURES = 3  # restarts of the training workers from the last checkpoint before the run fails
+
+
+def start(output: Location, work: Location, report: str, settings: bytes) -> bool:
+    """Check that ``output`` can be written before any work and drop an earlier run's ``report`` (which marks
+    a complete model). The working folder ``work`` stays when an earlier run of the same ``settings`` left it,
+    so that this run resumes from its checkpoints (returns True); any other is removed."""
+    try:
+        storage.check_writable(output)
+        storage.delete_file(output.child(report))
+        if storage.exists(work.child(RUN)) and storage.read_bytes(work.child(RUN)) == settings:
+            return True
+        storage.delete_dir(work)
+    except Transient:
+        raise
+    except StorageError as err:
+        raise OutputError(f"output {output} cannot be written: {err}") from err
+    return False
+
+
+def record_settings(work: Location, settings: bytes) -> None:
+    """Mark ``work`` as holding a run of ``settings``: a later run of the same settings resumes from it."""
+    storage.write_bytes(work.child(RUN), settings)
 
 
 def upload_base(folder: Path, work: Location) -> str:
@@ -24,7 +49,7 @@ def upload_base(folder: Path, work: Location) -> str:
     return target.uri
 
 
-def run_config(name: str, work: Location, *, num_to_keep: int | None, max_failures: int = 0) -> Any:
+def run_config(name: str, work: Location, *, num_to_keep: int | None, max_failures: int = MAX_FAILURES) -> Any:
     """Ray Train's `RunConfig` with its storage in ``work``: a re-run with the same ``name`` and ``work``
     restores the checkpoints of the run before it, and a failed worker group restarts from the latest one
     up to ``max_failures`` times."""

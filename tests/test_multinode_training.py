@@ -103,7 +103,7 @@ def test_a_worker_on_another_node_killed_mid_epoch_resumes_from_s3_and_its_model
             monkeypatch.setenv(key, value)
         driver = multiprocessing.get_context("spawn").Process(target=finetune_then_run, args=(config, run_config))
         driver.start()
-        driver.join(timeout=300)
+        driver.join(timeout=900)  # a bound on a hang only: a busy machine takes minutes
         assert driver.exitcode == 0, "fine-tuning or the run failed; its traceback is in the captured stderr"
 
         report = json.loads(s3_client.open_input_stream(f"models/sentiment/{REPORT}").read())

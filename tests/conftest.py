@@ -1,5 +1,6 @@
-"""Shared fixtures: a real moto S3 server and a real local Ray (both once per session), and tiny ALBERT
-models built on the fly. Helpers that tests import are in `support`."""
+"""Shared fixtures: a real moto S3 server and a real local Ray (both once per session), tiny ALBERT models
+built on the fly, and one run's published output that several tests read. Helpers that tests import are in
+`support`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from albert_batch.contract import Task
 from albert_batch.dev.local_ray import free_port
 from albert_batch.training.model_init import init_model
-from support import CLASSIFIER_LABELS, FAKE_KEY_ID, FAKE_SECRET, NER_LABELS, TRICKY_TEXTS
+from support import CLASSIFIER_LABELS, FAKE_KEY_ID, FAKE_SECRET, LONG_TEXT, NER_LABELS, TRICKY_TEXTS, write_corpus
 
 # Airflow reads its settings when first imported: give the test session its own home (SQLite database,
 # logs) and no example DAGs, before any test module imports it.
@@ -122,3 +123,19 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (ner / name).write_bytes((classifier / name).read_bytes())
     init_model(ner, Task.NER, NER_LABELS, vocab_size=400, initializer_range=0.4, seed=2)
     return {"classifier": str(classifier), "ner": str(ner)}
+
+
+@pytest.fixture(scope="session")
+def tricky_run(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str], ray_cluster: Any) -> Path:
+    """The output folder of one fp32 run of both tiny models over `TRICKY_TEXTS` then `LONG_TEXT` (ids by
+    position, partition dt=2026-11-01). Tests that compare what a run publishes with other predictors read
+    it; none writes to it, so one run serves them all."""
+    from albert_batch import RunConfig, run
+
+    root = tmp_path_factory.mktemp("tricky-run")
+    (root / "input").mkdir()
+    texts = [*TRICKY_TEXTS, LONG_TEXT]
+    write_corpus(root / "input/part.parquet", list(range(len(texts))), texts)
+    run(RunConfig(input=str(root / "input"), output=str(root / "output"), precision="fp32",
+                  classifier_model=tiny_models["classifier"], ner_model=tiny_models["ner"], partition=["dt=2026-11-01"]))
+    return root / "output"

@@ -39,6 +39,8 @@ TRICKY_TEXTS = [
     "Dr. O'Neil-Smith, Ph.D., visited St. Petersburg on 3/4/2025 at 10:30am.",
     "THE SERVICE WAS TERRIBLE AND THE FOOD COLD",
 ]
+# Longer than the model: classification truncates it, NER covers it with overlapping windows.
+LONG_TEXT = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
 
 
 def write_corpus(path: Path | str, ids: list[Any], texts: list[str | None], *, id_type: pa.DataType = INT64,

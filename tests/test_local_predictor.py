@@ -10,11 +10,8 @@ from typing import Any
 import pytest
 from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer, pipeline
 
-from albert_batch import ConfigError, InputError, ModelLoadError, RunConfig, Task, load_predictor, run
-from support import SCORE_TOLERANCE, TRICKY_TEXTS, read_published, write_corpus
-
-# Longer than the model: classification truncates it, NER covers it with overlapping windows.
-LONG = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
+from albert_batch import ConfigError, InputError, ModelLoadError, Task, load_predictor
+from support import LONG_TEXT, SCORE_TOLERANCE, TRICKY_TEXTS, read_published
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +42,10 @@ def test_predicting_starts_no_ray(tiny_models):
     assert result.stdout.strip() == "True False"
 
 
-def test_results_equal_what_the_batch_job_publishes(tmp_path, tiny_models, ray_cluster, local):
-    texts = [*TRICKY_TEXTS, LONG]
-    (tmp_path / "input").mkdir()
-    write_corpus(tmp_path / "input/part.parquet", list(range(len(texts))), texts)
-    run(RunConfig(input=str(tmp_path / "input"), output=str(tmp_path / "output"), precision="fp32",
-                  classifier_model=tiny_models["classifier"], ner_model=tiny_models["ner"], partition=["dt=2026-11-01"]))
-    published = {r["id"]: r for r in read_published(tmp_path / "output", "classifications")}
-    published_entities = {r["id"]: r["entities"] for r in read_published(tmp_path / "output", "entities")}
+def test_results_equal_what_the_batch_job_publishes(tricky_run, local):
+    texts = [*TRICKY_TEXTS, LONG_TEXT]  # what the run read, ids by position
+    published = {r["id"]: r for r in read_published(tricky_run, "classifications")}
+    published_entities = {r["id"]: r["entities"] for r in read_published(tricky_run, "entities")}
 
     for i, got in enumerate(local[Task.CLASSIFY](texts)):
         want = published[i]
@@ -144,7 +137,7 @@ def test_on_a_gpu_fp32_gives_the_cpu_results(tiny_models, local):
     for task, folder in ((Task.CLASSIFY, tiny_models["classifier"]), (Task.NER, tiny_models["ner"])):
         gpu = load_predictor(task, folder, precision="fp32", use_gpu=True)
         assert gpu.predictor.device.type == "cuda"
-        for got, want in zip(gpu([*TRICKY_TEXTS, LONG]), local[task]([*TRICKY_TEXTS, LONG]), strict=True):
+        for got, want in zip(gpu([*TRICKY_TEXTS, LONG_TEXT]), local[task]([*TRICKY_TEXTS, LONG_TEXT]), strict=True):
             if task is Task.CLASSIFY:
                 assert got["label"] == want["label"]
                 assert got["score"] == pytest.approx(want["score"], abs=SCORE_TOLERANCE)

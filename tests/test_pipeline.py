@@ -14,9 +14,15 @@ from transformers import AlbertForSequenceClassification, AlbertForTokenClassifi
 from albert_batch import RunConfig, run
 from albert_batch.pipeline import backpressure, cluster, runner, sizing
 from albert_batch.pipeline.inputs import plan_input, read_input
-from support import SCORE_TOLERANCE, TRICKY_TEXTS, manifest, published_partitions, read_published, write_corpus
-
-LONG = " ".join(f"Zhang Wei visited Nairobi with Acme Corp, day {i}." for i in range(120))
+from support import (
+    LONG_TEXT,
+    SCORE_TOLERANCE,
+    TRICKY_TEXTS,
+    manifest,
+    published_partitions,
+    read_published,
+    write_corpus,
+)
 
 
 def corpus_rows(n: int, start: int = 0) -> tuple[list[int], list[str | None]]:
@@ -44,7 +50,7 @@ def test_every_input_row_lands_in_exactly_one_place(tmp_path, tiny_models, ray_c
     (tmp_path / "input/lang=en").mkdir(parents=True)
     (tmp_path / "input/lang=de").mkdir(parents=True)
     ids, texts = corpus_rows(150)
-    texts[3], texts[4], texts[5], texts[6] = None, "", "  \t\n ", LONG
+    texts[3], texts[4], texts[5], texts[6] = None, "", "  \t\n ", LONG_TEXT
     write_corpus(tmp_path / "input/lang=en/part-0.parquet", ids, texts)
     more_ids, more_texts = corpus_rows(90, start=1000)
     write_corpus(tmp_path / "input/lang=de/part-1.parquet", [*more_ids, None], [*more_texts, "no id"])
@@ -91,20 +97,17 @@ def test_every_input_row_lands_in_exactly_one_place(tmp_path, tiny_models, ray_c
     assert meta["stages"] == summary.stages and summary.stages["model_actors"] >= 1, "the layout that ran"
 
 
-def test_fp32_results_match_the_reference_pipelines_end_to_end(tmp_path, tiny_models, ray_cluster):
-    (tmp_path / "input").mkdir()
-    texts = TRICKY_TEXTS
-    write_corpus(tmp_path / "input/part.parquet", list(range(len(texts))), texts)
-    run(config(tmp_path, tiny_models))
-
+def test_fp32_results_match_the_reference_pipelines_end_to_end(tiny_models, tricky_run):
+    """The run's rows for the tricky texts (ids 0-11; Hugging Face's pipelines tag only a long text's first
+    window) against the reference pipelines on each text."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["classifier"])
     classify = pipeline("text-classification", tokenizer=tokenizer, device="cpu",
                         model=AlbertForSequenceClassification.from_pretrained(tiny_models["classifier"]))
     tag = pipeline("token-classification", tokenizer=tokenizer, device="cpu", aggregation_strategy="simple",
                    model=AlbertForTokenClassification.from_pretrained(tiny_models["ner"]))
-    got_labels = {r["id"]: r for r in read_published(tmp_path / "output", "classifications")}
-    got_entities = {r["id"]: r["entities"] for r in read_published(tmp_path / "output", "entities")}
-    for i, text in enumerate(texts):
+    got_labels = {r["id"]: r for r in read_published(tricky_run, "classifications")}
+    got_entities = {r["id"]: r["entities"] for r in read_published(tricky_run, "entities")}
+    for i, text in enumerate(TRICKY_TEXTS):
         want = classify(text, truncation=True)[0]
         assert got_labels[i]["label"] == want["label"]
         assert got_labels[i]["score"] == pytest.approx(want["score"], abs=SCORE_TOLERANCE)

@@ -251,7 +251,8 @@ def test_a_warehouse_on_s3_and_a_catalog_that_cannot_be_used(tmp_path, tiny_mode
 def start_cli_killed_at(options: RunConfig, commits_before_kill: int) -> subprocess.CompletedProcess:
     """``albert-batch run`` in its own process, killed (SIGKILL) when it is about to make its commit number
     ``commits_before_kill`` + 1: 0 kills it with every unit staged and nothing committed, 1 between the first
-    table's commit and the second's."""
+    table's commit and the second's. It joins the test session's Ray (``RAY_ADDRESS``, set by `ray_cluster`):
+    what is killed is the run's driver, which makes the commits; a Ray of its own would only add its start-up."""
     code = ("import os, signal, sys\n"
             "from albert_batch import iceberg\n"
             "from albert_batch.cli import main\n"
@@ -262,9 +263,8 @@ def start_cli_killed_at(options: RunConfig, commits_before_kill: int) -> subproc
             "    made.append(commit(*args, **kwargs))\n"
             "iceberg.replace_partition = replace_partition\n"
             "sys.exit(main(sys.argv[1:]))\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-c", code, "run", "-q", *run_argv(options)[2:]], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", code, "run", "-q", *run_argv(options)[2:]], capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.mark.slow

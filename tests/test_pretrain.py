@@ -233,12 +233,14 @@ def test_a_pretraining_whose_driver_dies_resumes_from_its_last_checkpoint_learns
                                                      "tokenizer.json", "tokenizer_config.json"]
 
     # What `finetune --base-model` does with its base before training: the pretrained encoder under a new head.
-    from transformers import AlbertForPreTraining, AlbertForSequenceClassification
+    from transformers import AlbertForPreTraining, AlbertForSequenceClassification, AutoTokenizer
 
     texts = [d.text for d in docs[:20]]
     base = prepare_base(FinetuneConfig(task=Task.CLASSIFY, train="/t", eval="/e", output="/o", base_model=str(out)),
                         ("negative", "positive"), texts, tmp_path / "base")
     assert models.inspect(str(base), Task.CLASSIFY).labels == ("negative", "positive")
+    assert AutoTokenizer.from_pretrained(out).model_max_length == 64, "pretraining learnt 64 positions"
+    assert AutoTokenizer.from_pretrained(base).model_max_length == 512, "fine-tuning at 512 tokens learns the rest"
     pretrained = AlbertForPreTraining.from_pretrained(out)
     classifier = AlbertForSequenceClassification.from_pretrained(base)
     assert classifier.albert.embeddings.word_embeddings.weight.equal(pretrained.albert.embeddings.word_embeddings.weight)

@@ -69,6 +69,11 @@ def prepare_base(config: FinetuneConfig, labels: tuple[str, ...], texts: list[st
         raise ModelLoadError(f"cannot load base model {config.base_model}: {err}") from err
     if model.config.model_type != "albert":
         raise ModelLoadError(f"base model {config.base_model} is not ALBERT (model_type {model.config.model_type!r})")
+    # The positions the model knows: those of its pretraining (the tokenizer's length, as `pretrain` saves
+    # it), and those fine-tuning trains; inference windows and truncates at the larger.
+    trained = min(config.max_length, model.config.max_position_embeddings)
+    if tokenizer.model_max_length < trained:
+        tokenizer.model_max_length = trained
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     return folder

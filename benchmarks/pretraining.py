@@ -5,6 +5,7 @@ split and the same fine-tuning budget (epochs, batch size, sequence length).
 
     python -m benchmarks.pretraining                                   # 1,000 labelled, 20,000 unlabelled
     python -m benchmarks.pretraining --labelled 500 --pretrain-steps 1000 3000 --seeds 0 1 2
+    python -m benchmarks.pretraining --pretrain-steps 1 --base-learning-rates 2e-3   # the corpus's tokenizer alone
 
 Texts come from the demo corpus generator (`albert_batch.dev.corpus`): the labelled set is the first
 ``--labelled`` documents of the demo's train split (the demo fine-tunes on 20,000 of them), the eval set is
@@ -13,6 +14,8 @@ the demo's 500 eval documents, and the unlabelled corpus is ``--unlabelled`` oth
 would type, run in a process of its own; the commands are printed as they run. A pretrained model is
 fine-tuned twice per seed: at `finetune --base-model`'s default learning rate (5e-5, meant for a fully
 pretrained ALBERT) and at the from-scratch default (2e-3), so neither side's learning rate decides the result.
+`--pretrain-steps 1` separates the two things pretraining brings: a tokenizer learnt from the whole corpus
+(which one step leaves as it is, with weights still at their random start) and the trained weights.
 
 Prints, and writes to ``WORKDIR/results.json``, each fine-tune's best-epoch and last-epoch entity F1 and its
 time, each pretraining's held-out masked-LM accuracy, sentence-order accuracy and time, and the machine.
@@ -86,7 +89,7 @@ def pretrain(workdir: Path, steps: int, args: argparse.Namespace) -> dict[str, A
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = [r["best_f1"] for r in runs]
-    return {"runs": len(runs), "best_f1_mean": round(statistics.fmean(best), 4),
+    return {"count": len(runs), "best_f1_mean": round(statistics.fmean(best), 4),
             "best_f1_min": round(min(best), 4), "best_f1_max": round(max(best), 4),
             "last_f1_mean": round(statistics.fmean(r["last_f1"] for r in runs), 4),
             "seconds_mean": round(statistics.fmean(r["seconds"] for r in runs), 1)}
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="both sides (default 32)")
     parser.add_argument("--max-length", type=int, default=256, help="both sides, as the demo (default 256)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)")
+    parser.add_argument("--base-learning-rates", type=float, nargs="+", default=[BASE_LR, SCRATCH_LR],
+                        help=f"fine-tuning rates of the pretrained models (default {BASE_LR:g} {SCRATCH_LR:g})")
     args = parser.parse_args(argv)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for steps in args.pretrain_steps:
         pretrained = pretrain(args.workdir, steps, args)
         results["pretraining"].append(pretrained)
-        for lr in (BASE_LR, SCRATCH_LR):
+        for lr in args.base_learning_rates:
             runs = [finetune(args.workdir, f"pretrained-{steps}-lr{lr:g}-s{seed}", args, seed,
                              "--base-model", pretrained["folder"], "--learning-rate", str(lr)) for seed in args.seeds]
             results["finetuning"][f"pretrained-{steps}-lr{lr:g}"] = {"runs": runs, **summarise(runs)}

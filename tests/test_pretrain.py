@@ -25,7 +25,7 @@ from albert_batch.dev import corpus
 from albert_batch.inference import models
 from albert_batch.training.bio import IGNORE_INDEX
 from albert_batch.training.config import FinetuneConfig, PretrainConfig
-from albert_batch.training.finetune import prepare_base
+from albert_batch.training.finetune import learning_rate, prepare_base
 from albert_batch.training.masking import Masker
 from albert_batch.training.pretrain import REPORT, WORK_DIR
 from albert_batch.training.pretrain_data import (
@@ -241,6 +241,12 @@ def test_a_pretraining_whose_driver_dies_resumes_from_its_last_checkpoint_learns
     assert models.inspect(str(base), Task.CLASSIFY).labels == ("negative", "positive")
     assert AutoTokenizer.from_pretrained(out).model_max_length == 64, "pretraining learnt 64 positions"
     assert AutoTokenizer.from_pretrained(base).model_max_length == 512, "fine-tuning at 512 tokens learns the rest"
+    # A small model pretrained from scratch for a few thousand steps is fine-tuned at the from-scratch rate.
+    on = {"task": Task.NER, "train": "/t", "eval": "/e", "output": "/o"}
+    assert learning_rate(FinetuneConfig(**on, base_model=str(out))) == 2e-3
+    assert learning_rate(FinetuneConfig(**on, base_model=str(out), learning_rate=1e-4)) == 1e-4
+    assert learning_rate(FinetuneConfig(**on, base_model=str(base))) == 5e-5, "no pretraining report: not ours"
+    assert learning_rate(FinetuneConfig(**on, base_model="albert/albert-base-v2")) == 5e-5
     pretrained = AlbertForPreTraining.from_pretrained(out)
     classifier = AlbertForSequenceClassification.from_pretrained(base)
     assert classifier.albert.embeddings.word_embeddings.weight.equal(pretrained.albert.embeddings.word_embeddings.weight)

@@ -25,7 +25,8 @@ class FinetuneConfig:
     epochs: int = setting(3, type=int, metavar="N", help="passes over the training data (default: 3)")
     batch_size: int = setting(32, type=int, metavar="N", help="sequences per training step (default: 32)")
     learning_rate: float | None = setting(None, type=float, metavar="LR",
-                                          help="AdamW learning rate (default 5e-5 with --base-model, 2e-3 with --init)")
+                                          help="AdamW learning rate (default 2e-3 with --init or a base model that "
+                                          "`pretrain --init` wrote, else 5e-5)")
     seed: int = setting(0, type=int, metavar="N", help="random seed (default: 0)")
     num_workers: int = setting(1, type=int, metavar="N", help="data-parallel Ray Train workers (default: 1)")
     use_gpu: bool = setting(False, action="store_true", help="one GPU per worker")
@@ -66,13 +67,6 @@ class FinetuneConfig:
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise ConfigError("learning_rate must be between 0 and 1, e.g. 5e-5")
 
-    @property
-    def lr(self) -> float:
-        """5e-5, the classic ALBERT fine-tuning rate, for pretrained bases; a model built from scratch
-        learns in minutes only with a higher one."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 5e-5 if self.base_model else 2e-3
 
 
 @dataclass(frozen=True, kw_only=True)

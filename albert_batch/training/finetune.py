@@ -43,6 +43,28 @@ REPORT = "training_report.json"
 WORK_DIR = "_finetuning"  # in the output: the starting model and Ray Train's checkpoints; removed at the end
 # What a tokenizer may be saved as; each one the base model has goes into every checkpoint.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Default rates: the classic ALBERT recipe for a pretrained model, and what a small model far from converged
+# needs — one built with --init, or pretrained here from one for thousands of steps rather than ALBERT's
+# hundreds of thousands (at 5e-5 such a model reached entity F1 0.02 where 2e-3 reached 0.67; BENCHMARKS.md).
+PRETRAINED_LR, FROM_SCRATCH_LR = 5e-5, 2e-3
+
+
+def learning_rate(config: FinetuneConfig) -> float:
+    """``--learning-rate``, or the default for the starting model."""
+    if config.learning_rate is not None:
+        return config.learning_rate
+    return FROM_SCRATCH_LR if config.init or _pretrained_from_scratch(config.base_model or "") else PRETRAINED_LR
+
+
+def _pretrained_from_scratch(base: str) -> bool:
+    """Whether ``base`` is a folder that `albert-batch pretrain --init` wrote (its report says so)."""
+    from albert_batch.training.pretrain import REPORT as PRETRAINING_REPORT
+
+    try:
+        report = json.loads(storage.read_bytes(Location.parse(base, what="base model").child(PRETRAINING_REPORT)))
+    except (AlbertBatchError, ValueError):  # not a readable folder of ours: a hub id, another model
+        return False
+    return isinstance(report, dict) and str(report.get("base", "")).startswith("init:")
 
 
 def prepare_base(config: FinetuneConfig, labels: tuple[str, ...], texts: list[str], folder: Path) -> Path:
@@ -153,7 +175,7 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
     cpus = workspace.node_cpus()
     loop = TrainLoop(
         task=config.task, base=base_uri, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=config.lr, seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
+        learning_rate=learning_rate(config), seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
         threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
         tokenizer_files=tuple(n for n in TOKENIZER_FILES if (base / n).exists()), progress=counter,
     )
@@ -182,7 +204,7 @@ def _report(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledData
         "data": {"train": train.sizes(), "eval": evaluation.sizes(), "train_location": config.train,
                  "eval_location": config.eval},
         "hyperparameters": {k: v for k, v in asdict(config).items() if k in hyperparameters}
-        | {"learning_rate": config.lr, "optimizer": "AdamW", "weight_decay": 0.01, "schedule": "linear, 10% warmup"},
+        | {"learning_rate": learning_rate(config), "optimizer": "AdamW", "weight_decay": 0.01, "schedule": "linear, 10% warmup"},
         "epochs": history,
         "best_epoch": best_metrics["epoch"],
         "best_metrics": {k: v for k, v in best_metrics.items() if not k.startswith("_")},

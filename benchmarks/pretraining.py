@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.run import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).with_name("albert-batch"))
@@ -132,12 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(table(results))
     return 0
-
-
-def machine() -> dict[str, Any]:
-    from benchmarks.machine import cpu_model
-
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def table(results: dict[str, Any]) -> str:

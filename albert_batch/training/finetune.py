@@ -121,7 +121,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     labels = label_names(config, train, evaluation)
     output = Location.parse(config.output, what="output")
     work = output.child(WORK_DIR)
-    settings = json.dumps(_run_settings(config, labels), sort_keys=True, default=str).encode()
+    settings = workspace.run_settings(config, labels=list(labels))
     resuming = workspace.start(output, work, REPORT, settings)
     local = Path(tempfile.mkdtemp(prefix="albert-finetune-"))
     started_ray = connect_ray(config.ray_address)
@@ -132,7 +132,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             workspace.upload_base(prepare_base(config, labels, train.texts, local / "base"), work)
             workspace.record_settings(work, settings)
         counter = start_counter(StepCounter)
-        trainer = _trainer(config, labels, train, evaluation, work, counter)
+        lr = learning_rate(config)
+        trainer = _trainer(config, labels, train, evaluation, work, counter, lr)
         log.info("fine-tuning on %d Ray Train worker(s): %d training texts, %d eval texts; checkpoints in %s",
                  config.num_workers, len(train.texts), len(evaluation.texts), work)
         try:
@@ -143,7 +144,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
                                    f"last epoch's checkpoint in {work}") from err
         history = _history(result)
         best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["score"])
-        report = _report(config, labels, train, evaluation, history, best_metrics, started)
+        report = _report(config, labels, train, evaluation, history, best_metrics, started, lr)
         with best_checkpoint.as_directory() as folder:
             _write_output(Path(folder), output, work, report)
         return FinetuneResult(output=config.output, labels=labels, best_epoch=best_metrics["epoch"],
@@ -154,13 +155,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             ray.shutdown()
 
 
-def _run_settings(config: FinetuneConfig, labels: tuple[str, ...]) -> dict[str, Any]:
-    """What decides the checkpoints' meaning: every setting but where Ray runs, and the labels."""
-    return {k: v for k, v in asdict(config).items() if k != "ray_address"} | {"labels": list(labels)}
-
-
 def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledData, evaluation: LabelledData,
-             work: Location, counter: Any) -> Any:
+             work: Location, counter: Any, lr: float) -> Any:
     """A `TorchTrainer` over the encoded training rows, starting from the base model in ``work``."""
     import ray
     from ray.train import ScalingConfig
@@ -175,7 +171,7 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
     cpus = workspace.node_cpus()
     loop = TrainLoop(
         task=config.task, base=base_uri, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=learning_rate(config), seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
+        learning_rate=lr, seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
         threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
         tokenizer_files=tuple(n for n in TOKENIZER_FILES if (base / n).exists()), progress=counter,
     )
@@ -194,7 +190,7 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
 
 
 def _report(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledData, evaluation: LabelledData,
-            history: list[dict[str, Any]], best_metrics: dict[str, Any], started: float) -> dict[str, Any]:
+            history: list[dict[str, Any]], best_metrics: dict[str, Any], started: float, lr: float) -> dict[str, Any]:
     """``training_report.json``: the data, hyperparameters, every epoch's scores and the best epoch."""
     hyperparameters = ("epochs", "batch_size", "seed", "num_workers", "max_length", "max_windows", "vocab_size")
     return {
@@ -204,7 +200,7 @@ def _report(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledData
         "data": {"train": train.sizes(), "eval": evaluation.sizes(), "train_location": config.train,
                  "eval_location": config.eval},
         "hyperparameters": {k: v for k, v in asdict(config).items() if k in hyperparameters}
-        | {"learning_rate": learning_rate(config), "optimizer": "AdamW", "weight_decay": 0.01, "schedule": "linear, 10% warmup"},
+        | {"learning_rate": lr, "optimizer": "AdamW", "weight_decay": 0.01, "schedule": "linear, 10% warmup"},
         "epochs": history,
         "best_epoch": best_metrics["epoch"],
         "best_metrics": {k: v for k, v in best_metrics.items() if not k.startswith("_")},

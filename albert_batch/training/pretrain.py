@@ -70,8 +70,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     plan = plan_input(corpus, id_column=config.id_column, text_column=config.text_column)
     if not plan.num_rows:
         raise InputError(f"corpus {corpus} is empty: its Parquet files hold no rows")
-    settings_json = json.dumps({k: v for k, v in asdict(config).items() if k != "ray_address"}, sort_keys=True,
-                               default=str).encode()
+    settings_json = workspace.run_settings(config)
     resuming = workspace.start(output, work, REPORT, settings_json)
     local = Path(tempfile.mkdtemp(prefix="albert-pretrain-"))
     started_ray = connect_ray(config.ray_address)

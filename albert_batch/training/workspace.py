@@ -5,6 +5,8 @@ Train resumes from checkpoints that outlive the worker (and the driver) that wro
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,13 @@ def start(output: Location, work: Location, report: str, settings: bytes) -> boo
     return False
 
 
+def run_settings(config: Any, **extra: Any) -> bytes:
+    """What decides the checkpoints' meaning, as `start` and `record_settings` compare it: every setting of
+    the dataclass ``config`` but where Ray runs, and ``extra`` (fine-tuning's labels)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "ray_address"} | extra
+    return json.dumps(settings, sort_keys=True, default=str).encode()
+
+
 def record_settings(work: Location, settings: bytes) -> None:
     """Mark ``work`` as holding a run of ``settings``: a later run of the same settings resumes from it."""
     storage.write_bytes(work.child(RUN), settings)
@@ -49,16 +58,16 @@ def upload_base(folder: Path, work: Location) -> str:
     return target.uri
 
 
-def run_config(name: str, work: Location, *, num_to_keep: int | None, max_failures: int = MAX_FAILURES) -> Any:
+def run_config(name: str, work: Location, *, num_to_keep: int | None) -> Any:
     """Ray Train's `RunConfig` with its storage in ``work``: a re-run with the same ``name`` and ``work``
     restores the checkpoints of the run before it, and a failed worker group restarts from the latest one
-    up to ``max_failures`` times."""
+    up to `MAX_FAILURES` times."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     checkpoints = work.child(CHECKPOINTS)
     return RunConfig(name=name, storage_path=checkpoints.path, storage_filesystem=checkpoints.filesystem,
                      checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
-                     failure_config=FailureConfig(max_failures=max_failures))
+                     failure_config=FailureConfig(max_failures=MAX_FAILURES))
 
 
 def node_cpus() -> int:

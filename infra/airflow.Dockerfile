@@ -13,7 +13,7 @@ ARG PYTHON_VERSION=3.11
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 
 ARG AIRFLOW_VERSION
-# Airflow only submits and watches runs, so it takes the small CPU build of the pinned torch.
+# Airflow only submits and watches runs, so it takes the CPU lock (the small CPU build of torch).
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # The base image's user (airflow, uid 50000, gid 0); packages go to its user site, as the image expects.
@@ -22,18 +22,13 @@ USER 50000:0
 RUN mkdir /home/airflow/albert-batch
 WORKDIR /home/airflow/albert-batch
 
-COPY --chown=50000:0 pyproject.toml constraints.txt ./
+COPY --chown=50000:0 requirements.lock ./
 
-RUN pip install --no-cache-dir -c constraints.txt --index-url "$TORCH_CPU_INDEX_URL" torch
+# Every package exactly as locked, with its hashes: the environment the test suite ran, Airflow at the
+# image's own version included (tests/test_infra.py checks that they agree).
+RUN pip install --no-cache-dir --require-hashes --no-deps --extra-index-url "$TORCH_CPU_INDEX_URL" -r requirements.lock
 
-# pyproject's dependencies and its airflow extra; naming apache-airflow==$AIRFLOW_VERSION keeps pip from
-# moving the image's own Airflow.
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p.get('optional-dependencies', {}).get('airflow', [])))" \
-        > /tmp/requirements.txt && \
-    pip install --no-cache-dir -c constraints.txt "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/requirements.txt && \
-    rm /tmp/requirements.txt
-
-COPY --chown=50000:0 README.md ./
+COPY --chown=50000:0 pyproject.toml README.md ./
 COPY --chown=50000:0 albert_batch ./albert_batch
-RUN pip install --no-cache-dir --no-deps -c constraints.txt ".[airflow]" && \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation ".[airflow]" && \
     python -c "import airflow, albert_batch.airflow; assert airflow.__version__ == '$AIRFLOW_VERSION', airflow.__version__"

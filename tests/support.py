@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from packaging.utils import canonicalize_name
 
 # Credentials the tests give moto; no output, log or error may ever contain the secret.
 FAKE_KEY_ID = "AKIATESTINGKEYID0000"
@@ -81,3 +83,15 @@ def published_dataset(fs: pafs.S3FileSystem, root: str, table: str) -> pa.Table:
     partitioning = ds.partitioning(pa.schema([("dt", pa.string())]), flavor="hive")
     return ds.dataset(data, filesystem=fs, format="parquet", partitioning=partitioning,
                       partition_base_dir=f"{root}/{table}").to_table()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU_LOCK = ROOT / "requirements.lock"
+GPU_LOCK = ROOT / "requirements-gpu.lock"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+
+
+def locked_versions(lock: Path) -> dict[str, str]:
+    """The lock's pins, by canonical package name (`make lock` writes one `name==version \\` per package)."""
+    return {canonicalize_name(m[1]): m[2] for line in lock.read_text(encoding="utf-8").splitlines()
+            if (m := _PIN.match(line))}

@@ -27,6 +27,7 @@ from albert_batch.airflow.dags import DagSpec
 from albert_batch.cli import build_parser, config_from_args
 from albert_batch.config import RunConfig
 from albert_batch.storage import Location
+from support import CPU_LOCK, locked_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -38,6 +39,7 @@ ENV_EXAMPLE = INFRA / ".env.example"
 DOCS = INFRA / "README.md"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
+LOCKED = locked_versions(CPU_LOCK)
 
 # Third-party images the local stack may use, each pinned to a tag; nothing else is pulled.
 THIRD_PARTY_IMAGES = {"motoserver/moto", "postgres"}
@@ -266,44 +268,46 @@ def test_the_docs_name_only_files_that_exist():
 # ----------------------------------------------------------------------------------------------- images
 
 
-def test_the_ray_image_is_the_official_ray_image_of_the_pinned_ray_and_python():
+def test_the_ray_image_is_the_official_ray_image_of_the_locked_ray_and_python():
     args = dockerfile_args(RAY_DOCKERFILE)
     assert Version(args["RAY_VERSION"]) in pip_requirement("ray").specifier
-    assert args["RAY_VERSION"] == metadata.version("ray"), "the image runs the Ray the tests run"
+    assert args["RAY_VERSION"] == LOCKED["ray"], "the image runs the Ray the lock (and so the tests) run"
     assert args["PYTHON_VERSION"] == "311" == PYPROJECT["tool"]["ruff"]["target-version"].removeprefix("py")
     assert base_image(RAY_DOCKERFILE) == "rayproject/ray:2.60.0-py311-gpu"
     assert base_image(RAY_DOCKERFILE, VARIANT="cpu") == "rayproject/ray:2.60.0-py311-cpu"
 
 
-def test_the_airflow_image_is_the_official_airflow_image_the_project_is_tested_with():
+def test_the_airflow_image_is_the_official_airflow_image_of_the_locked_airflow():
     args = dockerfile_args(AIRFLOW_DOCKERFILE)
-    assert args["AIRFLOW_VERSION"] == metadata.version("apache-airflow")
+    assert args["AIRFLOW_VERSION"] == LOCKED["apache-airflow"]
     assert base_image(AIRFLOW_DOCKERFILE) == f"apache/airflow:{args['AIRFLOW_VERSION']}-python3.11"
     runs = " ".join(rest for keyword, rest in dockerfile_instructions(AIRFLOW_DOCKERFILE) if keyword == "RUN")
-    assert "'airflow'" in runs and '".[airflow]"' in runs, "installs the project with its airflow extra"
-    assert '"apache-airflow==${AIRFLOW_VERSION}"' in runs, "pip may not move the image's own Airflow"
+    assert '".[airflow]"' in runs, "installs the project with its airflow extra"
+
+
+def lock_installs(dockerfile: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """The Dockerfile's pip installs: (those from a lock, the others), each with its step's index."""
+    installs = [(i, rest) for i, (keyword, rest) in enumerate(dockerfile_instructions(dockerfile))
+                if keyword == "RUN" and "pip install" in rest]
+    return [s for s in installs if "-r requirements" in s[1]], [s for s in installs if "-r requirements" not in s[1]]
 
 
 @pytest.mark.parametrize("dockerfile", [RAY_DOCKERFILE, AIRFLOW_DOCKERFILE], ids=lambda p: p.name)
-def test_images_install_with_the_projects_constraints_so_torch_is_the_pinned_build(dockerfile):
+def test_images_install_every_dependency_from_the_lock_with_hashes_and_the_project_without_resolving(dockerfile):
     steps = dockerfile_instructions(dockerfile)
-    copied = next(i for i, (keyword, rest) in enumerate(steps) if keyword == "COPY" and "constraints.txt" in rest)
-    installs = [(i, rest) for i, (keyword, rest) in enumerate(steps) if keyword == "RUN" and "pip install" in rest]
-    assert installs and all(i > copied and "-c constraints.txt" in rest for i, rest in installs)
-    pins = [Requirement(line) for line in (ROOT / "constraints.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
-    [torch_pin] = [r for r in pins if r.name == "torch"]
-    assert str(torch_pin.specifier) == f"=={Version(metadata.version('torch')).public}"
-    [torch_step] = [rest for _, rest in installs if rest.rstrip().endswith("torch")]
-    assert "$TORCH_CPU_INDEX_URL" in torch_step
+    copied = next(i for i, (keyword, rest) in enumerate(steps) if keyword == "COPY" and "requirements.lock" in rest)
+    from_lock, others = lock_installs(dockerfile)
+    assert from_lock and all(i > copied and "--require-hashes --no-deps" in rest for i, rest in from_lock)
+    assert others and all("--no-deps --no-build-isolation" in rest for _, rest in others), "nothing outside the lock"
+    assert "--extra-index-url \"$TORCH_CPU_INDEX_URL\" -r requirements.lock" in from_lock[0][1]
     assert dockerfile_args(dockerfile)["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
 
 
-def test_the_gpu_variant_takes_pypis_cuda_torch_and_the_cpu_variant_the_cpu_index():
-    [torch_step] = [rest for keyword, rest in dockerfile_instructions(RAY_DOCKERFILE)
-                    if keyword == "RUN" and rest.rstrip().endswith("torch")]
-    script = torch_step.split("pip install")[0]
-    assert '[ "$VARIANT" = "cpu" ]; then set -- --index-url "$TORCH_CPU_INDEX_URL"; else set --; fi' in script
+def test_the_gpu_variant_installs_the_gpu_lock_and_the_cpu_variant_the_cpu_lock():
+    [(_, step)] = lock_installs(RAY_DOCKERFILE)[0]
+    script = step.split("pip install")[0]
+    assert '[ "$VARIANT" = "cpu" ]; then set -- --extra-index-url "$TORCH_CPU_INDEX_URL" -r requirements.lock;' in script
+    assert "else set -- -r requirements-gpu.lock; fi" in script
 
 
 @pytest.mark.parametrize(("dockerfile", "user"), [(RAY_DOCKERFILE, "1000:100"), (AIRFLOW_DOCKERFILE, "50000:0")],
@@ -314,7 +318,7 @@ def test_images_run_as_the_base_images_non_root_user_and_copy_code_after_depende
     assert all(f"--chown={user}" in rest for keyword, rest in steps if keyword == "COPY")
     code = next(i for i, (keyword, rest) in enumerate(steps) if keyword == "COPY" and "albert_batch" in rest)
     dependency_installs = [i for i, (keyword, rest) in enumerate(steps)
-                           if keyword == "RUN" and "pip install" in rest and "--no-deps" not in rest]
+                           if keyword == "RUN" and "pip install" in rest and "-r requirements" in rest]
     assert dependency_installs and max(dependency_installs) < code, "a code change must not reinstall dependencies"
 
 
@@ -323,7 +327,7 @@ def test_the_build_context_holds_what_the_images_copy_and_nothing_secret():
     sources = [src for dockerfile in (RAY_DOCKERFILE, AIRFLOW_DOCKERFILE)
                for keyword, rest in dockerfile_instructions(dockerfile) if keyword == "COPY"
                for src in [w for w in rest.split() if not w.startswith("--")][:-1]]
-    assert set(sources) == {"pyproject.toml", "constraints.txt", "README.md", "albert_batch"}
+    assert set(sources) == {"requirements.lock", "requirements-gpu.lock", "pyproject.toml", "README.md", "albert_batch"}
     for src in sources:
         assert (ROOT / src).exists(), src
         assert not ignore.excludes(src), f".dockerignore leaves {src} out"
@@ -350,7 +354,7 @@ def test_compose_runs_project_images_built_from_infra_or_pinned_third_party_imag
         else:
             assert repo in THIRD_PARTY_IMAGES and tag and tag != "latest", f"{name}: {image}"
     moto_tag = compose_services()["s3"]["image"].rpartition(":")[2]
-    assert moto_tag == metadata.version("moto"), "the stack's S3 is the moto the tests run against"
+    assert moto_tag == LOCKED["moto"], "the stack's S3 is the locked moto, the one the tests run against"
 
 
 def test_every_environment_variable_infra_sets_is_one_that_something_reads():

@@ -92,7 +92,7 @@ def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
     stay fp32: they are a small share of the work, and the head decides the label.
 
     torch marks this API and its quantised tensors deprecated in favour of torchao (not installed here); the
-    warnings say nothing a run's user can act on and are silenced. torch is pinned (``constraints.txt``), and
+    warnings say nothing a run's user can act on and are silenced. torch is locked (``requirements.lock``), and
     the test suite runs this path, so a torch that drops it fails there first."""
     import torch
 

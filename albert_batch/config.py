@@ -173,8 +173,12 @@ class ResourceConfig:
                                       help="overlap of the windows a long NER text is cut into (default: 128)")
     rows_per_file: int | None = setting(
         None, metavar="ROWS", type=int,
-        help="rows each write gathers into an output file (default: 100000); a stopped run loses at most the rows "
-             "not yet written")
+        help="the most rows a write gathers into a staged file (default: 100000); a write also starts once a unit "
+             "of work has all its rows, and after --flush-seconds")
+    flush_seconds: float = setting(
+        60.0, metavar="SECONDS", type=float,
+        help="the longest a processed row waits to be staged (default: 60): a stopped run loses at most this much "
+             "of the model's work, besides what is in flight")
     model_actor_resources: tuple[tuple[str, float], ...] = setting(
         (), metavar="NAME=AMOUNT", action="append",
         help="a custom Ray resource each model actor needs, e.g. model_node=1 to keep model actors on the nodes "
@@ -205,6 +209,8 @@ class ResourceConfig:
             raise ConfigError("resources.max_tokens_per_forward must be at least 512 (one full-length sequence)")
         if self.rows_per_file is not None and self.rows_per_file < 1:
             raise ConfigError("resources.rows_per_file must be at least 1")
+        if not self.flush_seconds > 0:
+            raise ConfigError("resources.flush_seconds must be a positive number of seconds")
         if not 0 <= self.ner_window_overlap <= 256:
             raise ConfigError("resources.ner_window_overlap must be between 0 and 256 tokens")
 
@@ -255,6 +261,15 @@ class RunConfig:
     wait_for_nodes_s: float = setting(
         600.0, metavar="SECONDS", type=float,
         help="once no node can host a model actor (nodes lost), how long to wait for one before failing (default: 600)")
+    max_error_rate: float = setting(
+        0.01, metavar="SHARE", type=float,
+        help="the largest share of input rows, rounded up to whole rows, that may be rejected as processing errors "
+             "(a stage raised an error for them) before the run fails without publishing (default: 0.01); 0 fails "
+             "on the first one")
+    max_text_chars: int | None = setting(
+        None, metavar="CHARS", type=int,
+        help="reject texts longer than this many characters as too_long (default: off: long texts are processed "
+             "whole, NER in windows)")
     resources: ResourceConfig = field(default_factory=ResourceConfig)
 
     def __post_init__(self) -> None:
@@ -288,6 +303,17 @@ class RunConfig:
             raise ConfigError(f"wait_for_nodes_s must be a number of seconds, not {self.wait_for_nodes_s!r}") from None
         if self.wait_for_nodes_s <= 0:
             raise ConfigError("wait_for_nodes_s must be positive")
+        for name, kind in (("max_error_rate", float), ("max_text_chars", int)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                try:
+                    set_(self, name, kind(value))
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{name} must be a number, not {value!r}") from None
+        if not 0 <= self.max_error_rate <= 1:
+            raise ConfigError("max_error_rate must be a share of the input rows, from 0 to 1")
+        if self.max_text_chars is not None and self.max_text_chars < 1:
+            raise ConfigError("max_text_chars must be at least 1")
         if self.ray_address is not None and not str(self.ray_address).strip():
             raise ConfigError("ray_address is empty; leave it out for an embedded local Ray")
 

@@ -3,7 +3,7 @@ reasons, the marker files of a published partition and the fields of its manifes
 
     OUTPUT/classifications/<partition>/part-*.parquet  id, label, score, scores, truncated, model, run_id, processed_at
     OUTPUT/entities/<partition>/part-*.parquet         id, entities, model, run_id, processed_at
-    OUTPUT/rejects/<partition>/part-*.parquet          id, reason, run_id
+    OUTPUT/rejects/<partition>/part-*.parquet          id, reason, run_id, detail
     OUTPUT/<table>/<partition>/_manifest.json          `Manifest`
     OUTPUT/<table>/<partition>/_SUCCESS                written last
 
@@ -35,6 +35,10 @@ class RejectReason(StrEnum):
     NULL_ID = "null_id"
     NULL_TEXT = "null_text"
     BLANK_TEXT = "blank_text"
+    INVALID_UTF8 = "invalid_utf8"  # the text's (or a binary id's) bytes are not UTF-8
+    TOO_LONG = "too_long"  # longer than the run's max_text_chars
+    # A stage raised an error for this row's data (``detail`` says which); the rest of its batch went on.
+    PROCESSING_ERROR = "processing_error"
 
 
 # Marker and bookkeeping files. Consumers skip names that start with "_" (Spark, Hive, DuckDB globs).
@@ -58,7 +62,10 @@ PROVENANCE_FIELDS = (
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("processed_at", TIMESTAMP_TYPE, nullable=False),
 )
-REJECT_FIELDS = (pa.field("reason", pa.string(), nullable=False), pa.field("run_id", pa.string(), nullable=False))
+# ``detail``: for processing_error, the error's type and the first line of its message; null otherwise. Last,
+# so that partitions written before it existed read alongside (a table's schema evolves by adding it).
+REJECT_FIELDS = (pa.field("reason", pa.string(), nullable=False), pa.field("run_id", pa.string(), nullable=False),
+                 pa.field("detail", pa.string()))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@
     ├── ValidationError              a published partition does not keep the output contract (counts, schema)
     ├── RayUnavailable               the Ray cluster (its GCS or its dashboard) did not answer; worth retrying
     ├── NodeLost                     no node can host a model actor any more, for longer than the run waits
+    ├── ErrorBudgetExceeded          more rows failed in processing than max_error_rate allows; nothing published
     ├── Stopped                      a signal (SIGTERM, SIGINT) stopped the run; its staged work is kept
     └── JobFailed                    a Ray job ran by the Airflow operator failed, was stopped or timed out
 
@@ -91,6 +92,11 @@ class RayUnavailable(AlbertBatchError):
 class NodeLost(AlbertBatchError):
     """The cluster lost every node that could host a model actor, and none joined in time; the staged work
     is kept, and the next run resumes it."""
+
+
+class ErrorBudgetExceeded(AlbertBatchError):
+    """More input rows were rejected as processing errors than the run's ``max_error_rate`` allows: the run
+    publishes nothing, and its message names the most frequent error. The staged work is kept."""
 
 
 class Stopped(AlbertBatchError):

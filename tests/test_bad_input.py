@@ -147,3 +147,14 @@ def test_a_ray_cluster_that_cannot_be_reached_is_named_in_one_line_with_a_retrya
     assert result.returncode == 1, result.stderr
     assert f"cannot start or join the Ray cluster at {address}: ConnectionError: nothing answers at {address}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_model_actors_that_no_node_can_host_are_refused_before_any_work(tmp_path, tiny_models, corpus, ray_cluster,
+                                                                         capsys):
+    """On a cluster without an autoscaler, a model actor that no node can host would wait forever: the run
+    is refused at once, naming what the actor needs and what the nodes offer."""
+    code, err = run_cli(capsys, *base_args(tmp_path, tiny_models, corpus), "--model-actor-resource", "nosuch=1")
+    assert code == 2, err
+    assert "no node of the cluster can host a model actor, which needs {'CPU': " in err
+    assert "'nosuch': 1.0}, and no autoscaler can add one (the largest node offers {'CPU': 2.0})" in err
+    assert not (tmp_path / "output" / "classifications").exists()

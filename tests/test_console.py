@@ -41,6 +41,9 @@ def test_a_progress_line_counts_reused_rows_as_done_but_not_in_its_rate():
     assert line(2_000, 160.0) == "progress: 2,000 of 10,000 rows (20%, 2,000 reused), none done yet"
     assert line(5_000, 160.0) == "progress: 5,000 of 10,000 rows (50%, 2,000 reused), 50.0 rows/s, about 1m 40s left"
     assert line(10_000, 260.0) == "progress: 10,000 of 10,000 rows (100%, 2,000 reused), 50.0 rows/s"
+    assert line(5_000, 160.0, staged_rows=3_000) == (
+        "progress: 5,000 of 10,000 rows (50%, 2,000 reused, 3,000 staged), 50.0 rows/s, about 1m 40s left")
+    assert line(5_000, 160.0, staged_rows=5_000) == line(5_000, 160.0), "all staged: nothing more to say"
     slow = Progress(total_rows=1_000_000, reused_rows=0, started=0.0)
     assert slow.line(1_000, 100.0) == "progress: 1,000 of 1,000,000 rows (0%), 10.0 rows/s, about 27h 45m left"
 

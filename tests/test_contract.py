@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -54,7 +55,7 @@ def test_the_schemas_are_the_documented_ones_with_the_input_s_id_type(id_type):
     assert schema("classifications", id_type).names == [
         "id", "label", "score", "scores", "truncated", "model", "run_id", "processed_at"]
     assert schema("entities", id_type).names == ["id", "entities", "model", "run_id", "processed_at"]
-    assert schema("rejects", id_type).names == ["id", "reason", "run_id"]
+    assert schema("rejects", id_type).names == ["id", "reason", "run_id", "detail"]
     assert all(schema(table, id_type).field("id").type == id_type for table in tables_for(Task))
     assert schema("classifications", id_type).field("processed_at").type == pa.timestamp("us", tz="UTC")
     with pytest.raises(KeyError, match="no output table 'labels'"):
@@ -67,7 +68,10 @@ def test_every_output_column_is_reserved_from_partition_keys():
 
 
 def test_reject_reasons_are_the_documented_ones():
-    assert [r.value for r in RejectReason] == ["null_id", "null_text", "blank_text"]
+    assert [r.value for r in RejectReason] == ["null_id", "null_text", "blank_text", "invalid_utf8", "too_long",
+                                               "processing_error"]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{r.value}`" in readme for r in RejectReason)
 
 
 def test_a_manifest_round_trips_and_a_reader_ignores_fields_it_does_not_know():

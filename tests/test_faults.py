@@ -25,6 +25,7 @@ from albert_batch.dev.local_ray import LocalRayHead, start_head
 from albert_batch.inference import models
 from albert_batch.inference.predictors import build_predictor
 from albert_batch.pipeline.validate import validate_partition
+from albert_batch.pipeline.writer import WRITE_TASK
 from faults import FaultyProxy
 from support import SCORE_TOLERANCE, TRICKY_TEXTS, published_dataset
 
@@ -155,8 +156,8 @@ def test_killed_actors_and_a_killed_write_task_cost_time_not_rows(cluster, proxy
     modelled = "MapWorker(MapBatches(ModelStage)).submit"
     wait_until(lambda: len(tasks(head, modelled, "FINISHED")) >= 5, run, "the model did five batches")
     kill("model actor", alive_actors(head, "MapBatches(ModelStage)")[0]["pid"])
-    wait_until(lambda: bool(tasks(head, "Write", "RUNNING")), run, "a write task was running")
-    kill("write task", tasks(head, "Write", "RUNNING")[0]["worker_pid"])
+    wait_until(lambda: bool(tasks(head, WRITE_TASK, "RUNNING")), run, "a write task was running")
+    kill("write task", tasks(head, WRITE_TASK, "RUNNING")[0]["worker_pid"])
     _, err = run.communicate(timeout=300)
 
     assert run.returncode == 0, err

@@ -185,7 +185,7 @@ def test_writers_of_different_partitions_committing_at_once_all_land_once(tmp_pa
     days = [f"2026-10-{d:02d}" for d in range(1, 13)]
     for day in days:
         pq.write_table(pa.table({"id": pa.array([1, 2, 3], pa.int64()), "reason": ["null_text"] * 3,
-                                 "run_id": [f"run-{day}"] * 3, "dt": [day] * 3},
+                                 "run_id": [f"run-{day}"] * 3, "detail": pa.nulls(3, pa.string()), "dt": [day] * 3},
                                 schema=iceberg.table_schema("rejects", pa.int64(), ["dt"])),
                        tmp_path / f"{day}.parquet")
     context = multiprocessing.get_context("spawn")

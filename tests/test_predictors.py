@@ -12,6 +12,7 @@ from transformers import AlbertForSequenceClassification, AlbertForTokenClassifi
 from albert_batch.config import Precision
 from albert_batch.contract import Task
 from albert_batch.inference import models
+from albert_batch.inference import predictor as predictor_module
 from albert_batch.inference.ner import NerPredictor
 from albert_batch.inference.predictor import Encoder, token_budget_batches
 from albert_batch.inference.predictors import build_predictor
@@ -135,17 +136,20 @@ def test_bf16_gives_the_same_labels_on_clear_cases(tiny_models):
     assert agree and all(agree)
 
 
-def test_the_rust_encoder_tokenizes_exactly_as_the_fast_tokenizer(tiny_models):
+@pytest.mark.parametrize("piece_chars", [predictor_module.PIECE_CHARS, 40])
+def test_the_rust_encoder_tokenizes_exactly_as_the_fast_tokenizer(tiny_models, monkeypatch, piece_chars):
     """The tokenizer stage calls the Rust tokenizer directly (no transformers import); it must give the
-    ids, offsets and special-token marks that the transformers tokenizer gives."""
+    ids, offsets and special-token marks that the transformers tokenizer gives, also where it cuts a long
+    text into pieces (here every text longer than 40 characters, at whitespace of every kind)."""
+    monkeypatch.setattr(predictor_module, "PIECE_CHARS", piece_chars)
     info = models.inspect(tiny_models["ner"], Task.NER)
-    texts = [*TRICKY_TEXTS, LONG_TEXT]
+    texts = [*TRICKY_TEXTS, LONG_TEXT, " \t".join(TRICKY_TEXTS)]
     want = AutoTokenizer.from_pretrained(tiny_models["ner"])(
         texts, add_special_tokens=False, return_offsets_mapping=True, return_special_tokens_mask=True)
     got = Encoder.load(info).encode(texts)
-    assert [e.ids for e in got] == want["input_ids"]
-    assert [[list(o) for o in e.offsets] for e in got] == [[list(o) for o in row] for row in want["offset_mapping"]]
-    assert [e.special_tokens_mask for e in got] == want["special_tokens_mask"]
+    assert [e.ids.tolist() for e in got] == want["input_ids"]
+    assert [e.offsets.tolist() for e in got] == [[list(o) for o in row] for row in want["offset_mapping"]]
+    assert [e.special.astype(int).tolist() for e in got] == want["special_tokens_mask"]
     assert Encoder.load(info).ids(texts) == want["input_ids"]
 
 

@@ -48,11 +48,11 @@ def sketch_of(columns: dict[str, pa.Array]) -> Sketch:
                      classifications=columns["classifications"], entities=columns["entities"])
 
 
-def partition_figures(sketch: Sketch, partition: str, *, rejected: int = 0) -> QualityFigures:
+def partition_figures(sketch: Sketch, partition: str, *, rejected: int = 0, reason: str = "blank_text") -> QualityFigures:
     run_info = {"run_id": f"run-{partition}", "output": "/out", "models": {}, "precision": "fp32", "seconds": 10.0,
                 "rows_per_second": 5.0}
     return figures(sketch, partition=partition, run=run_info, input_rows=sketch.rows + rejected,
-                   rejects_by_reason={"blank_text": rejected} if rejected else {})
+                   rejects_by_reason={reason: rejected} if rejected else {})
 
 
 def test_sketches_of_pieces_add_up_to_the_sketch_of_all_their_rows():
@@ -103,6 +103,10 @@ def test_a_quality_gate_breaches_on_its_limits_or_else_on_the_drift_flags():
         "reject_rate_change 0.2500 against dt=2026-11-01 > its drift threshold 0.02"]
     assert QualityGate(max_reject_rate_change=0.3).breaches(after) == []
     assert QualityGate(max_reject_rate=0.1, on_breach="fail").breaches(after)[0] == "reject rate 0.2500 > max_reject_rate 0.1"
+    assert after.error_rate == 0 and QualityGate(max_error_rate=0, max_reject_rate_change=1).breaches(after) == []
+    errors = partition_figures(sketch_of(rows(60)), "dt=2026-11-02", rejected=3, reason="processing_error")
+    assert errors.error_rate == pytest.approx(3 / 63)
+    assert QualityGate(max_error_rate=0.01).breaches(errors) == ["processing error rate 0.0476 > max_error_rate 0.01"]
     with pytest.raises(ConfigError, match="unknown keys"):
         QualityGate.from_mapping({"max_label_drift": 0.2})
     with pytest.raises(ConfigError, match="on_breach must be 'warn' or 'fail'"):

@@ -46,7 +46,7 @@ def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
 def settings(corpus: Path, output: Path, models: dict[str, str], run_id: str) -> dict[str, Any]:
     return {"input": str(corpus), "output": str(output), "classifier_model": models["classifier"],
             "ner_model": models["ner"], "partition": [PARTITION], "precision": "fp32", "run_id": run_id,
-            "resources": {"batch_size": 100, "rows_per_file": ROWS // UNITS}}
+            "resources": {"batch_size": 100}}
 
 
 def start_cli(options: dict[str, Any]) -> subprocess.Popen:
@@ -142,3 +142,31 @@ def test_sigterm_stops_a_run_within_seconds_and_a_run_with_other_settings_does_n
     assert "starting afresh: the work run stopped staged for this partition cannot be reused, because " \
            "ner_window_overlap changed from 64 to 128" in caplog.text
     assert {r["run_id"] for r in read_published(output, "classifications")} == {"this-run"}
+
+
+def test_sigterm_stops_a_run_that_waits_for_its_model_actors(tmp_path, corpus, tiny_models):
+    """A run whose model actor waits for a resource that another actor holds (a node can host it, once the
+    resource is free) is stopped by SIGTERM within seconds, like a run that processes."""
+    output = tmp_path / "output"
+    argv = ["run", "-q", "--input", str(corpus), "--output", str(output), "--classifier-model",
+            tiny_models["classifier"], "--ner-model", tiny_models["ner"], "--model-actor-resource", "slot=1"]
+    code = ("import sys, ray\n"
+            "from albert_batch.pipeline.cluster import start_embedded_ray\n"
+            "start_embedded_ray(num_cpus=2, resources={'slot': 1})\n"
+            "holder = ray.remote(resources={'slot': 1}, num_cpus=0)(type('Holder', (), {'ping': lambda self: 1}))\n"
+            "held = holder.remote(); ray.get(held.ping.remote())\n"
+            "print('holding', flush=True)\n"
+            "from albert_batch.cli import main\n"
+            f"sys.exit(main({argv!r}))\n")
+    waiting = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    assert waiting.stdout.readline().strip() == "holding"
+    wait_for(lambda: (output / "_staging" / PARTITION).exists() or any(output.glob("_staging/*/_run.json")),
+             waiting, "the run prepared its staging folder")
+    time.sleep(5)  # it now waits for its model actor
+    sent = time.monotonic()
+    waiting.send_signal(signal.SIGTERM)
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 143, err
+    assert time.monotonic() - sent < 20, "within seconds (a bound for a busy machine)"
+    assert "stopped by SIGTERM: nothing was published; 0 of 1 units are staged" in err.strip().splitlines()[-1]

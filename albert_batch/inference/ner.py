@@ -38,9 +38,9 @@ class NerPredictor(Predictor):
     def preprocess(self, texts: Sequence[str]) -> Features:
         encodings = self.encoder.encode(texts)
         return {
-            "input_ids": [np.asarray(e.ids, dtype=np.int32) for e in encodings],
-            "offsets": [np.asarray(e.offsets, dtype=np.int32).reshape(-1, 2) for e in encodings],
-            "special": [np.asarray(e.special_tokens_mask, dtype=bool) for e in encodings],
+            "input_ids": [e.ids for e in encodings],
+            "offsets": [e.offsets for e in encodings],
+            "special": [e.special for e in encodings],
         }
 
     def windows(self, length: int) -> list[int]:

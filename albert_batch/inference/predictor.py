@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -75,11 +76,87 @@ class Encoder:
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids only; skips computing offsets."""
-        return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        out: list[list[int]] = [[] for _ in texts]
+        for group in _groups(*_pieces(texts)):
+            encoded = self.backend.encode_batch_fast([piece for _, _, piece in group], add_special_tokens=False)
+            for (owner, _, _), encoding in zip(group, encoded, strict=True):
+                out[owner].extend(encoding.ids)
+        return out
 
-    def encode(self, texts: Sequence[str]) -> list[tokenizers.Encoding]:
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Ids, character offsets and special-token marks (literal ``[SEP]`` in a text is special)."""
-        return self.backend.encode_batch(list(texts), add_special_tokens=False)
+        parts: list[list[Encoded]] = [[] for _ in texts]
+        for group in _groups(*_pieces(texts)):
+            encoded = self.backend.encode_batch([piece for _, _, piece in group], add_special_tokens=False)
+            for (owner, start, _), encoding in zip(group, encoded, strict=True):
+                offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2) + start
+                parts[owner].append(Encoded(np.asarray(encoding.ids, dtype=np.int32), offsets,
+                                            np.asarray(encoding.special_tokens_mask, dtype=bool)))
+        return [Encoded.join(p) for p in parts]
+
+
+# A text longer than this is tokenized in pieces cut at whitespace, a few pieces at a time: the Rust
+# tokenizer keeps many times a text's size in alignment tables and per-token strings while it works, so a
+# text of tens of MB would take gigabytes at once. Words are tokenized one by one (whitespace splits
+# pre-tokenization), so the pieces give the same tokens; only a run of PIECE_CHARS characters without any
+# whitespace is cut where it must be.
+PIECE_CHARS = 100_000
+GROUP_CHARS = 1_000_000  # characters tokenized in one call
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text's tokens: ids, (start, end) character offsets in the text, and special-token marks."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    special: np.ndarray
+
+    @classmethod
+    def join(cls, parts: list[Encoded]) -> Encoded:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.ids for p in parts]), np.concatenate([p.offsets for p in parts]),
+                   np.concatenate([p.special for p in parts]))
+
+
+def _pieces(texts: Sequence[str]) -> tuple[list[tuple[int, str]], list[int]]:
+    """Each text, or its pieces of at most `PIECE_CHARS` (each starting where the text has whitespace), as
+    (start in the text, piece); and the text each piece belongs to."""
+    pieces: list[tuple[int, str]] = []
+    owners: list[int] = []
+    for owner, text in enumerate(texts):
+        start = 0
+        while len(text) - start > PIECE_CHARS:
+            cut = _last_space(text, start + 1, start + PIECE_CHARS) or start + PIECE_CHARS
+            pieces.append((start, text[start:cut]))
+            owners.append(owner)
+            start = cut
+        pieces.append((start, text[start:]))
+        owners.append(owner)
+    return pieces, owners
+
+
+def _groups(pieces: list[tuple[int, str]], owners: list[int]) -> Iterator[list[tuple[int, int, str]]]:
+    """(owner, start, piece) in groups of about `GROUP_CHARS` characters, in order."""
+    group: list[tuple[int, int, str]] = []
+    size = 0
+    for owner, (start, piece) in zip(owners, pieces, strict=True):
+        if group and size + len(piece) > GROUP_CHARS:
+            yield group
+            group, size = [], 0
+        group.append((owner, start, piece))
+        size += len(piece)
+    if group:
+        yield group
+
+
+def _last_space(text: str, low: int, high: int) -> int | None:
+    """The last position in [low, high) whose character is whitespace, or None."""
+    for position in range(high - 1, low - 1, -1):
+        if text[position].isspace():
+            return position
+    return None
 
 
 def text_reject_reason(text: str | None) -> RejectReason | None:

@@ -13,10 +13,9 @@ operator after it. The rows keep the next stage fed (a spare batch per model act
 safe: a stage that needs a full batch never waits for an upstream stage that waits for it. The bytes let
 cheap queues run a little longer: held to a few batches of short text, the repartition of the next
 input file would wait until the tokenizer had almost run dry. Tasks already running finish, and
-the last operator (the write) is never held back. The write gathers a whole output file's rows before it
-starts a task, so the stage before it may run ``QueueLimits.rows_into_write`` rows ahead: a file's rows
-and a few batches more, so that the model stage does not wait while the write gathers a file or waits
-for a CPU.
+the last operator (the model stage) is never held back: the driver takes its output as it comes and hands
+it to the writer (`albert_batch.pipeline.writer.WriteQueue`), which holds the model stage back itself when
+its writes fall behind.
 
 It plugs in through Ray Data's ``backpressure_policies.enabled`` setting, which is internal to Ray Data:
 ``pyproject.toml`` pins ray to 2.60.x, and the test suite checks the bound on a real run.
@@ -46,8 +45,7 @@ FOREVER_S = 10**9  # Ray Data's no-progress timeout may be off (-1); a positive 
 @dataclass(frozen=True)
 class QueueLimits:
     rows: int  # a stage may run ahead of the next by this many rows ...
-    rows_into_write: int  # ... the last stage before the write by this many
-    bytes: int  # ... or, in either case, by this much output
+    bytes: int  # ... or by this much output
 
 
 class RowsAhead(BackpressurePolicy):
@@ -63,7 +61,7 @@ class RowsAhead(BackpressurePolicy):
             return True
         (after,) = op.output_dependencies
         rows, size = waiting(op, after)
-        return rows < (limits.rows if after.output_dependencies else limits.rows_into_write) or size < limits.bytes
+        return rows < limits.rows or size < limits.bytes
 
 
 def waiting(op: PhysicalOperator, after: PhysicalOperator) -> tuple[int, int]:
@@ -83,8 +81,8 @@ def bounded_queues(limits: QueueLimits, *, batch_rows: int) -> Iterator[None]:
     the read, the repartition and the tokenizer would run ahead that way. The wait ends in a timeout error
     after Ray Data's no-progress timeout (30 minutes by default), the time it would otherwise wait for a
     stage that cannot start."""
-    if min(limits.rows, limits.rows_into_write) < batch_rows:
-        raise ValueError(f"{limits}: the row limits must each be at least one batch ({batch_rows} rows)")
+    if limits.rows < batch_rows:
+        raise ValueError(f"{limits}: the row limit must be at least one batch ({batch_rows} rows)")
     context = DataContext.get_current()
     saved_wait = context.wait_for_min_actors_s
     saved = {key: context.get_config(key, None) for key in (LIMITS_KEY, ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY)}

@@ -1,18 +1,24 @@
-"""Where a run executes: joining a Ray cluster or starting an embedded one, turning a Ray worker's error
-back into the error the worker raised, and the package versions recorded with results."""
+"""Where a run executes: joining a Ray cluster or starting an embedded one, whether the cluster can host
+the run's model actors (or grow until it can), turning a Ray worker's error back into the error the worker
+raised, and the package versions recorded with results."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import re
 import socket
+import time
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
 from albert_batch import errors as errors_module
-from albert_batch.errors import AlbertBatchError, RayUnavailable
+from albert_batch.errors import AlbertBatchError, ConfigError, NodeLost, RayUnavailable
+
+log = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("albert-batch", "ray", "transformers", "torch", "tokenizers", "pyarrow")
 
@@ -31,7 +37,11 @@ def connect_ray(address: str | None) -> bool:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)  # None: RAY_ADDRESS
         else:
             start_embedded_ray()
-    except (ConnectionError, TimeoutError, RuntimeError) as err:
+    except BaseException as err:
+        if ray.is_initialized():  # stopped (a signal) or failed half-way: leave nothing of it running
+            ray.shutdown()
+        if not isinstance(err, (ConnectionError, TimeoutError, RuntimeError)):
+            raise
         where = f"the Ray cluster at {joining}" if joining else "an embedded local Ray"
         raise RayUnavailable(f"cannot start or join {where}: {type(err).__name__}: {err}") from err
     return True
@@ -68,6 +78,75 @@ def start_embedded_ray(**init_args: Any) -> None:
         ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True, **init_args})
     finally:
         parameter.RayParams = ray_params
+
+
+CAPACITY_POLL_S = 1.0
+
+
+def _fits(resources: Mapping[str, float], needs: Mapping[str, float]) -> bool:
+    return all(resources.get(name, 0.0) >= amount - 1e-9 for name, amount in needs.items() if amount > 0)
+
+
+def node_can_host(needs: Mapping[str, float]) -> bool:
+    """Whether an alive node of the cluster has, in all, the resources one actor ``needs``."""
+    import ray
+
+    return any(_fits(node["Resources"], needs) for node in ray.nodes() if node.get("Alive"))
+
+
+def can_grow() -> bool:
+    """Whether an autoscaler may add nodes to the cluster: autoscaler v2 (KubeRay's) reports the node types
+    it can start; v1 (``ray start --autoscaling-config``) reports its status, where node types other than
+    the anonymous ``node_<id>`` of a cluster without a provider show a configured one."""
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if ray._private.state.state.get_cluster_config() is not None:
+            return True
+        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    except Exception as err:  # an older head, or no GCS access: take the cluster as fixed
+        log.debug("cannot read the autoscaler's state: %s", err)
+        return False
+    if not status:
+        return False
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return any(node_type != f"node_{node_id}" for node_id, node_type in mapping.items())
+
+
+def wait_for_a_host(needs: Mapping[str, float], wait_s: float) -> None:
+    """Return once a node can host one model actor that ``needs`` these resources. On a cluster that cannot
+    grow, refuse at once with a ConfigError (nothing was done; more waiting cannot help); where an
+    autoscaler may add nodes, wait up to ``wait_s`` for one, then raise NodeLost. The wait sleeps a second
+    at a time, so a signal stops it."""
+    if node_can_host(needs):
+        return
+    shown = {name: amount for name, amount in needs.items() if amount > 0}
+    if not can_grow():
+        import ray
+
+        largest = max((n["Resources"] for n in ray.nodes() if n.get("Alive")), key=lambda r: r.get("CPU", 0.0),
+                      default={})
+        offered = {k: v for k, v in largest.items() if not k.startswith(("node:", "memory", "object_store"))}
+        raise ConfigError(f"no node of the cluster can host a model actor, which needs {shown}, and no autoscaler "
+                          f"can add one (the largest node offers {offered}): lower the actors' resources, or "
+                          "run on a cluster whose nodes offer them")
+    from ray.autoscaler.sdk import request_resources
+
+    log.warning("no node of the cluster can host a model actor yet (it needs %s): waiting up to %.0fs for the "
+                "autoscaler to add one", shown, wait_s)
+    request_resources(bundles=[shown])  # the autoscaler adds nodes for demand, and nothing asks for them yet
+    try:
+        deadline = time.monotonic() + wait_s
+        while not node_can_host(needs):
+            if time.monotonic() >= deadline:
+                raise NodeLost(f"no node that can host a model actor (it needs {shown}) joined the cluster within "
+                               f"{wait_s:.0f}s (--wait-for-nodes); nothing was done")
+            time.sleep(CAPACITY_POLL_S)
+    finally:
+        request_resources(bundles=[])  # from here, the actors themselves ask
+    log.info("a node that can host a model actor joined the cluster")
 
 
 def package_versions() -> dict[str, str]:

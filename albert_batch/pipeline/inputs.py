@@ -6,6 +6,12 @@ is exact.
 A unit of work is a range of whole row groups of one file, at most ``UNIT_BYTES`` of uncompressed data (a
 larger row group is a unit by itself). It is what one read task reads, and what a stopped run's next run
 reuses or redoes as a whole (`albert_batch.pipeline.staging`), so a corpus of one large file resumes too.
+
+The id and text columns may be stored in any string encoding a Parquet writer uses: ``string``,
+``large_string``, ``string_view``, dictionary-encoded strings (pandas' categoricals) and ``binary`` (older
+Hive and Impala writers), decoded as UTF-8. A row whose text (or binary id) is not UTF-8 is rejected as
+``invalid_utf8``, without an error; Parquet readers do not check string columns' bytes, so the read checks
+them (one pass over the column; row by row only in a column that holds such a row).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from albert_batch import storage
+from albert_batch.contract import RejectReason
 from albert_batch.errors import AlbertBatchError, InputError, NotFound
 from albert_batch.pipeline import staging
 from albert_batch.pipeline.columns import ROW, UNIT
+from albert_batch.pipeline.isolation import DETAIL, REASON
 from albert_batch.storage import Location
 
 if TYPE_CHECKING:
@@ -146,12 +154,14 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
                     f"input file {uri} has no {role} column {column!r}; available columns: {', '.join(schema.names)}"
                 )
         text_type = schema.field(text_column).type
-        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_string_view(text_type)):
-            raise InputError(f"text column {column_desc(text_column, text_type)} in {uri} is not a string column")
-        id_type = schema.field(id_column).type
+        if not is_text_type(text_type):
+            raise InputError(f"text column {column_desc(text_column, text_type)} in {uri} is not a string column "
+                             "(string, large_string, string_view, dictionary-encoded strings or binary)")
+        id_type = read_type(schema.field(id_column).type)
         if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
             raise InputError(
-                f"id column {column_desc(id_column, id_type)} in {uri} must be an integer or string column"
+                f"id column {column_desc(id_column, schema.field(id_column).type)} in {uri} must be an integer or "
+                "string column"
             )
         id_types.setdefault(id_type, uri)
     if len(id_types) > 1:
@@ -162,6 +172,22 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
 
 def column_desc(name: str, arrow_type: pa.DataType) -> str:
     return f"{name!r} ({arrow_type})"
+
+
+def read_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The type a column of ``arrow_type`` is read as: dictionaries decoded, views and binary as strings."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_string_view(arrow_type) or pa.types.is_binary(arrow_type) or pa.types.is_binary_view(arrow_type):
+        return pa.string()
+    if pa.types.is_large_binary(arrow_type):
+        return pa.large_string()
+    return arrow_type
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    text = read_type(arrow_type)
+    return pa.types.is_string(text) or pa.types.is_large_string(text)
 
 
 class InputColumns(Protocol):
@@ -212,11 +238,51 @@ def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: st
 
 
 def _with_positions(table: pa.Table, unit: int, id_column: str, text_column: str, id_type: pa.DataType) -> pa.Table:
+    """The unit's rows as ``id``, ``text`` (UTF-8 strings), its position columns, and a reject reason where the
+    row's bytes are not UTF-8 (its text, or its id, then null)."""
     rows = table.num_rows
+    ids, bad_ids = decode_strings(table.column(id_column))
+    texts, bad_texts = decode_strings(table.column(text_column))
+    invalid = bad_ids | bad_texts
+    reasons = pa.array([RejectReason.INVALID_UTF8.value if i in invalid else None for i in range(rows)], pa.string()) \
+        if invalid else pa.nulls(rows, pa.string())
     columns: dict[str, Any] = {
-        "id": table.column(id_column).cast(id_type),
-        "text": table.column(text_column).cast(pa.large_string()),
+        "id": ids.cast(id_type),
+        "text": texts.cast(pa.large_string()),
         UNIT: pa.array([unit] * rows, pa.int32()),
         ROW: pa.array(range(rows), pa.int64()),
+        REASON: reasons,
+        DETAIL: pa.nulls(rows, pa.string()),
     }
     return pa.table(columns)
+
+
+def decode_strings(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, set[int]]:
+    """``column`` as its `read_type` (strings where it holds text), and the positions of values whose bytes
+    are not UTF-8, which become null. Other columns (integers) are returned as they are."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    target = read_type(column.type)
+    if not (pa.types.is_string(target) or pa.types.is_large_string(target)):
+        return column, set()
+    try:
+        decoded = column.cast(target)  # from binary, the cast checks the bytes
+        for chunk in decoded.chunks:
+            chunk.validate(full=True)  # from strings, nothing has: Parquet readers leave their bytes unchecked
+        return decoded, set()
+    except pa.ArrowInvalid:
+        pass
+    values: list[str | None] = []
+    invalid = set()
+    for chunk in column.chunks:
+        for value in chunk.view(_BYTES.get(chunk.type, chunk.type)).to_pylist():
+            try:
+                values.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                invalid.add(len(values))
+                values.append(None)
+    return pa.chunked_array([pa.array(values, target)], target), invalid
+
+
+# The bytes under each string type (a view, without a copy), for reading values that are not UTF-8.
+_BYTES = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary(), pa.string_view(): pa.binary_view()}

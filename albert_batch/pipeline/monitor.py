@@ -98,10 +98,12 @@ class Monitor(threading.Thread):
         return all(total.get(name, 0.0) >= amount - 1e-9 for name, amount in self.actor_needs.items())
 
     def _log_progress(self, level: int) -> None:
-        done = progress.rows_staged(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
+        staged = progress.rows_staged(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
+        done = staged
         if self.counter is not None:
             import ray
 
             scored = ray.get(self.counter.total.remote(), timeout=10)
             done = max(done, min(scored, sum(self.unit_rows.values())))
-        progress.log.log(level, self.progress.line(self.progress.reused_rows + done, time.monotonic()))
+        reused = self.progress.reused_rows
+        progress.log.log(level, self.progress.line(reused + done, time.monotonic(), staged_rows=reused + staged))

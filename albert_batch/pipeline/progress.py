@@ -90,12 +90,14 @@ class Progress:
     reused_rows: int
     started: float
 
-    def line(self, done_rows: int, now: float) -> str:
+    def line(self, done_rows: int, now: float, staged_rows: int | None = None) -> str:
         """``progress: 1,200 of 10,000 rows (12%), 45.6 rows/s, about 3m 13s left``; ``done_rows`` include
-        the reused ones, the rate does not."""
+        the reused ones, the rate does not. ``staged_rows`` (reused ones included), where fewer than the
+        rows done: ``(12%, 800 staged)``, the rows a stop would not cost."""
         share = done_rows / self.total_rows if self.total_rows else 1.0
         reused = f", {self.reused_rows:,} reused" if self.reused_rows else ""
-        text = f"progress: {done_rows:,} of {self.total_rows:,} rows ({share:.0%}{reused})"
+        staged = f", {staged_rows:,} staged" if staged_rows is not None and staged_rows < done_rows else ""
+        text = f"progress: {done_rows:,} of {self.total_rows:,} rows ({share:.0%}{reused}{staged})"
         new_rows, seconds = done_rows - self.reused_rows, now - self.started
         if new_rows <= 0 or seconds <= 0:
             return f"{text}, none done yet"

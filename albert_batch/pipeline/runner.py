@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,21 +22,22 @@ from typing import Any
 
 from albert_batch import storage
 from albert_batch.config import RunConfig
-from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, Task, schema, tables_for
-from albert_batch.errors import AlbertBatchError, PublishError, Stopped
+from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, RejectReason, Task, schema, tables_for
+from albert_batch.errors import AlbertBatchError, ErrorBudgetExceeded, PublishError, Stopped
 from albert_batch.inference import models
 from albert_batch.inference.device import describe_precision, slow_precision
 from albert_batch.inference.models import ModelInfo
 from albert_batch.pipeline import progress, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
-from albert_batch.pipeline.cluster import connect_ray, package_versions, worker_error
+from albert_batch.pipeline.cluster import connect_ray, package_versions, wait_for_a_host, worker_error
 from albert_batch.pipeline.destination import Destination, open_destination
 from albert_batch.pipeline.inputs import InputPlan, WorkUnit, plan_input, read_input
 from albert_batch.pipeline.interrupts import Interrupts
+from albert_batch.pipeline.isolation import injected_faults
 from albert_batch.pipeline.monitor import Monitor
-from albert_batch.pipeline.sink import StagingSink, WriteReport, parquet_bytes
 from albert_batch.pipeline.sizing import StageSizing, size_stages
 from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+from albert_batch.pipeline.writer import StagingWriter, WriteQueue, WriteReport, parquet_bytes
 from albert_batch.quality import REPORT, partition_report
 
 log = logging.getLogger(__name__)
@@ -111,28 +113,30 @@ def run(config: RunConfig) -> RunSummary:
     Raises ConfigError, InputError, OutputError or ModelLoadError before any work when settings, input,
     destination or models are unusable, and PublishError (or another AlbertBatchError) when the run fails;
     a failed run publishes nothing it did not finish, and the next run of its partition reuses the work it
-    staged. Called from the main thread, SIGTERM and SIGINT stop it with `Stopped`."""
+    staged. Called from the main thread, SIGTERM and SIGINT stop it with `Stopped` within seconds, whatever
+    it is doing (a publication it has committed to is finished first)."""
     started, retries_before = time.monotonic(), Counter(storage.retries_made())
-    if warning := slow_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0):
-        log.warning("%s (judged by this machine's CPU; each model actor warns for its own)", warning)
-    plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column)
-    infos = {
-        task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
-        for task in config.tasks
-    }
-    destination = open_destination(config, plan.id_type)
-    job = _Run(config, plan, infos, plan.units(), destination, started=started, retries_before=retries_before)
-    log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
-             len(job.units))
-    started_ray = connect_ray(config.ray_address)
-    try:
-        with Interrupts() as interrupts:
+    with Interrupts() as interrupts, interrupts.raised():
+        if warning := slow_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0):
+            log.warning("%s (judged by this machine's CPU; each model actor warns for its own)", warning)
+        plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column)
+        infos = {
+            task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
+            for task in config.tasks
+        }
+        destination = open_destination(config, plan.id_type)
+        job = _Run(config, plan, infos, plan.units(), destination, started=started, retries_before=retries_before)
+        log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
+                 len(job.units))
+        started_ray = connect_ray(config.ray_address)
+        interrupts.take_back()
+        try:
             return _run(job, interrupts)
-    finally:
-        if started_ray:
-            import ray
+        finally:
+            if started_ray:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
@@ -150,7 +154,9 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     if todo:
         log.info("stage sizing: %s", sizing)
         try:
-            _process(job, sizing, todo, interrupts)
+            with interrupts.raised():
+                wait_for_a_host(actor_needs(config, sizing), config.wait_for_nodes_s)
+                _process(job, sizing, todo, interrupts)
         except Stopped as err:
             raise Stopped(f"{err}: nothing was published; {_kept(job)}", err.signum) from None
     phase = job.lap("process_s", phase)
@@ -192,7 +198,7 @@ def work_key(job: _Run) -> staging.WorkKey:
         settings={"tasks": [t.value for t in config.tasks], "id_column": config.id_column,
                   "text_column": config.text_column, "id_type": str(job.plan.id_type),
                   "precision": _precision(config), "ner_window_overlap": config.resources.ner_window_overlap,
-                  "albert_batch": metadata.version("albert-batch")},
+                  "max_text_chars": config.max_text_chars, "albert_batch": metadata.version("albert-batch")},
     )
 
 
@@ -200,22 +206,29 @@ def _precision(config: RunConfig) -> str:
     return describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
 
 
+def actor_needs(config: RunConfig, sizing: StageSizing) -> dict[str, float]:
+    """The resources one model actor reserves."""
+    return {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor,
+            **dict(config.resources.model_actor_resources)}
+
+
 def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: Interrupts) -> None:
     config = job.config
-    sink = StagingSink(folder=job.folder, table_dirs=job.destination.table_dirs, run_id=config.run_id,
-                       models={t: i.uri for t, i in job.models.items()}, id_type=job.plan.id_type,
-                       rows_per_file=sizing.rows_per_file, partition_columns=job.destination.partition_columns)
-    actor_needs = {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor,
-                   **dict(config.resources.model_actor_resources)}
-    limits = QueueLimits(rows=sizing.max_rows_ahead, rows_into_write=sizing.rows_per_file + sizing.max_rows_ahead,
-                         bytes=QUEUE_BYTES)
+    faults = injected_faults()
+    writer = StagingWriter(folder=job.folder, table_dirs=job.destination.table_dirs, run_id=config.run_id,
+                           models={t: i.uri for t, i in job.models.items()}, id_type=job.plan.id_type,
+                           partition_columns=job.destination.partition_columns, faults=faults)
+    limits = QueueLimits(rows=sizing.max_rows_ahead, bytes=QUEUE_BYTES)
     try:
         counter = progress.start_counter()
         with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
-                      actor_needs=actor_needs, wait_for_nodes_s=config.wait_for_nodes_s, interrupts=interrupts,
+                      actor_needs=actor_needs(config, sizing), wait_for_nodes_s=config.wait_for_nodes_s,
+                      interrupts=interrupts,
                       counter=counter),
-              bounded_queues(limits, batch_rows=sizing.batch_size)):
-            _stream(job, sizing, units, sink, counter)
+              bounded_queues(limits, batch_rows=sizing.batch_size),
+              WriteQueue(writer, {u.index: u.rows for u in units}, rows_per_file=sizing.rows_per_file,
+                         flush_s=config.resources.flush_seconds) as writes):
+            _stream(job, sizing, units, writes, counter, faults)
     except Stopped:
         raise
     except Exception as err:
@@ -226,8 +239,10 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
         raise failure from err
 
 
-def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: StagingSink, counter: Any) -> None:
-    """Read -> tokenize -> model -> write, streamed through Ray Data; returns once the sink has every row."""
+def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: WriteQueue, counter: Any,
+            faults: dict[str, frozenset[object]]) -> None:
+    """Read -> tokenize -> model, streamed through Ray Data, into the write queue; returns once every row
+    is staged."""
     import ray.data
 
     config = job.config
@@ -235,7 +250,8 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: Staging
     ds = read_input(config, job.plan, units, rows_per_block=sizing.batch_size, retries_to=job.folder)
     ds = ds.map_batches(
         TokenizeStage,
-        fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights},
+        fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights,
+                               "max_text_chars": config.max_text_chars, "faults": faults},
         batch_format="pyarrow",
         batch_size=sizing.batch_size,
         compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
@@ -253,6 +269,7 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: Staging
             "window_overlap": config.resources.ner_window_overlap,
             "allow_pickle_weights": config.allow_pickle_weights,
             "row_counter": counter,
+            "faults": faults,
         },
         batch_format="pyarrow",
         batch_size=sizing.batch_size,
@@ -261,7 +278,33 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], sink: Staging
         num_gpus=sizing.gpus_per_model_actor or None,
         resources=dict(config.resources.model_actor_resources) or None,
     )
-    ds.write_datasink(sink)
+    # Ray Data's own iterator over the output blocks (what Dataset.iter_internal_ref_bundles returns), with its
+    # executor, so that a stopped or failed run ends the execution and its actors here, not when the dataset
+    # is collected: a process that runs again on the same cluster would otherwise wait for their resources.
+    bundles, _, executor = ds._execute_to_iterator(capture_executor=False)
+    try:
+        for bundle in bundles:
+            writes.add(bundle)
+    except BaseException as err:
+        if executor is not None:
+            executor.shutdown(force=True, exception=err if isinstance(err, Exception) else None)
+        raise
+    writes.finish()
+
+
+def _check_error_budget(job: _Run, report: WriteReport) -> None:
+    """Fail the run, before it publishes, when more input rows are processing errors than ``max_error_rate``
+    of them, rounded up (so one bad row never fails a run unless the rate is 0): a broken model or a wrong
+    column must not publish a partition of rejects. The staged work is kept: a run with a higher budget, or
+    after a fix that changes nothing the results depend on, reuses it."""
+    errors = report.rejects.get(RejectReason.PROCESSING_ERROR.value, 0)
+    allowed = math.ceil(job.config.max_error_rate * job.plan.num_rows - 1e-9)
+    if errors > allowed:
+        detail, count = report.errors.most_common(1)[0] if report.errors else ("(no detail recorded)", errors)
+        raise ErrorBudgetExceeded(
+            f"run {job.config.run_id}: {errors} of {job.plan.num_rows} input rows ({errors / job.plan.num_rows:.2%}) "
+            f"failed in processing, more than max_error_rate {job.config.max_error_rate:g} allows; the most frequent "
+            f"error, on {count} row(s): {detail}. Nothing was published; {_kept(job)}")
 
 
 def _check_accounting(job: _Run, report: WriteReport) -> None:
@@ -294,6 +337,7 @@ def _staged_files(job: _Run, report: WriteReport) -> dict[str, list[str]]:
 def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: staging.Resumed) -> RunSummary:
     config, plan = job.config, job.plan
     _check_accounting(job, report)
+    _check_error_budget(job, report)
     files = _staged_files(job, report)
     rejected = report.rows.get(REJECTS, 0)
     seconds = time.monotonic() - job.started

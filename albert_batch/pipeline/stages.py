@@ -5,7 +5,9 @@ on a small table, without a cluster.
     TokenizeStage  id, text  ->  id, text, reject_reason, tokens, <task>.<feature>...      (CPU)
     ModelStage     ...       ->  id, reject_reason, tokens, <task>.<result>..., processed_at (GPU or CPU)
 
-Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`).
+Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`) and its
+reject reason's detail. A row a stage raises an error for is rejected, not its batch
+(`albert_batch.pipeline.isolation`).
 
 Neither knows a task by name: the features are what each task's predictor declares
 (`Predictor.features`), the results are its output's columns (`albert_batch.contract.TASK_OUTPUTS`).
@@ -28,16 +30,33 @@ from albert_batch.inference.predictor import Predictor, text_reject_reason
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
 from albert_batch.pipeline.columns import POSITION, TOKENS, from_list_array, task_column, to_list_array
+from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, isolated
 
 
-def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None]) -> list[str | None]:
-    """Why each row cannot be processed, or None when it can."""
+def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None], earlier: list[str | None] | None = None,
+                   *, max_chars: int | None = None) -> list[str | None]:
+    """Why each row cannot be processed, or None when it can: the reason the read gave it (``earlier``:
+    its bytes are not UTF-8), a null id, a null or blank text, or a text longer than ``max_chars``."""
     id_null = pc.is_null(ids).to_pylist()
     reasons: list[str | None] = []
-    for missing_id, text in zip(id_null, texts, strict=True):
+    for number, (missing_id, text) in enumerate(zip(id_null, texts, strict=True)):
+        if earlier is not None and earlier[number] is not None:
+            reasons.append(earlier[number])
+            continue
         reason = RejectReason.NULL_ID if missing_id else text_reject_reason(text)
+        if reason is None and max_chars is not None and len(text) > max_chars:  # type: ignore[arg-type]
+            reason = RejectReason.TOO_LONG
         reasons.append(None if reason is None else reason.value)
     return reasons
+
+
+def earlier_reasons(batch: pa.Table) -> list[str | None] | None:
+    """The reasons rows were rejected with before this stage, where the batch carries them."""
+    return batch.column(REASON).to_pylist() if REASON in batch.column_names else None
+
+
+def _details(batch: pa.Table) -> pa.ChunkedArray | pa.Array:
+    return batch.column(DETAIL) if DETAIL in batch.column_names else pa.nulls(batch.num_rows, pa.string())
 
 
 def _positions(batch: pa.Table) -> dict[str, pa.ChunkedArray]:
@@ -60,22 +79,31 @@ class TokenizeStage:
     thread (unless ``TOKENIZERS_PARALLELISM`` says otherwise): its own thread pool would spread over every
     core of the node, taking them from the model."""
 
-    def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False):
+    def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False,
+                 max_text_chars: int | None = None, faults: dict[str, frozenset[object]] | None = None):
+        """``faults``: the test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # read by the tokenizer on every call
         heap.use_the_system_allocator_for_arrow()
         self.predictors = load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
+        self.max_text_chars = max_text_chars
+        self.faults = faults
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        return isolated(self.tokenize, batch, stage="tokenize")
+
+    def tokenize(self, batch: pa.Table) -> pa.Table:
         ids = batch.column("id")
         texts = batch.column("text").cast(pa.large_string()).to_pylist()
-        reasons = reject_reasons(ids, texts)
+        reasons = reject_reasons(ids, texts, earlier_reasons(batch), max_chars=self.max_text_chars)
         accepted = np.array([r is None for r in reasons], dtype=bool)
         accepted_texts = [t for t, ok in zip(texts, accepted, strict=True) if ok]
+        check_faults("tokenize", self.faults, ids.filter(pa.array(accepted)))
         columns: dict[str, pa.Array] = {
             "id": ids,
             **_positions(batch),
             "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
-            "reject_reason": pa.array(reasons, pa.string()),
+            REASON: pa.array(reasons, pa.string()),
+            DETAIL: _details(batch),
         }
         for number, (task, predictor) in enumerate(self.predictors.items()):
             features = predictor.preprocess(accepted_texts) if accepted_texts else {}
@@ -117,10 +145,13 @@ class ModelStage:
         window_overlap: int,
         allow_pickle_weights: bool = False,
         row_counter: Any = None,
+        faults: dict[str, frozenset[object]] | None = None,
     ):
-        """``row_counter``, a `albert_batch.pipeline.progress.RowCounter` actor, hears of every finished batch."""
+        """``row_counter``, a `albert_batch.pipeline.progress.RowCounter` actor, hears of every finished batch;
+        ``faults``: the test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
         heap.use_the_system_allocator_for_arrow()
         self.row_counter = row_counter
+        self.faults = faults
         # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
         # threads; torch reads the variable once, when it loads OpenMP (the first torch import below).
         # On CPUs the predictor runs ``torch_threads`` forward passes side by side, one thread each, so
@@ -153,11 +184,20 @@ class ModelStage:
         return self._loading.result()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        output = isolated(self.predict, batch, stage="model")
+        heap.return_freed_heap_pages()
+        if self.row_counter is not None:
+            self.row_counter.add.remote(batch.num_rows)  # not awaited: progress must never slow the stage
+        return output
+
+    def predict(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows
-        accepted = pc.is_null(batch.column("reject_reason")).to_numpy(zero_copy_only=False)
+        accepted = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         texts = [t for t, ok in zip(batch.column("text").to_pylist(), accepted, strict=True) if ok]
+        check_faults("model", self.faults, batch.column("id").filter(pa.array(accepted)))
         columns: dict[str, pa.Array] = {"id": batch.column("id"), **_positions(batch),
-                                         "reject_reason": batch.column("reject_reason"), TOKENS: batch.column(TOKENS)}
+                                         REASON: batch.column(REASON), DETAIL: _details(batch),
+                                         TOKENS: batch.column(TOKENS)}
         for task, predictor in self.predictors.items():
             features = {}
             for name, arrow_type in predictor.features.items():
@@ -170,8 +210,4 @@ class ModelStage:
                 columns[task_column(task, result.name)] = pa.array(values, result.type)
         now = dt.datetime.now(dt.UTC)
         columns["processed_at"] = pa.array([now] * size, TIMESTAMP_TYPE)
-        output = pa.table(columns)
-        heap.return_freed_heap_pages()
-        if self.row_counter is not None:
-            self.row_counter.add.remote(size)  # not awaited: progress must never slow the stage
-        return output
+        return pa.table(columns)

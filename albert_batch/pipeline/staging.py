@@ -85,6 +85,7 @@ class Piece:
     files: dict[str, str] = field(default_factory=dict)  # table -> file name, for tables with rows
     rows: dict[str, int] = field(default_factory=dict)  # table -> rows
     rejects: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # processing errors' details -> rows
     samples: list[dict[str, Any]] = field(default_factory=list)
     quality: dict[str, Any] = field(default_factory=dict)  # `albert_batch.quality.sketch.Sketch` of its rows
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from albert_batch.contract import RejectReason
 from albert_batch.errors import ConfigError
 from albert_batch.quality.sketch import LOW_CONFIDENCE, SCORE_BINS, TOKEN_EDGES, Sketch
 
@@ -64,6 +65,7 @@ class QualityFigures:
     classification: dict[str, Any] | None = None  # labels, label_shares, mean_score, low_confidence_share, ...
     entities: dict[str, Any] | None = None  # types, type_shares, per_document, mean_per_document, top_texts
     drift: dict[str, Any] | None = None  # against, against_run_id, checks {name: {value, threshold, ...}}, shifted
+    error_rate: float = 0.0  # the share of input rows rejected as processing errors (a stage raised for them)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), indent=2, default=str).encode()
@@ -121,6 +123,7 @@ def figures(sketch: Sketch, *, partition: str, run: Mapping[str, Any], input_row
         rows={"input": input_rows, "processed": input_rows - rejected, "rejected": rejected,
               "rejected_by_reason": dict(sorted(rejects_by_reason.items()))},
         reject_rate=rejected / input_rows if input_rows else 0.0,
+        error_rate=rejects_by_reason.get(RejectReason.PROCESSING_ERROR.value, 0) / input_rows if input_rows else 0.0,
         tokens={"edges": list(TOKEN_EDGES), "counts": sketch.tokens,
                 "mean": sketch.tokens_sum / sketch.rows if sketch.rows else 0.0},
         throughput=_throughput(sketch.processed),
@@ -177,7 +180,9 @@ class QualityGate:
     """Thresholds a scheduled run's published figures must keep (the DAG config's ``quality:``).
 
     A threshold left unset falls back to the drift flag of its check (``max_label_shift`` to
-    ``label_shift``'s, and so on); ``max_reject_rate`` has no such flag and is off unless set. A breach
+    ``label_shift``'s, and so on); ``max_reject_rate`` and ``max_error_rate`` (rows rejected as processing
+    errors; a run fails before publishing past its own ``max_error_rate``, so a gate's is a stricter one)
+    have no such flag and are off unless set. A breach
     fails the Airflow task when ``on_breach`` is ``fail`` and is logged as a warning when it is ``warn``
     (the default)."""
 
@@ -186,6 +191,7 @@ class QualityGate:
     max_mean_score_change: float | None = None
     max_reject_rate_change: float | None = None
     max_reject_rate: float | None = None
+    max_error_rate: float | None = None
     on_breach: str = "warn"
 
     def __post_init__(self) -> None:
@@ -216,6 +222,8 @@ class QualityGate:
         found = []
         if "reject_rate" in self.limits and figures.reject_rate > self.limits["reject_rate"]:
             found.append(f"reject rate {figures.reject_rate:.4f} > max_reject_rate {self.limits['reject_rate']}")
+        if "error_rate" in self.limits and figures.error_rate > self.limits["error_rate"]:
+            found.append(f"processing error rate {figures.error_rate:.4f} > max_error_rate {self.limits['error_rate']}")
         checks = (figures.drift or {}).get("checks", {})
         against = (figures.drift or {}).get("against")
         for name, check in sorted(checks.items()):

@@ -17,7 +17,7 @@ import pyarrow as pa
 from albert_batch.contract import RejectReason
 from albert_batch.errors import InputError
 from albert_batch.pipeline.inputs import InputPlan, read_input
-from albert_batch.pipeline.stages import reject_reasons
+from albert_batch.pipeline.stages import earlier_reasons, reject_reasons
 from albert_batch.training import sop
 from albert_batch.training.config import PretrainConfig
 
@@ -33,6 +33,9 @@ MIN_HELD_OUT_PAIRS = 20
 ROWS_PER_BLOCK = 1024
 SIDES = ("training", "held_out")
 COUNTS = ("documents", "examples", "sop_pairs", "tokens")
+
+# Why a corpus row gives no document: as `run` rejects rows before any model sees them.
+SKIPPED = (RejectReason.NULL_ID, RejectReason.NULL_TEXT, RejectReason.BLANK_TEXT, RejectReason.INVALID_UTF8)
 
 
 def held_out_buckets(rows: int) -> int:
@@ -84,7 +87,7 @@ def count_corpus(config: PretrainConfig, plan: InputPlan, settings: ExampleSetti
         total.update({name: int(value) for name, value in row.items()})
     data: dict[str, Any] = {
         "corpus": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows,
-        "skipped_rows": {r.value: total[r.value] for r in RejectReason},
+        "skipped_rows": {r.value: total[r.value] for r in SKIPPED},
         "held_out_share": settings.held_out / HASH_BUCKETS,
         **{side: {what: total[f"{side}_{what}"] for what in COUNTS} for side in SIDES},
     }
@@ -104,7 +107,7 @@ def count_corpus(config: PretrainConfig, plan: InputPlan, settings: ExampleSetti
 def _documents(batch: pa.Table, settings: ExampleSettings) -> tuple[dict[str, list[list[sop.Example]]], Counter[str]]:
     """Each usable row's examples, by side, and the rows skipped by reason (as `run` rejects them)."""
     texts = batch.column("text").to_pylist()
-    reasons = reject_reasons(batch.column("id"), texts)
+    reasons = reject_reasons(batch.column("id"), texts, earlier_reasons(batch))
     keys = [str(key) for key in batch.column("id").to_pylist()]
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     documents: dict[str, list[list[sop.Example]]] = {side: [] for side in SIDES}
@@ -139,7 +142,7 @@ def batch_examples(batch: pa.Table, *, settings: ExampleSettings, side: str) -> 
 def batch_counts(batch: pa.Table, *, settings: ExampleSettings) -> pa.Table:
     """One row: a block's documents, examples, SOP pairs and tokens on each side, and its skipped rows."""
     documents, skipped = _documents(batch, settings)
-    row: dict[str, list[int]] = {r.value: [skipped[r.value]] for r in RejectReason}
+    row: dict[str, list[int]] = {r.value: [skipped[r.value]] for r in SKIPPED}
     for side in SIDES:
         examples = [e for doc in documents[side] for e in doc]
         row[f"{side}_documents"] = [len(documents[side])]

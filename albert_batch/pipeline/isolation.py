@@ -79,15 +79,20 @@ def accepted_rows(batch: pa.Table) -> np.ndarray:
     return np.flatnonzero(pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False))
 
 
-def mark_rejected(batch: pa.Table, details: Mapping[int, str]) -> pa.Table:
-    """``batch`` with the rows at ``details``' positions rejected as processing errors, with their detail."""
+def mark_rejected(batch: pa.Table, failed: Mapping[int, str]) -> pa.Table:
+    """``batch`` with the rows at ``failed``'s positions rejected as processing errors, with their detail."""
     size = batch.num_rows
     reasons = batch.column(REASON).to_pylist() if REASON in batch.column_names else [None] * size
-    found = batch.column(DETAIL).to_pylist() if DETAIL in batch.column_names else [None] * size
-    for position, detail in details.items():
+    found = details(batch).to_pylist()
+    for position, detail in failed.items():
         reasons[position], found[position] = RejectReason.PROCESSING_ERROR.value, detail
     batch = _set(batch, REASON, pa.array(reasons, pa.string()))
     return _set(batch, DETAIL, pa.array(found, pa.string()))
+
+
+def details(batch: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """The batch's reject details, or nulls for a batch without them (a stage called on a plain table)."""
+    return batch.column(DETAIL) if DETAIL in batch.column_names else pa.nulls(batch.num_rows, pa.string())
 
 
 def _set(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -172,9 +177,12 @@ def injected_faults() -> dict[str, frozenset[object]]:
     return {stage: frozenset(ids) for stage, ids in faults.items()}
 
 
-def check_faults(stage: str, faults: Mapping[str, Iterable[object]] | None, ids: pa.ChunkedArray | pa.Array) -> None:
-    """Raise `InjectedFault` if ``ids`` holds a row the fault hook fails in ``stage``."""
+def check_faults(stage: str, faults: Mapping[str, Iterable[object]] | None, ids: pa.ChunkedArray | pa.Array,
+                 accepted: pa.Array | pa.ChunkedArray | np.ndarray) -> None:
+    """Raise `InjectedFault` if the ``accepted`` rows' ``ids`` hold one the fault hook fails in ``stage``
+    (without faults, nothing is looked at)."""
     if faults and (chosen := faults.get(stage)):
-        hit = [i for i in ids.to_pylist() if i in chosen]
+        mask = pa.array(accepted) if isinstance(accepted, np.ndarray) else accepted
+        hit = [i for i in ids.filter(mask).to_pylist() if i in chosen]
         if hit:
             raise InjectedFault(f"injected fault in the {stage} stage for row {hit[0]}")

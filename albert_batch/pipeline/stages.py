@@ -30,7 +30,7 @@ from albert_batch.inference.predictor import Predictor, text_reject_reason
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
 from albert_batch.pipeline.columns import POSITION, TOKENS, from_list_array, task_column, to_list_array
-from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, isolated
+from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, details, isolated
 
 
 def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None], earlier: list[str | None] | None = None,
@@ -53,10 +53,6 @@ def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None], ear
 def earlier_reasons(batch: pa.Table) -> list[str | None] | None:
     """The reasons rows were rejected with before this stage, where the batch carries them."""
     return batch.column(REASON).to_pylist() if REASON in batch.column_names else None
-
-
-def _details(batch: pa.Table) -> pa.ChunkedArray | pa.Array:
-    return batch.column(DETAIL) if DETAIL in batch.column_names else pa.nulls(batch.num_rows, pa.string())
 
 
 def _positions(batch: pa.Table) -> dict[str, pa.ChunkedArray]:
@@ -97,13 +93,13 @@ class TokenizeStage:
         reasons = reject_reasons(ids, texts, earlier_reasons(batch), max_chars=self.max_text_chars)
         accepted = np.array([r is None for r in reasons], dtype=bool)
         accepted_texts = [t for t, ok in zip(texts, accepted, strict=True) if ok]
-        check_faults("tokenize", self.faults, ids.filter(pa.array(accepted)))
+        check_faults("tokenize", self.faults, ids, accepted)
         columns: dict[str, pa.Array] = {
             "id": ids,
             **_positions(batch),
             "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
             REASON: pa.array(reasons, pa.string()),
-            DETAIL: _details(batch),
+            DETAIL: details(batch),
         }
         for number, (task, predictor) in enumerate(self.predictors.items()):
             features = predictor.preprocess(accepted_texts) if accepted_texts else {}
@@ -194,9 +190,9 @@ class ModelStage:
         size = batch.num_rows
         accepted = pc.is_null(batch.column(REASON)).to_numpy(zero_copy_only=False)
         texts = [t for t, ok in zip(batch.column("text").to_pylist(), accepted, strict=True) if ok]
-        check_faults("model", self.faults, batch.column("id").filter(pa.array(accepted)))
+        check_faults("model", self.faults, batch.column("id"), accepted)
         columns: dict[str, pa.Array] = {"id": batch.column("id"), **_positions(batch),
-                                         REASON: batch.column(REASON), DETAIL: _details(batch),
+                                         REASON: batch.column(REASON), DETAIL: details(batch),
                                          TOKENS: batch.column(TOKENS)}
         for task, predictor in self.predictors.items():
             features = {}

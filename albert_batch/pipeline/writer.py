@@ -36,7 +36,7 @@ from albert_batch import storage
 from albert_batch.contract import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_OUTPUTS, Task, schema
 from albert_batch.pipeline import heap, staging
 from albert_batch.pipeline.columns import ROW, TOKENS, UNIT, task_column
-from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, is_data_error, reject_failing
+from albert_batch.pipeline.isolation import REASON, check_faults, details, is_data_error, reject_failing
 from albert_batch.quality.sketch import Sketch
 from albert_batch.storage import Location
 
@@ -130,7 +130,7 @@ class StagingWriter:
 
     def encode(self, batch: pa.Table) -> tuple[WriteReport, dict[str, bytes]]:
         """The batch's tables as Parquet files' bytes (tables without rows have none), and its report."""
-        check_faults("write", self.faults, batch.column("id").filter(pc.is_null(batch.column(REASON))))
+        check_faults("write", self.faults, batch.column("id"), pc.is_null(batch.column(REASON)))
         report = WriteReport()
         encoded = {}
         for table_name, table in self.tables(batch, report).items():
@@ -168,11 +168,11 @@ class StagingWriter:
             entities=tables[ENTITIES].column("entities") if ENTITIES in tables else None)
         reasons = rejected.column(REASON)
         report.rejects.update(_value_counts(reasons))
-        details = rejected.column(DETAIL) if DETAIL in rejected.column_names else pa.nulls(rejected.num_rows, pa.string())
-        report.errors.update(_value_counts(pc.drop_null(details)))
+        found = details(rejected)
+        report.errors.update(_value_counts(pc.drop_null(found)))
         tables[REJECTS] = pa.table(
             {"id": rejected.column("id").cast(self.id_type), "reason": reasons,
-             "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()), "detail": details},
+             "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()), "detail": found},
             schema=schema(REJECTS, self.id_type),
         )
         return tables
@@ -276,30 +276,29 @@ class WriteQueue:
                 self._writes.append(self._task.remote(self.writer, [cut for _, cut in blocks],
                                                       *[ref for ref, _ in blocks]))
 
-    def finish(self) -> int:
-        """Stage what is held and wait for every write; returns the rows of the writes it collected."""
+    def finish(self) -> None:
+        """Stage what is held and wait for every write."""
         self.flush()
-        return self._reap(keep=0)
+        self._reap(keep=0)
 
-    def _reap(self, *, keep: int) -> int:
-        """Collect the finished writes (raising a failed one's error) and wait until at most ``keep`` run;
-        returns the rows they wrote. Waits a second at a time, so that a signal reaches the run."""
+    def _reap(self, *, keep: int) -> None:
+        """Collect the finished writes (raising a failed one's error) and wait until at most ``keep`` run,
+        a second at a time, so that a signal reaches the run."""
         import ray
 
-        written = 0
         while True:
             with self._lock:
                 writes = list(self._writes)
             if not writes:
-                return written
+                return
             waiting = len(writes) > keep
             done, _ = ray.wait(writes, num_returns=len(writes), timeout=POLL_S if waiting else 0)
             for ref in done:
-                written += ray.get(ref)
+                ray.get(ref)
                 with self._lock:
                     self._writes.remove(ref)
             if not waiting:
-                return written
+                return
 
     def _flush_stale(self) -> None:
         while not self._stop.wait(POLL_S):

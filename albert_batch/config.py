@@ -179,6 +179,10 @@ class ResourceConfig:
         60.0, metavar="SECONDS", type=float,
         help="the longest a processed row waits to be staged (default: 60): a stopped run loses at most this much "
              "of the model's work, besides what is in flight")
+    file_size_mib: int | None = setting(
+        None, metavar="MIB", type=int,
+        help="the size a table's staged files are merged up to when they are published (default: 256, or an Iceberg "
+             "table's write.target-file-size-bytes where the table sets it)")
     model_actor_resources: tuple[tuple[str, float], ...] = setting(
         (), metavar="NAME=AMOUNT", action="append",
         help="a custom Ray resource each model actor needs, e.g. model_node=1 to keep model actors on the nodes "
@@ -209,6 +213,8 @@ class ResourceConfig:
             raise ConfigError("resources.max_tokens_per_forward must be at least 512 (one full-length sequence)")
         if self.rows_per_file is not None and self.rows_per_file < 1:
             raise ConfigError("resources.rows_per_file must be at least 1")
+        if self.file_size_mib is not None and self.file_size_mib < 1:
+            raise ConfigError("resources.file_size_mib must be at least 1")
         if not self.flush_seconds > 0:
             raise ConfigError("resources.flush_seconds must be a positive number of seconds")
         if not 0 <= self.ner_window_overlap <= 256:

@@ -55,6 +55,7 @@ SCHEME = "iceberg"
 RUN_PROPERTY = "albert-batch.run-id"
 PARTITION_PROPERTY = "albert-batch.partition"
 MANIFEST_PROPERTY = "albert-batch.manifest"  # the run's `Manifest` as JSON, without its file list
+TARGET_FILE_SIZE = "write.target-file-size-bytes"  # the table property that sizes its data files
 COMMIT_ATTEMPTS = 8  # commits that lose to another writer are redone on the refreshed table
 COMMIT_BACKOFF_S = 0.5
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

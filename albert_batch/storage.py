@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import itertools
 import logging
 import os
 import random
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -38,6 +40,7 @@ from albert_batch.errors import ConfigError, NotFound, PermissionDenied, Storage
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 # Backend messages that mark a failure that may pass if tried later (AWS SDK error names, socket failures).
 RETRYABLE_MARKERS = (
@@ -67,6 +70,10 @@ _RETRIES: Counter[str] = Counter()  # this process's retries, by kind of failure
 _RETRIES_LOCK = threading.Lock()
 
 SUPPORTED_SCHEMES = ("file", "s3")
+# Storage operations one caller runs at once where it has many (footers of many files, a unit's files,
+# publishing's moves, copies and deletes): each is mostly waiting for the store, and S3 serves thousands of
+# requests a second per prefix.
+CONCURRENCY = 16
 
 
 @dataclass(frozen=True, order=True)
@@ -255,6 +262,36 @@ def retries_made() -> dict[str, int]:
         return dict(_RETRIES)
 
 
+def each_concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int = CONCURRENCY) -> Iterator[T]:
+    """``op(item)`` for each of ``items``, in order, with at most ``limit`` started and not yet taken at once,
+    so that memory stays bounded however many items there are. Each runs in a copy of the caller's context
+    (its `s3_settings`). The first failure, in order, is raised, and the operations not yet started are
+    dropped."""
+    remaining = iter(items)
+    with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="storage") as pool:
+        pending: deque[Future[T]] = deque()
+
+        def start(count: int) -> None:
+            for item in itertools.islice(remaining, count):
+                pending.append(pool.submit(contextvars.copy_context().run, op, item))
+
+        try:
+            start(limit)
+            while pending:
+                result = pending.popleft().result()
+                start(1)
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int = CONCURRENCY) -> list[T]:
+    """``op(item)`` for each of ``items``, at most ``limit`` at once; the results in order (see
+    `each_concurrently`)."""
+    return list(each_concurrently(op, items, limit=limit))
+
+
 def info(loc: Location) -> pafs.FileInfo:
     return translated(lambda: loc.filesystem.get_file_info(loc.path), doing="inspecting", loc=loc)
 
@@ -324,22 +361,35 @@ def read_bytes(loc: Location) -> bytes:
 
 
 def write_bytes(loc: Location, data: bytes) -> None:
-    """Write a whole object. Local files are written beside the target and renamed, so readers never
-    see a partial file; an S3 PUT is atomic by itself."""
+    """Write a whole object (see `write_with`)."""
+    write_with(loc, lambda out: out.write(data))
+
+
+def write_with(loc: Location, fill: Callable[[pa.NativeFile], T]) -> T:
+    """Write an object by streaming into it: ``fill`` writes it to the stream it is given, and is run again
+    from the start on a transient failure. Returns what ``fill`` returns. Local files are written beside the
+    target and renamed, so readers never see a partial file. pyarrow completes an S3 upload when its stream
+    closes, even after ``fill`` failed, so a failed streamed write may leave a partial object: stream only
+    to names that nothing reads before the write has returned (a whole object written at once is atomic)."""
     fs = loc.filesystem
 
-    def op() -> None:
-        if loc.scheme == "file":
-            fs.create_dir(loc.parent.path, recursive=True)
-            tmp = loc.parent.child(f".{loc.name}.{uuid.uuid4().hex}.tmp")
-            with fs.open_output_stream(tmp.path) as out:
-                out.write(data)
-            fs.move(tmp.path, loc.path)
-        else:
+    def op() -> T:
+        if loc.scheme != "file":
             with fs.open_output_stream(loc.path) as out:
-                out.write(data)
+                return fill(out)
+        fs.create_dir(loc.parent.path, recursive=True)
+        tmp = loc.parent.child(f".{loc.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with fs.open_output_stream(tmp.path) as out:
+                result = fill(out)
+            fs.move(tmp.path, loc.path)
+            return result
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp.path)
+            raise
 
-    translated(op, doing="writing", loc=loc)
+    return translated(op, doing="writing", loc=loc)
 
 
 def move(src: Location, dst: Location) -> None:

@@ -28,7 +28,8 @@ class FaultyProxy:
     says how many seconds to hold it first (slow reads keep a run's stages busy, slow uploads make its
     writes easy to catch running); ``refuse``: a function of
     the request that may return ``(status, body)`` to answer instead of forwarding it. ``injected`` counts
-    the faults given."""
+    the faults given; ``most_in_flight`` is the most requests it held at once (`reset_in_flight` starts
+    counting again)."""
 
     def __init__(self, upstream: str, *, every: int = 0) -> None:
         self.upstream = urlsplit(upstream).netloc
@@ -38,6 +39,8 @@ class FaultyProxy:
         self.refuse: Callable[[BaseHTTPRequestHandler], tuple[int, str] | None] = lambda request: None
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
         self._requests = itertools.count(1)
         self._faults = itertools.cycle(FAULTS)
         self._lock = threading.Lock()
@@ -77,7 +80,21 @@ class FaultyProxy:
             self.forwarded += 1
             return None
 
+    def reset_in_flight(self) -> None:
+        with self._lock:
+            self.most_in_flight = self.in_flight
+
     def handle(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            self._handle(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
         body = _read_body(request)
         time.sleep(self.delay(request))
         refusal = self.refuse(request)

@@ -103,7 +103,8 @@ def read_back(path: Path, id_type: pa.DataType | None = None) -> list[dict[str, 
     """The rows the read stage makes of one file, with the plan's id type."""
     plan = inputs.plan_input(Location.parse(str(path)), id_column="id", text_column="text")
     (unit,) = plan.units()
-    units = pa.table({"unit": [0], "path": [unit.path], "start": [unit.start], "stop": [unit.stop]})
+    units = pa.Table.from_pylist([{"unit": 0, "segments": [
+        {"path": s.path, "start": s.start, "stop": s.stop} for s in unit.segments]}])
     tables = list(inputs._read_units(units, scheme="file", id_column="id", text_column="text",
                                      id_type=id_type or plan.id_type, retries_to=None))
     return pa.concat_tables(tables).select(["id", "text", REASON]).to_pylist()
@@ -162,7 +163,7 @@ def test_bytes_that_are_not_utf8_reject_their_row_as_invalid_utf8_without_an_err
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    """60 rows in two files (two units); row 13's text is Latin-1 bytes in a string column."""
+    """60 rows in two files (one unit of work); row 13's text is Latin-1 bytes in a string column."""
     folder = tmp_path / "input"
     folder.mkdir()
     texts = [f"{TRICKY_TEXTS[i % len(TRICKY_TEXTS)]} (row {i})".encode() for i in range(60)]
@@ -218,7 +219,7 @@ def test_rows_that_fail_in_any_stage_are_rejected_and_a_resumed_run_keeps_the_sa
     # The default budget (1%: of 60 rows, four are more) would fail it too; with 10%, the next run reuses every
     # unit the failed run staged, rejects and all.
     summary = run(settings(corpus, output, tiny_models, max_error_rate=0.1, run_id="resumed"))
-    assert summary.units["reused"] == 2 and summary.units["reused_from_runs"] == ["strict"]
+    assert summary.units == {"total": 1, "reused": 1, "reused_from_runs": ["strict"]}
     assert summary.rejects_by_reason == {"processing_error": 4, "invalid_utf8": 1}
     rejects = {r["id"]: (r["reason"], r["detail"], r["run_id"]) for r in read_published(output, REJECTS)}
     assert rejects == {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -203,11 +204,13 @@ def test_the_read_takes_one_unit_of_row_groups_per_task_so_it_cannot_run_far_ahe
         (unit, row) for unit in range(4) for row in range(1000)]
 
 
-def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_models, ray_cluster, monkeypatch):
+def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_models, ray_cluster, monkeypatch,
+                                                                 caplog):
     """The tokenizer is many times faster than the model. Left to Ray Data, its features for most of the
     corpus would wait in the object store, so memory would grow with the corpus; each stage is held to a
     spare batch per model actor (at least two) ahead of the next. The driver takes the model stage's output
-    as it comes, and a write task stages a file's rows (1,000 here) at a time."""
+    as it comes, and a write task stages a file's rows (1,000 here) at a time; publishing merges the staged
+    files into one."""
     (tmp_path / "input").mkdir()
     ids, texts = corpus_rows(6000)
     write_corpus(tmp_path / "input/part.parquet", ids, texts)
@@ -222,7 +225,8 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
     monkeypatch.setattr(backpressure, "waiting", recording)
     monkeypatch.setattr(sizing, "ROWS_PER_FILE", 1000)
     monkeypatch.setattr(runner, "QUEUE_BYTES", 1)  # rows alone: this corpus's features are ~1 MB in all
-    summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
+    with caplog.at_level(logging.INFO, logger="albert_batch.pipeline.compact"):
+        summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
 
     assert summary.accepted_rows == 6000 and len(read_published(tmp_path / "output", "classifications")) == 6000
     assert summary.stages["max_rows_ahead"] == 400  # two batches: one model actor on this cluster
@@ -231,7 +235,8 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
     assert tokenizer <= 400 + 2 * 200, most_waiting
     assert not any("ModelStage" in k for k in most_waiting), "the last stage is never held back"
     assert len(published_partitions(tmp_path / "output", "classifications")) == 1
-    assert len(list((tmp_path / "output/classifications/dt=2026-11-01").glob("*.parquet"))) == 6
+    assert "merged 6 staged files (6000 rows)" in caplog.text
+    assert len(list((tmp_path / "output/classifications/dt=2026-11-01").glob("*.parquet"))) == 1
 
 
 def test_the_tokenizer_stage_loads_neither_torch_nor_transformers(tiny_models):

@@ -25,22 +25,26 @@ pytestmark = pytest.mark.slow
 PARTITION = "dt=2026-11-21"
 UNITS = 12
 ROWS = 3000
+FILES = 300  # of 10 rows each, 25 to a unit of work (see `small_units`)
 
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
-    """One file of 12 row groups: 12 units of work (see `small_units`)."""
+    """300 small files: 12 units of work of 25 files each (see `small_units`)."""
     texts = [f"{TRICKY_TEXTS[i % len(TRICKY_TEXTS)]} (row {i})" for i in range(ROWS)]
+    table = pa.table({"id": pa.array(range(ROWS), pa.int64()), "text": texts})
     (tmp_path / "input").mkdir()
-    pq.write_table(pa.table({"id": pa.array(range(ROWS), pa.int64()), "text": texts}),
-                   tmp_path / "input/part-0.parquet", row_group_size=ROWS // UNITS)
+    per_file = ROWS // FILES
+    for number in range(FILES):
+        pq.write_table(table.slice(number * per_file, per_file), tmp_path / f"input/part-{number:03d}.parquet")
     return tmp_path / "input"
 
 
 @pytest.fixture
 def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A unit of work is at most 16 MiB of row groups; here one row group, so that a small corpus has many."""
-    monkeypatch.setattr(inputs, "UNIT_BYTES", 1)
+    """A unit of work is at most 16 MiB of row groups of at most 1,000 files; here 25 files, so that a small
+    corpus of small files has many units, each of several files."""
+    monkeypatch.setattr(inputs, "UNIT_FILES", FILES // UNITS)
 
 
 def settings(corpus: Path, output: Path, models: dict[str, str], run_id: str) -> dict[str, Any]:
@@ -54,7 +58,7 @@ def start_cli(options: dict[str, Any]) -> subprocess.Popen:
     same small units of work."""
     from albert_batch.cli import run_argv
 
-    code = ("import sys; from albert_batch.pipeline import inputs; inputs.UNIT_BYTES = 1; "
+    code = (f"import sys; from albert_batch.pipeline import inputs; inputs.UNIT_FILES = {FILES // UNITS}; "
             "from albert_batch.cli import main; sys.exit(main(sys.argv[1:]))")
     argv = run_argv(RunConfig(**options))[2:]
     return subprocess.Popen([sys.executable, "-c", code, "run", "-q", *argv], stdout=subprocess.PIPE,
@@ -114,6 +118,9 @@ def test_a_killed_run_is_resumed_and_the_next_run_publishes_exactly_a_clean_run_
         assert got["classifications"][row_id][1] == pytest.approx(score, abs=SCORE_TOLERANCE)
     reused_rows = [r for r in read_published(output, "classifications") if r["run_id"] == "killed"]
     assert len(reused_rows) == len(staged) * (ROWS // UNITS), "rows keep the run id of the run that computed them"
+    for table in ("classifications", "entities", "rejects"):  # the pieces of both runs, merged
+        files = [p.name for p in (output / table / PARTITION).iterdir() if not p.name.startswith("_")]
+        assert len(files) == 1, (table, files)
 
 
 def test_sigterm_stops_a_run_within_seconds_and_a_run_with_other_settings_does_not_reuse_its_work(

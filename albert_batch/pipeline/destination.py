@@ -1,10 +1,12 @@
 """Where a run's results go: Hive-partitioned Parquet folders (``OUTPUT/<table>/<partition>/``, the default)
 or Iceberg tables in a catalog (``iceberg://CATALOG/NAMESPACE``). The run stages, resumes and accounts for
 its rows the same way for both; a destination says where staged files and unit records live, which
-columns the files carry beside the contract's, and how a finished run is published."""
+columns the files carry beside the contract's, the size its published files are merged up to
+(`albert_batch.pipeline.compact`), and how a finished run is published."""
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
@@ -14,9 +16,11 @@ from albert_batch import iceberg, storage
 from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, Manifest, partition_path, tables_for
 from albert_batch.errors import OutputError, StorageError, Transient
-from albert_batch.pipeline import publish, staging
+from albert_batch.pipeline import compact, publish, staging
 from albert_batch.quality import store as quality_store
 from albert_batch.storage import Location
+
+log = logging.getLogger(__name__)
 
 
 class Destination(ABC):
@@ -26,6 +30,7 @@ class Destination(ABC):
     folder: Location  # the partition's staging folder: unit records (`pipeline.staging`), run record, retries
     table_dirs: dict[str, Location]  # where the writer stages each table's files
     partition_columns: dict[str, str | None]  # columns every staged file carries (Iceberg's partition keys)
+    file_bytes: int = compact.TARGET_FILE_BYTES  # the size published files are merged up to
     empty_tables_need_a_file = True  # a table without rows still gets a file, which carries its schema
 
     def check(self) -> None:
@@ -46,11 +51,22 @@ class Destination(ABC):
         """Staged files that are published already and must never be deleted as leftovers."""
         return set()
 
+    def target_file_bytes(self, table: str) -> int:
+        """The size ``table``'s published files are merged up to."""
+        return self.file_bytes
+
+    def compact(self, run_id: str, files: Mapping[str, Mapping[str, int]]) -> dict[str, compact.Compacted]:
+        """Each table's staged files (name -> rows) merged into files of its target size (`pipeline.compact`)."""
+        return {table: compact.compact(self.table_dirs[table], names, target_bytes=self.target_file_bytes(table),
+                                       run_id=run_id)
+                for table, names in files.items()}
+
     @abstractmethod
-    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
-        """Publish the staged files that ``manifests`` list, atomically per table, with the partition's
-        ``reports`` (file name -> content, `albert_batch.quality`) beside each table; then drop the staging
-        folder."""
+    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes],
+                merged: Mapping[str, Sequence[str]]) -> None:
+        """Publish the files that ``manifests`` list, atomically per table, with the partition's ``reports``
+        (file name -> content, `albert_batch.quality`) beside each table; then drop the staging folder and the
+        staged files ``merged`` (per table) into the published ones."""
 
     @abstractmethod
     def report_uri(self, table: str, name: str) -> str:
@@ -79,7 +95,9 @@ class HiveFolders(Destination):
     def recover(self) -> None:
         publish.recover(self.output, self.partition_path)
 
-    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
+    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes],
+                merged: Mapping[str, Sequence[str]]) -> None:
+        # The merged files are in the staging folder, which publishing removes.
         publish.publish(self.output, run_id, self.partition_path, self.folder, manifests, reports)
 
     def report_uri(self, table: str, name: str) -> str:
@@ -132,12 +150,31 @@ class IcebergTables(Destination):
                 published.add(Location.parse(task.file.file_path))
         return published
 
-    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes]) -> None:
+    def target_file_bytes(self, table: str) -> int:
+        """The table's ``write.target-file-size-bytes`` where it sets one, else the run's setting."""
+        value = self.tables[table].properties.get(iceberg.TARGET_FILE_SIZE)
+        if value is None:
+            return self.file_bytes
+        try:
+            found = int(value)
+            if found > 0:
+                return found
+        except ValueError:
+            pass
+        log.warning("Iceberg table %s sets %s to %r, not a positive number of bytes; merging files up to %d MiB",
+                    self.target.table_uri(table), iceberg.TARGET_FILE_SIZE, value, self.file_bytes // 2**20)
+        return self.file_bytes
+
+    def publish(self, run_id: str, manifests: dict[str, Manifest], reports: Mapping[str, bytes],
+                merged: Mapping[str, Sequence[str]]) -> None:
+        keep = self.published_files() if any(merged.values()) else set()  # an earlier attempt's, never deleted
         for table, manifest in manifests.items():  # a fixed order: the tasks' tables, then the rejects
             iceberg.replace_partition(self.catalog, self.target, table, self.partition_columns,
                                       [self.table_dirs[table].child(name) for name in manifest.files], manifest)
             for name, content in reports.items():
                 storage.write_bytes(self._reports(table).child(name), content)
+        leftovers = [self.table_dirs[table].child(name) for table, names in merged.items() for name in names]
+        storage.concurrently(storage.delete_file, [f for f in leftovers if f not in keep])
         staging.discard(self.folder)
 
     def report_uri(self, table: str, name: str) -> str:
@@ -158,5 +195,7 @@ def open_destination(config: RunConfig, id_type: pa.DataType) -> Destination:
                                                  dict(config.partition)).prepare(tables, id_type)
     else:
         destination = HiveFolders(config.output_location, config.partition_path).prepare(tables)
+    if config.resources.file_size_mib:
+        destination.file_bytes = config.resources.file_size_mib * 2**20
     destination.check()
     return destination

@@ -3,9 +3,12 @@ text columns exist with usable types), cut into units of work, and read as a Ray
 footer is read, so an unreadable file is named up front and the row count that the run must account for
 is exact.
 
-A unit of work is a range of whole row groups of one file, at most ``UNIT_BYTES`` of uncompressed data (a
-larger row group is a unit by itself). It is what one read task reads, and what a stopped run's next run
-reuses or redoes as a whole (`albert_batch.pipeline.staging`), so a corpus of one large file resumes too.
+A unit of work is whole row groups of one or several files, taken in file and row-group order, up to
+``UNIT_BYTES`` of uncompressed data and ``UNIT_FILES`` files (a larger row group is a unit by itself). It is
+what one read task reads, and what a stopped run's next run reuses or redoes as a whole
+(`albert_batch.pipeline.staging`): a corpus of one large file is cut into several units, so it resumes
+too, and thousands of small files are packed into a few, so a run's units, read tasks, staged files and
+records follow the data's size, not its file count. A read task reads a unit's files concurrently.
 
 The id and text columns may be stored in any string encoding a Parquet writer uses: ``string``,
 ``large_string``, ``string_view``, dictionary-encoded strings (pandas' categoricals) and ``binary`` (older
@@ -16,8 +19,9 @@ them (one pass over the column; row by row only in a column that holds such a ro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +41,10 @@ if TYPE_CHECKING:
 
 IGNORED_PREFIXES = ("_", ".")
 UNIT_BYTES = 16 * 2**20  # uncompressed row groups per unit of work
+# Files per unit at most: a read task opens each of its files (a request or two on S3, read READ_THREADS at a
+# time), so this bounds a read task's time however small the files are.
+UNIT_FILES = 1000
+READ_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -52,14 +60,25 @@ class InputFile:
 
 
 @dataclass(frozen=True)
-class WorkUnit:
-    """Row groups ``start`` to ``stop - 1`` of the file ``path``."""
+class Segment:
+    """Row groups ``start`` to ``stop - 1`` of the file ``path``: their ``rows``."""
 
-    index: int
     path: str
     start: int
     stop: int
     rows: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """The rows of its segments, in order, numbered from 0."""
+
+    index: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.segments)
 
 
 @dataclass(frozen=True)
@@ -76,20 +95,44 @@ class InputPlan:
     def uris(self) -> list[str]:
         return [Location(self.location.scheme, f.path).uri for f in self.files]
 
-    def units(self, max_bytes: int | None = None) -> tuple[WorkUnit, ...]:
-        """The units of work, in file and row-group order, each at most ``max_bytes`` (`UNIT_BYTES`)."""
-        max_bytes = max_bytes or UNIT_BYTES
+    def units(self, max_bytes: int | None = None, max_files: int | None = None) -> tuple[WorkUnit, ...]:
+        """The units of work, in file and row-group order, each at most ``max_bytes`` (`UNIT_BYTES`) of row
+        groups of at most ``max_files`` files (`UNIT_FILES`)."""
+        max_bytes, max_files = max_bytes or UNIT_BYTES, max_files or UNIT_FILES
         units: list[WorkUnit] = []
+        segments: list[Segment] = []
+        size = 0
+
+        def close() -> None:
+            nonlocal segments, size
+            if segments:
+                units.append(WorkUnit(len(units), tuple(segments)))
+            segments, size = [], 0
+
         for f in self.files:
-            start, rows, size = 0, 0, 0
+            start, rows = 0, 0
             for group, (group_rows, group_bytes) in enumerate(f.row_groups):
-                if group > start and size + group_bytes > max_bytes:
-                    units.append(WorkUnit(len(units), f.path, start, group, rows))
-                    start, rows, size = group, 0, 0
+                full = size + group_bytes > max_bytes or (group == start and len(segments) == max_files)
+                if full and (segments or group > start):
+                    if group > start:
+                        segments.append(Segment(f.path, start, group, rows))
+                    close()
+                    start, rows = group, 0
                 rows, size = rows + group_rows, size + group_bytes
             if f.row_groups:
-                units.append(WorkUnit(len(units), f.path, start, len(f.row_groups), rows))
+                segments.append(Segment(f.path, start, len(f.row_groups), rows))
+        close()
         return tuple(units)
+
+    def fingerprint(self, units: Sequence[WorkUnit]) -> str:
+        """A digest of the input files (names, sizes, versions, row groups) and of how ``units`` cut them: the
+        input part of a partition's `albert_batch.pipeline.staging.WorkKey`."""
+        digest = hashlib.sha256()
+        for f in self.files:
+            digest.update(json.dumps([f.path, f.size, f.version, f.row_groups]).encode())
+        for u in units:
+            digest.update(json.dumps([[s.path, s.start, s.stop] for s in u.segments]).encode())
+        return digest.hexdigest()[:32]
 
 
 def _data_files(loc: Location) -> list[pafs.FileInfo]:
@@ -143,8 +186,7 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
         raise
     except AlbertBatchError as err:
         raise InputError(f"cannot list input {loc}: {err}") from err
-    with ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
-        footers = list(pool.map(lambda f: _read_footer(loc, f), found))
+    footers = storage.concurrently(lambda f: _read_footer(loc, f), found)
     id_types: dict[pa.DataType, str] = {}
     for schema, file in footers:
         uri = Location(loc.scheme, file.path).uri
@@ -214,7 +256,8 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
     (BENCHMARKS.md, "Memory"); one task decodes Parquet text far faster than any model stage consumes it."""
     import ray.data
 
-    items = [{"unit": u.index, "path": u.path, "start": u.start, "stop": u.stop} for u in units]
+    items = [{"unit": u.index, "segments": [{"path": s.path, "start": s.start, "stop": s.stop} for s in u.segments]}
+             for u in units]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
         _read_units,
@@ -229,32 +272,41 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
 
 def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: str, id_type: pa.DataType,
                 retries_to: Location | None) -> Iterator[pa.Table]:
-    """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it."""
+    """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it;
+    a unit's files are read `READ_THREADS` at a time."""
+    columns = [id_column, text_column]
     with staging.retries_reported(retries_to):
         for unit in batch.to_pylist():
-            table = storage.read_row_groups(Location(scheme, unit["path"]), range(unit["start"], unit["stop"]),
-                                            [id_column, text_column])
-            yield _with_positions(table, unit["unit"], id_column, text_column, id_type)
+            tables = storage.concurrently(
+                lambda s: storage.read_row_groups(Location(scheme, s["path"]), range(s["start"], s["stop"]), columns),
+                unit["segments"], limit=READ_THREADS)
+            yield _with_positions(tables, unit["unit"], id_column, text_column, id_type)
 
 
-def _with_positions(table: pa.Table, unit: int, id_column: str, text_column: str, id_type: pa.DataType) -> pa.Table:
-    """The unit's rows as ``id``, ``text`` (UTF-8 strings), its position columns, and a reject reason where the
-    row's bytes are not UTF-8 (its text, or its id, then null)."""
-    rows = table.num_rows
-    ids, bad_ids = decode_strings(table.column(id_column))
-    texts, bad_texts = decode_strings(table.column(text_column))
-    invalid = bad_ids | bad_texts
+def _with_positions(tables: list[pa.Table], unit: int, id_column: str, text_column: str,
+                    id_type: pa.DataType) -> pa.Table:
+    """A unit's rows (``tables``, one per segment, each in its file's string encoding) as ``id``, ``text``
+    (UTF-8 strings), its position columns, and a reject reason where the row's bytes are not UTF-8 (its
+    text, or its id, then null)."""
+    ids, texts, invalid, rows = [], [], set(), 0
+    for table in tables:
+        segment_ids, bad_ids = decode_strings(table.column(id_column))
+        segment_texts, bad_texts = decode_strings(table.column(text_column))
+        ids.extend(segment_ids.cast(id_type).chunks)
+        texts.extend(segment_texts.cast(pa.large_string()).chunks)
+        invalid.update(rows + i for i in bad_ids | bad_texts)
+        rows += table.num_rows
     reasons = pa.array([RejectReason.INVALID_UTF8.value if i in invalid else None for i in range(rows)], pa.string()) \
         if invalid else pa.nulls(rows, pa.string())
     columns: dict[str, Any] = {
-        "id": ids.cast(id_type),
-        "text": texts.cast(pa.large_string()),
+        "id": pa.chunked_array(ids, id_type),
+        "text": pa.chunked_array(texts, pa.large_string()),
         UNIT: pa.array([unit] * rows, pa.int32()),
         ROW: pa.array(range(rows), pa.int64()),
         REASON: reasons,
         DETAIL: pa.nulls(rows, pa.string()),
     }
-    return pa.table(columns)
+    return pa.table(columns).combine_chunks()
 
 
 def decode_strings(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, set[int]]:

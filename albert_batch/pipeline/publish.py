@@ -51,22 +51,23 @@ def publish(output: Location, run_id: str, partition_path: str, staging: Locatio
 
 
 def apply_commit(output: Location, staging: Location, commit: dict[str, Any]) -> None:
-    """Publish a committed run's partitions; every step is idempotent, so it may be applied again."""
+    """Publish a committed run's partitions; every step is idempotent, so it may be applied again. A
+    partition's deletes and moves run `storage.CONCURRENCY` at a time."""
     for table, names in commit["files"].items():
         target = output.child(table, commit["partition_path"])
         storage.delete_file(target.child(SUCCESS))
         keep = set(names)
-        for old in storage.list_files(target, recursive=False):
-            if old.base_name not in keep and old.base_name != SUCCESS:
-                storage.delete_file(Location(target.scheme, old.path))
-        for name in names:
-            staged = staging.child(table, name)
-            if storage.exists(staged):
-                storage.move(staged, target.child(name))
-            elif not storage.exists(target.child(name)):
-                raise PublishError(f"staged file {staged} vanished before it was published")
-        for name in commit.get("reports", []):
-            storage.write_bytes(target.child(name), storage.read_bytes(staging.child(REPORTS, name)))
+        present = {f.base_name for f in storage.list_files(target, recursive=False)}
+        storage.concurrently(storage.delete_file, [target.child(name) for name in sorted(present - keep - {SUCCESS})])
+        staged = {f.base_name for f in storage.list_files(staging.child(table), recursive=False)}
+        vanished = [name for name in names if name not in staged and name not in present]
+        if vanished:
+            raise PublishError(f"staged files {vanished[:5]} of {staging.child(table)} vanished before they were "
+                               "published")
+        storage.concurrently(lambda pair: storage.move(*pair),
+                             [(staging.child(table, name), target.child(name)) for name in names if name in staged])
+        storage.concurrently(lambda pair: storage.write_bytes(pair[1], storage.read_bytes(pair[0])),
+                             [(staging.child(REPORTS, name), target.child(name)) for name in commit.get("reports", [])])
         storage.write_bytes(target.child(MANIFEST), json.dumps(commit["manifests"][table], indent=2, default=str).encode())
         storage.write_bytes(target.child(SUCCESS), b"")
         log.info("published %s", target)

@@ -191,8 +191,7 @@ def work_key(job: _Run) -> staging.WorkKey:
         return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:32]
 
     return staging.WorkKey(
-        input=digest([[[f.path, f.size, f.version, f.row_groups] for f in job.plan.files],
-                      [[u.path, u.start, u.stop] for u in job.units]]),
+        input=job.plan.fingerprint(job.units),
         models={task.value: digest([info.weights_sha256, info.labels, info.max_length])
                 for task, info in job.models.items()},
         settings={"tasks": [t.value for t in config.tasks], "id_column": config.id_column,
@@ -320,17 +319,17 @@ def _check_accounting(job: _Run, report: WriteReport) -> None:
             )
 
 
-def _staged_files(job: _Run, report: WriteReport) -> dict[str, list[str]]:
-    """Each table's staged files; in Hive folders a table without rows gets an empty file, which carries its
-    schema."""
+def _staged_files(job: _Run, report: WriteReport) -> dict[str, dict[str, int]]:
+    """Each table's staged files (name -> rows), in the order of their units; in Hive folders a table without
+    rows gets an empty file, which carries its schema."""
     config = job.config
-    files = {table: sorted(report.files.get(table, [])) for table in tables_for(config.tasks)}
+    files = {table: dict(report.files.get(table, {})) for table in tables_for(config.tasks)}
     for table, names in files.items():
         if not names and job.destination.empty_tables_need_a_file:
             name = f"part-{config.run_id}-empty.parquet"
             storage.write_bytes(job.destination.table_dirs[table].child(name),
                                 parquet_bytes(schema(table, job.plan.id_type).empty_table()))
-            names.append(name)
+            names[name] = 0
     return files
 
 
@@ -338,7 +337,8 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     config, plan = job.config, job.plan
     _check_accounting(job, report)
     _check_error_budget(job, report)
-    files = _staged_files(job, report)
+    compacted = job.destination.compact(config.run_id, _staged_files(job, report))
+    files = {table: found.files for table, found in compacted.items()}
     rejected = report.rows.get(REJECTS, 0)
     seconds = time.monotonic() - job.started
     job.timings["total_s"] = round(seconds, 3)
@@ -376,7 +376,8 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
            "units": units}
     figures, reports = partition_report(report.quality, output=config.output_uri, partition_path=config.partition_path,
                                         run=run, input_rows=plan.num_rows, rejects_by_reason=dict(report.rejects))
-    job.destination.publish(config.run_id, manifests, reports)
+    job.destination.publish(config.run_id, manifests, reports,
+                            merged={table: found.merged for table, found in compacted.items()})
     return RunSummary(
         run_id=config.run_id,
         output=job.destination.uri,

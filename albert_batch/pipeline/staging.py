@@ -29,7 +29,6 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -115,9 +114,8 @@ def read_pieces(folder: Location, cache: dict[str, Piece] | None = None) -> list
     cache = {} if cache is None else cache
     found = [f.path for f in storage.list_files(folder.child(PIECES))]
     new = [path for path in found if path not in cache]
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(new)))) as pool:
-        cache.update(zip(new, pool.map(lambda p: Piece.from_json(storage.read_bytes(Location(folder.scheme, p))), new),
-                         strict=True))
+    cache.update(zip(new, storage.concurrently(
+        lambda p: Piece.from_json(storage.read_bytes(Location(folder.scheme, p))), new), strict=True))
     return [cache[path] for path in found]
 
 
@@ -212,12 +210,11 @@ def _read_record(folder: Location) -> dict[str, Any] | None:
 
 def _drop(folder: Location, table_dirs: dict[str, Location], pieces: list[Piece], published: set[Location]) -> None:
     """Forget pieces that will not be used: their records first, then their files (unless published)."""
-    for piece in pieces:
-        storage.delete_file(folder.child(PIECES, f"{record_name(piece.unit, piece.name)}.json"))
-    for piece in pieces:
-        for table, name in piece.files.items():
-            if table in table_dirs and table_dirs[table].child(name) not in published:
-                storage.delete_file(table_dirs[table].child(name))
+    storage.concurrently(storage.delete_file,
+                         [folder.child(PIECES, f"{record_name(piece.unit, piece.name)}.json") for piece in pieces])
+    files = [table_dirs[table].child(name) for piece in pieces for table, name in piece.files.items()
+             if table in table_dirs]
+    storage.concurrently(storage.delete_file, [f for f in files if f not in published])
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Check a published partition the way a careful consumer would, and summarise it.
 
 `validate_partition` reads, for every table of a run, the partition's ``_SUCCESS`` and ``_manifest.json``
-and the footers of its data files, and refuses the partition unless: it is complete (``_SUCCESS``), it
+and the footers of its data files (`storage.CONCURRENCY` at a time), and refuses the partition unless: it is complete (``_SUCCESS``), it
 was written by the expected run, its files are exactly the ones the manifest lists, their row counts add
 up to the manifest's, the schema is the output contract's, and no input row is lost
 (``input rows = result rows + rejected rows`` for each task). The summary it returns is compact and
@@ -112,22 +112,24 @@ def _check_table(folder: Location, table: str, run_id: str | None) -> tuple[Mani
     if data != listed:
         raise ValidationError(f"{folder} holds files {sorted(data - listed)} the manifest does not list and lacks "
                               f"{sorted(listed - data)} that it does")
-    rows = 0
-    for name in sorted(listed):
-        loc = folder.child(name)
-        meta = storage.translated(lambda loc=loc: pq.read_metadata(loc.path, filesystem=loc.filesystem),
-                                  doing="reading the footer of", loc=loc)
-        found = meta.schema.to_arrow_schema().remove_metadata()
-        if "id" not in found.names:
-            raise ValidationError(f"{loc} has no id column; the output contract keys every table by id")
-        expected = schema(table, found.field("id").type)
-        if not found.equals(expected):
-            raise ValidationError(f"{loc} does not have the {table} schema of the output contract:\n"
-                                  f"found    {found}\nexpected {expected}")
-        rows += meta.num_rows
+    rows = sum(storage.concurrently(lambda name: _footer_rows(folder.child(name), table), sorted(listed)))
     if rows != manifest.rows:
         raise ValidationError(f"{folder} holds {rows} rows but its manifest says {manifest.rows}")
     return manifest, folder.uri
+
+
+def _footer_rows(loc: Location, table: str) -> int:
+    """The rows of one data file, whose footer must carry the contract's schema of ``table``."""
+    meta = storage.translated(lambda: pq.read_metadata(loc.path, filesystem=loc.filesystem),
+                              doing="reading the footer of", loc=loc)
+    found = meta.schema.to_arrow_schema().remove_metadata()
+    if "id" not in found.names:
+        raise ValidationError(f"{loc} has no id column; the output contract keys every table by id")
+    expected = schema(table, found.field("id").type)
+    if not found.equals(expected):
+        raise ValidationError(f"{loc} does not have the {table} schema of the output contract:\n"
+                              f"found    {found}\nexpected {expected}")
+    return meta.num_rows
 
 
 def _check_iceberg_tables(target: iceberg.IcebergTarget, partition_path: str, tables: list[str],

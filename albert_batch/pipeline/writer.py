@@ -47,10 +47,10 @@ SAMPLE_ENTITIES = 5
 
 @dataclass
 class WriteReport:
-    """What pieces of work staged: each table's files and rows, rejects by reason, a few rows of the sampled
-    column (entities), and the quality sketch of their rows (`albert_batch.quality.sketch`)."""
+    """What pieces of work staged: each table's files (name -> rows) and rows, rejects by reason, a few rows of
+    the sampled column (entities), and the quality sketch of their rows (`albert_batch.quality.sketch`)."""
 
-    files: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
     rows: Counter[str] = field(default_factory=Counter)
     rejects: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # processing errors' details -> rows
@@ -66,7 +66,7 @@ class WriteReport:
         total = cls()
         for piece in sorted(pieces, key=lambda p: (p.unit, p.ranges)):
             for table, name in piece.files.items():
-                total.files.setdefault(table, []).append(name)
+                total.files.setdefault(table, {})[name] = piece.rows.get(table, 0)
             total.rows.update(piece.rows)
             total.rejects.update(piece.rejects)
             total.errors.update(piece.errors)

@@ -1,0 +1,141 @@
+"""How a run's cost grows with the number of input files and with rows: the same rows of short texts laid
+out as few large files and as many small ones, each layout run end to end; and the planning of a very
+large number of input files, alone (its time and the driver's memory).
+
+    python -m benchmarks.files                              # 100,000 rows as 100, 1,000 and 10,000 files
+    python -m benchmarks.files --layouts 100,10000 --rows 20000
+    python -m benchmarks.files --plan-files 100000 --layouts ''   # planning only
+
+Each run is ``albert-batch run`` in a process of its own with default settings (a tiny classification
+model, fp32). For each layout it prints the run's seconds, its units of work and the files it published
+per table; the rows published are checked against the input's. Planning lists and reads the footer of
+every file of a local folder of ``--plan-files`` one-row-group files, cuts them into units and computes
+the partition's work key, in this process, with its peak memory above what it held before (tracemalloc)
+and its whole peak RSS. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from albert_batch.dev import corpus
+from benchmarks import workload
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITION = "dt=2026-12-05"
+
+
+def short_texts(rows: int) -> pa.Table:
+    """``rows`` short texts (the first sentence of each demo document, 40-120 characters) with unique ids."""
+    texts = [doc.text.split(". ")[0].split("\n")[0] for doc in corpus.generate(min(rows, 20_000), seed=3,
+                                                                               split="inference")]
+    ids = pa.array(range(rows), pa.int64())
+    return pa.table({"id": ids, "text": pa.array([texts[i % len(texts)] for i in range(rows)], pa.string())})
+
+
+def lay_out(table: pa.Table, folder: Path, files: int) -> None:
+    """``table`` as ``files`` Parquet files of equal rows in ``folder``."""
+    folder.mkdir(parents=True)
+    per_file = -(-table.num_rows // files)
+    for number, start in enumerate(range(0, table.num_rows, per_file)):
+        pq.write_table(table.slice(start, per_file), folder / f"part-{number:06d}.parquet")
+
+
+def run(corpus_folder: Path, output: Path, models: workload.Models) -> dict[str, Any]:
+    summary = output.with_suffix(".json")
+    argv = [sys.executable, "-m", "albert_batch.cli", "run", "-q", "--input", str(corpus_folder), "--output",
+            str(output), "--classifier-model", models.classifier, "--tasks", "classify", "--partition", PARTITION,
+            "--precision", "fp32", "--summary-json", str(summary)]
+    started = time.monotonic()
+    subprocess.run(argv, check=True, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    seconds = time.monotonic() - started
+    result = json.loads(summary.read_text())
+    published = {}
+    for table in ("classifications", "rejects"):
+        folder = output / table / PARTITION
+        names = [p for p in folder.iterdir() if not p.name.startswith(("_", "."))]
+        published[table] = {"files": len(names), "rows": pads.dataset(folder, format="parquet").count_rows()}
+    return {"seconds": round(seconds, 1), "units": result["units"]["total"], "timings": result["timings"],
+            "published": published}
+
+
+def plan_many(folder: Path, files: int) -> dict[str, Any]:
+    """Plan a folder of ``files`` one-row Parquet files (written once, then copied as bytes)."""
+    from albert_batch.pipeline.inputs import plan_input
+    from albert_batch.storage import Location
+
+    folder.mkdir(parents=True)
+    one = folder / "part-0000000.parquet"
+    pq.write_table(pa.table({"id": [1], "text": ["a short text"]}), one)
+    data = one.read_bytes()
+    for number in range(1, files):
+        (folder / f"part-{number:07d}.parquet").write_bytes(data)
+    tracemalloc.start()
+    started = time.monotonic()
+    plan = plan_input(Location.parse(str(folder)), id_column="id", text_column="text")
+    units = plan.units()
+    key = plan.fingerprint(units)
+    seconds = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"files": len(plan.files), "rows": plan.num_rows, "units": len(units), "seconds": round(seconds, 2),
+            "peak_python_mib": round(peak / 2**20, 1), "key": key[:12],
+            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--layouts", default="100,1000,10000", help="input file counts, comma-separated")
+    parser.add_argument("--plan-files", type=int, default=100_000, help="files for the planning test (0: none)")
+    parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"))
+    args = parser.parse_args(argv)
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"rows": args.rows, "cpu": _cpu()}
+    with tempfile.TemporaryDirectory(prefix="files-", dir=work) as scratch:
+        root = Path(scratch)
+        layouts = [int(n) for n in args.layouts.split(",") if n]
+        if layouts:
+            models = workload.build_models(work, "tiny")
+            table = short_texts(args.rows)
+            for files in layouts:
+                folder = root / f"input-{files}"
+                lay_out(table, folder, files)
+                result = run(folder, root / f"output-{files}", models)
+                assert all(t["rows"] == args.rows for name, t in result["published"].items()
+                           if name == "classifications"), result
+                results[f"{files}_files"] = result
+                print(json.dumps({f"{files}_files": result}), flush=True)
+                shutil.rmtree(folder)
+        if args.plan_files:
+            results["planning"] = plan_many(root / "plan", args.plan_files)
+            print(json.dumps({"planning": results["planning"]}), flush=True)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -262,11 +262,12 @@ def retries_made() -> dict[str, int]:
         return dict(_RETRIES)
 
 
-def each_concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int = CONCURRENCY) -> Iterator[T]:
-    """``op(item)`` for each of ``items``, in order, with at most ``limit`` started and not yet taken at once,
-    so that memory stays bounded however many items there are. Each runs in a copy of the caller's context
-    (its `s3_settings`). The first failure, in order, is raised, and the operations not yet started are
-    dropped."""
+def each_concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int | None = None) -> Iterator[T]:
+    """``op(item)`` for each of ``items``, in order, with at most ``limit`` (`CONCURRENCY`) started and not yet
+    taken at once, so that memory stays bounded however many items there are. Each runs in a copy of the
+    caller's context (its `s3_settings`). The first failure, in order, is raised, and the operations not yet
+    started are dropped."""
+    limit = limit or CONCURRENCY
     remaining = iter(items)
     with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="storage") as pool:
         pending: deque[Future[T]] = deque()
@@ -286,7 +287,7 @@ def each_concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int = 
                 future.cancel()
 
 
-def concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int = CONCURRENCY) -> list[T]:
+def concurrently(op: Callable[[A], T], items: Iterable[A], *, limit: int | None = None) -> list[T]:
     """``op(item)`` for each of ``items``, at most ``limit`` at once; the results in order (see
     `each_concurrently`)."""
     return list(each_concurrently(op, items, limit=limit))

@@ -4,14 +4,17 @@ large number of input files, alone (its time and the driver's memory).
 
     python -m benchmarks.files                              # 100,000 rows as 100, 1,000 and 10,000 files
     python -m benchmarks.files --layouts 100,10000 --rows 20000
-    python -m benchmarks.files --plan-files 100000 --layouts ''   # planning only
+    python -m benchmarks.files --plan-files 100000 --layouts '' --publish-files 0   # planning only
 
 Each run is ``albert-batch run`` in a process of its own with default settings (a tiny classification
 model, fp32). For each layout it prints the run's seconds, its units of work and the files it published
 per table; the rows published are checked against the input's. Planning lists and reads the footer of
 every file of a local folder of ``--plan-files`` one-row-group files, cuts them into units and computes
 the partition's work key, in this process, with its peak memory above what it held before (tracemalloc)
-and its whole peak RSS. Prints JSON.
+and its whole peak RSS. Publishing stages ``--publish-files`` files of 5 classification rows on a moto S3
+server (a process of its own, on loopback) and replaces a partition of as many old files with them: the
+merge into files of the default size, then the publication (deletes, moves, manifest); once at the
+default concurrency and once, for ``--sequential-files`` files, one request at a time. Prints JSON.
 """
 
 from __future__ import annotations
@@ -98,11 +101,93 @@ def plan_many(folder: Path, files: int) -> dict[str, Any]:
             "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def classification_rows(ids: range) -> pa.Table:
+    import datetime as dt
+
+    from albert_batch.contract import CLASSIFICATIONS, schema
+
+    rows = len(ids)
+    return pa.table({
+        "id": pa.array(ids, pa.int64()), "label": ["positive"] * rows, "score": [0.5] * rows,
+        "scores": [[("positive", 0.5), ("negative", 0.5)]] * rows, "truncated": [False] * rows,
+        "model": ["models/classifier"] * rows, "run_id": ["bench"] * rows,
+        "processed_at": [dt.datetime(2026, 12, 5, tzinfo=dt.UTC)] * rows,
+    }, schema=schema(CLASSIFICATIONS, pa.int64()))
+
+
+def publish_many(files: int, *, concurrency: int) -> dict[str, Any]:
+    """Merge and publish ``files`` staged files over a partition of ``files`` old ones on a moto S3 server,
+    at most ``concurrency`` storage operations at a time."""
+    import urllib.request
+
+    import pyarrow.fs as pafs
+
+    from albert_batch import storage
+    from albert_batch.contract import CLASSIFICATIONS, Manifest
+    from albert_batch.dev.local_ray import free_port
+    from albert_batch.pipeline.destination import HiveFolders
+    from albert_batch.storage import Location, S3Settings
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                          access_key="bench", secret_key="bench", allow_bucket_creation=True).create_dir("bench")
+        settings = S3Settings(access_key_id="bench", secret_access_key="bench", endpoint_url=endpoint,
+                              region="us-east-1")
+        with storage.s3_settings(settings):
+            output = Location.parse("s3://bench/out")
+            destination = HiveFolders(output, PARTITION).prepare([CLASSIFICATIONS])
+
+            def put(folder: Location, number: int, rows: int) -> tuple[str, int]:
+                sink = pa.BufferOutputStream()
+                pq.write_table(classification_rows(range(number * rows, (number + 1) * rows)), sink)
+                name = f"part-bench-u{number:06d}.parquet"
+                storage.write_bytes(folder.child(name), sink.getvalue().to_pybytes())
+                return name, rows
+
+            storage.concurrently(lambda n: put(output.child(CLASSIFICATIONS, PARTITION), n, 1), range(files), limit=32)
+            staged = dict(storage.concurrently(lambda n: put(destination.table_dirs[CLASSIFICATIONS], n, 5),
+                                               range(files), limit=32))
+            saved, storage.CONCURRENCY = storage.CONCURRENCY, concurrency
+            try:
+                started = time.monotonic()
+                compacted = destination.compact("bench", {CLASSIFICATIONS: staged})
+                merged_s = time.monotonic() - started
+                manifest = Manifest(table=CLASSIFICATIONS, run_id="bench", partition={"dt": "2026-12-05"},
+                                    tasks=["classify"], rows=5 * files, files=compacted[CLASSIFICATIONS].files,
+                                    input={}, counts={}, models={}, precision="fp32")
+                started = time.monotonic()
+                destination.publish("bench", {CLASSIFICATIONS: manifest}, {},
+                                    merged={t: c.merged for t, c in compacted.items()})
+                published_s = time.monotonic() - started
+            finally:
+                storage.CONCURRENCY = saved
+            published = [f for f in storage.list_files(output.child(CLASSIFICATIONS, PARTITION))
+                         if not f.base_name.startswith("_")]
+        return {"staged_files": files, "old_files": files, "concurrency": concurrency,
+                "merge_s": round(merged_s, 2), "publish_s": round(published_s, 2), "published_files": len(published)}
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--layouts", default="100,1000,10000", help="input file counts, comma-separated")
     parser.add_argument("--plan-files", type=int, default=100_000, help="files for the planning test (0: none)")
+    parser.add_argument("--publish-files", type=int, default=10_000, help="staged files to publish on S3 (0: none)")
+    parser.add_argument("--sequential-files", type=int, default=1_000,
+                        help="staged files to publish on S3 one request at a time, for comparison (0: none)")
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"))
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
@@ -123,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{files}_files"] = result
                 print(json.dumps({f"{files}_files": result}), flush=True)
                 shutil.rmtree(folder)
+        for name, files, concurrency in (("publish", args.publish_files, None),
+                                         ("publish_sequential", args.sequential_files, 1)):
+            if files:
+                from albert_batch import storage
+
+                results[name] = publish_many(files, concurrency=concurrency or storage.CONCURRENCY)
+                print(json.dumps({name: results[name]}), flush=True)
         if args.plan_files:
             results["planning"] = plan_many(root / "plan", args.plan_files)
             print(json.dumps({"planning": results["planning"]}), flush=True)

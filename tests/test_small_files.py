@@ -14,7 +14,7 @@ import pytest
 
 from albert_batch import storage
 from albert_batch.contract import CLASSIFICATIONS, REJECTS, Manifest, RejectReason, schema
-from albert_batch.errors import PublishError, ValidationError
+from albert_batch.errors import PublishError, StorageError, ValidationError
 from albert_batch.pipeline import compact, inputs
 from albert_batch.pipeline.destination import HiveFolders
 from albert_batch.pipeline.isolation import REASON
@@ -125,6 +125,38 @@ def stage(folder: Location, pieces: int, rows: int) -> dict[str, int]:
         return name, rows
 
     return dict(storage.concurrently(write, range(pieces)))
+
+
+def test_storage_operations_run_a_bounded_number_at_a_time_in_order_and_the_first_failure_is_raised():
+    import threading
+    import time
+
+    running, most, taken = 0, 0, []
+    lock = threading.Lock()
+
+    def op(item: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.002 * (item % 3))
+        with lock:
+            running -= 1
+        if item == 70:
+            raise StorageError("item 70 failed")
+        return item * 2
+
+    def items():  # a generator: never listed whole
+        for item in range(100):
+            taken.append(item)
+            yield item
+
+    results = storage.each_concurrently(op, items(), limit=4)
+    assert [next(results) for _ in range(10)] == [i * 2 for i in range(10)]
+    assert len(taken) <= 10 + 4, "at most `limit` items ahead of the ones taken"
+    with pytest.raises(StorageError, match="item 70 failed"):
+        list(results)
+    assert most <= 4 and len(taken) <= 71 + 4
 
 
 def test_groups_close_once_they_reach_the_target():

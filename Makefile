@@ -19,12 +19,12 @@ LOCK_TOOLS := .cache/lock-tools
 LOCK_TOOL_PIN := uv==0.13.9
 COMPILE := $(LOCK_TOOLS)/bin/uv pip compile --quiet --generate-hashes --custom-compile-command "make lock" \
 	--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	--extra test --extra airflow --extra iceberg --extra openlineage -c constraints.txt
+	--extra test --extra airflow --extra iceberg --extra openlineage --extra docs -c constraints.txt
 # Where the lock finds the CPU build, as above (uv reads no pip settings; best match across indexes, so
 # torch's +cpu build wins over PyPI's CUDA build of the same version).
 TORCH_CPU_FOR_LOCK := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
 
-.PHONY: demo demo-iceberg test unit check airflow bench lock lock-upgrade clean
+.PHONY: demo demo-iceberg test unit check airflow bench docs lock lock-upgrade clean
 
 # A new lock makes a new environment: nothing installed outside the lock survives. --no-deps: the lock
 # names every package, so pip resolves nothing; --require-hashes: what it installs is what was locked.
@@ -47,6 +47,10 @@ airflow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# The documentation site (mkdocs.yml, docs/) on 127.0.0.1:8000, rebuilt as you edit.
+docs: $(STAMP)
+	$(PY) -m mkdocs serve
+
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -54,7 +58,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -m unit -q
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check albert_batch pipelines tests dags infra benchmarks
+	$(VENV)/bin/ruff check albert_batch pipelines tests dags infra benchmarks docs
 
 $(LOCK_TOOLS)/.installed:
 	$(PYTHON) -m venv $(LOCK_TOOLS)

@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import re
 import secrets
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,7 +20,7 @@ from typing import Any
 import yaml
 
 from albert_batch import iceberg
-from albert_batch.contract import RESERVED_COLUMNS, Task, partition_path
+from albert_batch.contract import Task, parse_partition, partition_path
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
 
@@ -47,7 +46,6 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | Non
     return field(default=default, metadata=metadata)
 
 
-PARTITION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COLUMN = re.compile(r"^[^\x00-\x1f\x7f]+$")
 
@@ -65,52 +63,6 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 def today_partition() -> tuple[tuple[str, str], ...]:
     return (("dt", dt.datetime.now(dt.UTC).date().isoformat()),)
-
-
-def parse_partition(value: Any) -> tuple[tuple[str, str], ...]:
-    """Accept ``["k=v", ...]``, ``"k=v"``, a mapping or pairs; validate keys and values."""
-    if isinstance(value, Mapping):
-        pairs = [(str(k), _scalar_text(v)) for k, v in value.items()]
-    else:
-        items = [value] if isinstance(value, str) else list(value)
-        pairs = []
-        for item in items:
-            if isinstance(item, str):
-                key, sep, val = item.partition("=")
-                if not sep:
-                    raise ConfigError(f"partition {item!r} must look like KEY=VALUE, e.g. dt=2026-11-28")
-                pairs.append((key.strip(), val))
-            else:
-                key, val = item
-                pairs.append((str(key), _scalar_text(val)))
-    if not pairs:
-        raise ConfigError("partition must name at least one KEY=VALUE")
-    seen = set()
-    for key, val in pairs:
-        if not PARTITION_KEY.match(key):
-            raise ConfigError(f"partition key {key!r} must be letters, digits and underscores, not starting with a digit")
-        if key.lower() in RESERVED_COLUMNS:
-            raise ConfigError(f"partition key {key!r} is an output column name; choose another key")
-        if key in seen:
-            raise ConfigError(f"partition key {key!r} is given twice")
-        seen.add(key)
-        if not val:
-            raise ConfigError(f"partition {key}= has an empty value")
-        bad = [c for c in val if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
-        if "/" in val or "\\" in val or ".." in val or "=" in val or bad:
-            raise ConfigError(
-                f"partition value for {key!r} must not contain '/', '\\', '..', '=' or control characters"
-            )
-        if val != val.strip():
-            raise ConfigError(f"partition value for {key!r} must not start or end with spaces")
-    return tuple(pairs)
-
-
-def _scalar_text(value: Any) -> str:
-    # YAML turns 2026-11-28 into a date; partition values are always text.
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    return str(value)
 
 
 def _parse_tasks(value: Any) -> tuple[Task, ...]:

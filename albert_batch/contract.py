@@ -1,5 +1,6 @@
 """The output contract, in one place: the tasks, the tables they write, their Arrow schemas, the reject
-reasons, the marker files of a published partition and the fields of its manifest.
+reasons, what a partition's keys and values may be, the marker files of a published partition and the
+fields of its manifest.
 
     OUTPUT/classifications/<partition>/part-*.parquet  id, label, score, scores, truncated, model, run_id, processed_at
     OUTPUT/entities/<partition>/part-*.parquet         id, entities, model, run_id, processed_at
@@ -15,13 +16,18 @@ so consumers and Airflow's validation can use it without Ray or torch.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
+
+from albert_batch.errors import ConfigError
 
 
 class Task(StrEnum):
@@ -114,6 +120,56 @@ def partition_path(partition: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> 
     """A partition's folder path below a table, e.g. ``dt=2026-11-28/hour=05``."""
     items = partition.items() if isinstance(partition, Mapping) else partition
     return "/".join(f"{key}={value}" for key, value in items)
+
+
+PARTITION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_partition(value: Any) -> tuple[tuple[str, str], ...]:
+    """A partition's keys and values from ``["k=v", ...]``, ``"k=v"``, a mapping or pairs; ConfigError names
+    a key or value that cannot be a Hive folder name or an output column."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), _scalar_text(v)) for k, v in value.items()]
+    else:
+        items = [value] if isinstance(value, str) else list(value)
+        pairs = []
+        for item in items:
+            if isinstance(item, str):
+                key, sep, val = item.partition("=")
+                if not sep:
+                    raise ConfigError(f"partition {item!r} must look like KEY=VALUE, e.g. dt=2026-11-28")
+                pairs.append((key.strip(), val))
+            else:
+                key, val = item
+                pairs.append((str(key), _scalar_text(val)))
+    if not pairs:
+        raise ConfigError("partition must name at least one KEY=VALUE")
+    seen = set()
+    for key, val in pairs:
+        if not PARTITION_KEY.match(key):
+            raise ConfigError(f"partition key {key!r} must be letters, digits and underscores, not starting with a digit")
+        if key.lower() in RESERVED_COLUMNS:
+            raise ConfigError(f"partition key {key!r} is an output column name; choose another key")
+        if key in seen:
+            raise ConfigError(f"partition key {key!r} is given twice")
+        seen.add(key)
+        if not val:
+            raise ConfigError(f"partition {key}= has an empty value")
+        bad = [c for c in val if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+        if "/" in val or "\\" in val or ".." in val or "=" in val or bad:
+            raise ConfigError(
+                f"partition value for {key!r} must not contain '/', '\\', '..', '=' or control characters"
+            )
+        if val != val.strip():
+            raise ConfigError(f"partition value for {key!r} must not start or end with spaces")
+    return tuple(pairs)
+
+
+def _scalar_text(value: Any) -> str:
+    # YAML turns 2026-11-28 into a date; partition values are always text.
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return str(value)
 
 
 def tables_for(tasks: Iterable[Task | str]) -> list[str]:

@@ -13,13 +13,16 @@ every file of a local folder of ``--plan-files`` one-row-group files, cuts them 
 the partition's work key, in this process, with its peak memory above what it held before (tracemalloc)
 and its whole peak RSS. Publishing stages ``--publish-files`` files of 5 classification rows on a moto S3
 server (a process of its own, on loopback) and replaces a partition of as many old files with them: the
-merge into files of the default size, then the publication (deletes, moves, manifest); once at the
-default concurrency and once, for ``--sequential-files`` files, one request at a time. Prints JSON.
+merge into files of the default size, then the publication (deletes, moves, manifest), through a proxy
+(`albert_batch.dev.s3_proxy`) that counts the requests; moto answers one request at a time (~100-150 a
+second here), so it also runs ``--latency-files`` files with ``--latency-s`` added to each request, as a
+distant store's latency, 16 and 1 at a time. Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -37,6 +40,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from albert_batch.dev import corpus
+from albert_batch.dev.s3_proxy import FaultyProxy
 from benchmarks import workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +92,7 @@ def plan_many(folder: Path, files: int) -> dict[str, Any]:
     data = one.read_bytes()
     for number in range(1, files):
         (folder / f"part-{number:07d}.parquet").write_bytes(data)
+    rss_before = _rss_mib()
     tracemalloc.start()
     started = time.monotonic()
     plan = plan_input(Location.parse(str(folder)), id_column="id", text_column="text")
@@ -97,8 +102,13 @@ def plan_many(folder: Path, files: int) -> dict[str, Any]:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"files": len(plan.files), "rows": plan.num_rows, "units": len(units), "seconds": round(seconds, 2),
-            "peak_python_mib": round(peak / 2**20, 1), "key": key[:12],
-            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_python_mib": round(peak / 2**20, 1), "key": key[:12], "rss_before_mib": rss_before,
+            "max_rss_mib": _rss_mib()}
+
+
+def _rss_mib() -> float:
+    """This process's peak resident memory so far."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def classification_rows(ids: range) -> pa.Table:
@@ -115,9 +125,9 @@ def classification_rows(ids: range) -> pa.Table:
     }, schema=schema(CLASSIFICATIONS, pa.int64()))
 
 
-def publish_many(files: int, *, concurrency: int) -> dict[str, Any]:
+def publish_many(files: int, *, concurrency: int, latency_s: float) -> dict[str, Any]:
     """Merge and publish ``files`` staged files over a partition of ``files`` old ones on a moto S3 server,
-    at most ``concurrency`` storage operations at a time."""
+    at most ``concurrency`` storage operations at a time, each request held ``latency_s`` by a proxy."""
     import urllib.request
 
     import pyarrow.fs as pafs
@@ -141,9 +151,9 @@ def publish_many(files: int, *, concurrency: int) -> dict[str, Any]:
                 time.sleep(0.1)
         pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
                           access_key="bench", secret_key="bench", allow_bucket_creation=True).create_dir("bench")
-        settings = S3Settings(access_key_id="bench", secret_access_key="bench", endpoint_url=endpoint,
-                              region="us-east-1")
-        with storage.s3_settings(settings):
+        direct = S3Settings(access_key_id="bench", secret_access_key="bench", endpoint_url=endpoint,
+                            region="us-east-1")
+        with storage.s3_settings(direct):
             output = Location.parse("s3://bench/out")
             destination = HiveFolders(output, PARTITION).prepare([CLASSIFICATIONS])
 
@@ -159,22 +169,27 @@ def publish_many(files: int, *, concurrency: int) -> dict[str, Any]:
                                                range(files), limit=32))
             saved, storage.CONCURRENCY = storage.CONCURRENCY, concurrency
             try:
-                started = time.monotonic()
-                compacted = destination.compact("bench", {CLASSIFICATIONS: staged})
-                merged_s = time.monotonic() - started
-                manifest = Manifest(table=CLASSIFICATIONS, run_id="bench", partition={"dt": "2026-12-05"},
-                                    tasks=["classify"], rows=5 * files, files=compacted[CLASSIFICATIONS].files,
-                                    input={}, counts={}, models={}, precision="fp32")
-                started = time.monotonic()
-                destination.publish("bench", {CLASSIFICATIONS: manifest}, {},
-                                    merged={t: c.merged for t, c in compacted.items()})
-                published_s = time.monotonic() - started
+                with (FaultyProxy(endpoint) as proxy,
+                      storage.s3_settings(dataclasses.replace(direct, endpoint_url=proxy.endpoint))):
+                    proxy.delay = lambda request: latency_s
+                    started = time.monotonic()
+                    compacted = destination.compact("bench", {CLASSIFICATIONS: staged})
+                    merged_s = time.monotonic() - started
+                    manifest = Manifest(table=CLASSIFICATIONS, run_id="bench", partition={"dt": "2026-12-05"},
+                                        tasks=["classify"], rows=5 * files, files=compacted[CLASSIFICATIONS].files,
+                                        input={}, counts={}, models={}, precision="fp32")
+                    started = time.monotonic()
+                    destination.publish("bench", {CLASSIFICATIONS: manifest}, {},
+                                        merged={t: c.merged for t, c in compacted.items()})
+                    published_s = time.monotonic() - started
+                    requests = proxy.forwarded
             finally:
                 storage.CONCURRENCY = saved
             published = [f for f in storage.list_files(output.child(CLASSIFICATIONS, PARTITION))
                          if not f.base_name.startswith("_")]
-        return {"staged_files": files, "old_files": files, "concurrency": concurrency,
-                "merge_s": round(merged_s, 2), "publish_s": round(published_s, 2), "published_files": len(published)}
+        return {"staged_files": files, "old_files": files, "concurrency": concurrency, "latency_s": latency_s,
+                "requests": requests, "merge_s": round(merged_s, 2), "publish_s": round(published_s, 2),
+                "published_files": len(published)}
     finally:
         server.terminate()
         server.wait()
@@ -186,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layouts", default="100,1000,10000", help="input file counts, comma-separated")
     parser.add_argument("--plan-files", type=int, default=100_000, help="files for the planning test (0: none)")
     parser.add_argument("--publish-files", type=int, default=10_000, help="staged files to publish on S3 (0: none)")
-    parser.add_argument("--sequential-files", type=int, default=1_000,
-                        help="staged files to publish on S3 one request at a time, for comparison (0: none)")
+    parser.add_argument("--latency-files", type=int, default=1_000,
+                        help="staged files to publish on S3 behind --latency-s, 16 and 1 at a time (0: none)")
+    parser.add_argument("--latency-s", type=float, default=0.02, help="the store's latency per request")
+    parser.add_argument("--plan-here", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"))
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
@@ -195,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"rows": args.rows, "cpu": _cpu()}
     with tempfile.TemporaryDirectory(prefix="files-", dir=work) as scratch:
         root = Path(scratch)
+        if args.plan_here:
+            print(json.dumps(plan_many(root / "plan", args.plan_files)))
+            return 0
         layouts = [int(n) for n in args.layouts.split(",") if n]
         if layouts:
             models = workload.build_models(work, "tiny")
@@ -208,15 +228,18 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"{files}_files"] = result
                 print(json.dumps({f"{files}_files": result}), flush=True)
                 shutil.rmtree(folder)
-        for name, files, concurrency in (("publish", args.publish_files, None),
-                                         ("publish_sequential", args.sequential_files, 1)):
+        for name, files, concurrency, latency_s in (
+                ("publish", args.publish_files, 16, 0.0),
+                ("publish_latency", args.latency_files, 16, args.latency_s),
+                ("publish_latency_sequential", args.latency_files, 1, args.latency_s)):
             if files:
-                from albert_batch import storage
-
-                results[name] = publish_many(files, concurrency=concurrency or storage.CONCURRENCY)
+                results[name] = publish_many(files, concurrency=concurrency, latency_s=latency_s)
                 print(json.dumps({name: results[name]}), flush=True)
-        if args.plan_files:
-            results["planning"] = plan_many(root / "plan", args.plan_files)
+        if args.plan_files:  # in a process of its own, so that its peak memory is the planning's
+            child = subprocess.run([sys.executable, "-m", "benchmarks.files", "--plan-here", "--plan-files",
+                                    str(args.plan_files), "--work", str(work)], check=True, capture_output=True,
+                                   text=True)
+            results["planning"] = json.loads(child.stdout.strip().splitlines()[-1])
             print(json.dumps({"planning": results["planning"]}), flush=True)
     print(json.dumps(results, indent=2))
     return 0

@@ -1,5 +1,5 @@
 """One DAG per YAML file in dags/configs/ (or in $ALBERT_BATCH_DAG_CONFIG_DIR): see
-`albert_batch.airflow.dags` for what each DAG does and docs in README ("Scheduling with Airflow")."""
+`albert_batch.airflow.dags` for what each DAG does and docs/airflow.md."""
 
 import os
 from pathlib import Path

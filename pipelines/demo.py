@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from albert_batch import RunConfig, Task, run
-from albert_batch.cli import RunConsole, format_summary
+from albert_batch.cli import format_summary
+from albert_batch.console import RunConsole
 from albert_batch.dev import corpus
 from albert_batch.pipeline.runner import RunSummary
 from albert_batch.training.config import FinetuneConfig

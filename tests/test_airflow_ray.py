@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from albert_batch.dev.local_ray import LocalRayHead, free_port, start_head
-from faults import FaultyProxy
+from albert_batch.dev.s3_proxy import FaultyProxy
 from support import FAKE_KEY_ID, FAKE_SECRET, TRICKY_TEXTS, write_corpus
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from albert_batch.cli import RAY_JOB_ENV, RunConsole, TerminalLine, format_summary
+from albert_batch.cli import format_summary
+from albert_batch.console import RAY_JOB_ENV, RunConsole, TerminalLine
 from albert_batch.errors import ConfigError
 from albert_batch.pipeline import progress
 from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, rows_staged

@@ -22,11 +22,11 @@ import pytest
 from albert_batch.config import Precision
 from albert_batch.contract import Task
 from albert_batch.dev.local_ray import LocalRayHead, start_head
+from albert_batch.dev.s3_proxy import FaultyProxy
 from albert_batch.inference import models
 from albert_batch.inference.predictors import build_predictor
 from albert_batch.pipeline.validate import validate_partition
 from albert_batch.pipeline.writer import WRITE_TASK
-from faults import FaultyProxy
 from support import SCORE_TOLERANCE, TRICKY_TEXTS, published_dataset
 
 pytestmark = pytest.mark.slow

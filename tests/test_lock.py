@@ -18,7 +18,7 @@ from support import CPU_LOCK, GPU_LOCK, ROOT, locked_versions
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 # The extras `make` installs (Makefile's lock and install lines).
-EXTRAS = ("test", "airflow", "iceberg", "openlineage")
+EXTRAS = ("test", "airflow", "iceberg", "openlineage", "docs")
 # What only PyPI's CUDA build of torch brings in.
 CUDA_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
 # Installed beside the lock: the project itself (editable) and the venv's own installer.

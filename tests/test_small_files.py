@@ -14,12 +14,12 @@ import pytest
 
 from albert_batch import storage
 from albert_batch.contract import CLASSIFICATIONS, REJECTS, Manifest, RejectReason, schema
+from albert_batch.dev.s3_proxy import FaultyProxy
 from albert_batch.errors import PublishError, StorageError, ValidationError
 from albert_batch.pipeline import compact, inputs
 from albert_batch.pipeline.destination import HiveFolders
 from albert_batch.pipeline.isolation import REASON
 from albert_batch.storage import Location, S3Settings
-from faults import FaultyProxy
 
 PARTITION = "dt=2026-12-05"
 

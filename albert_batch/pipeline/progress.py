@@ -6,7 +6,7 @@ to) or, when further, the rows the writer has staged (the staging folder's piece
 count a resumed run's reused rows as done, though not in its rate). It advances a batch at a time.
 
 `albert_batch.pipeline.monitor` logs a line here at INFO every `interval_s` seconds, the plain lines that
-logs, Ray jobs and Airflow show. A console that shows progress live (a terminal, `albert_batch.cli`)
+logs, Ray jobs and Airflow show. A console that shows progress live (a terminal, `albert_batch.console`)
 enables DEBUG on this module's logger and gets a line at every poll of the monitor as well.
 """
 

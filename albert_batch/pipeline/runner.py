@@ -1,9 +1,8 @@
 """One batch run, end to end: check inputs, models and the destination; resume the partition's staged work
 or start afresh; stream read -> tokenize -> model -> write on Ray Data for the units not done; check that
-every input row is accounted for; then publish each partition atomically.
-
-Over 300 lines because it is the run's steps, in the order they happen, each a short function; what a
-step does lives in the module it calls (inputs, staging, stages, sink, publish)."""
+every input row is accounted for; then publish each partition atomically, its files merged to size. Each
+step is a short function; what it does lives in the module it calls (inputs, staging, stages, writer,
+destination)."""
 
 from __future__ import annotations
 

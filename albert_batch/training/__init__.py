@@ -3,6 +3,8 @@
     config      FinetuneConfig and PretrainConfig, the typed settings
     data        labelled Parquet in, checked; training rows; length-bucketed batches
     bio         character spans to BIO token labels (NER)
+    workspace   the working folder in the output: the starting model, Ray Train's checkpoints and what they hold
+    progress    the steps done of those planned, as a person reads them
     loop        what every Ray Train worker of `finetune` runs; scoring an epoch with the batch pipeline's predictor
     metrics     accuracy, macro-F1, entity precision/recall/F1
     model_init  ALBERT built from scratch, offline: a SentencePiece tokenizer and fresh weights

@@ -34,15 +34,14 @@ from albert_batch.storage import Location
 from albert_batch.training import workspace
 from albert_batch.training.config import FinetuneConfig
 from albert_batch.training.data import LabelledData, encode, label_names, read_labelled
-from albert_batch.training.loop import TRAINING_STATE, TrainLoop, train_loop
+from albert_batch.training.loop import TrainLoop, train_loop
+from albert_batch.training.pretrain import REPORT as PRETRAINING_REPORT
 from albert_batch.training.progress import StepCounter, StepMonitor
 
 log = logging.getLogger(__name__)
 
 REPORT = "training_report.json"
 WORK_DIR = "_finetuning"  # in the output: the starting model and Ray Train's checkpoints; removed at the end
-# What a tokenizer may be saved as; each one the base model has goes into every checkpoint.
-TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Default rates: the classic ALBERT recipe for a pretrained model, and what a small model far from converged
 # needs — one built with --init, or pretrained here from one for thousands of steps rather than ALBERT's
 # hundreds of thousands (at 5e-5 such a model reached entity F1 0.02 where 2e-3 reached 0.67; BENCHMARKS.md).
@@ -58,8 +57,6 @@ def learning_rate(config: FinetuneConfig) -> float:
 
 def _pretrained_from_scratch(base: str) -> bool:
     """Whether ``base`` is a folder that `albert-batch pretrain --init` wrote (its report says so)."""
-    from albert_batch.training.pretrain import REPORT as PRETRAINING_REPORT
-
     try:
         report = json.loads(storage.read_bytes(Location.parse(base, what="base model").child(PRETRAINING_REPORT)))
     except (AlbertBatchError, ValueError):  # not a readable folder of ours: a hub id, another model
@@ -173,7 +170,7 @@ def _trainer(config: FinetuneConfig, labels: tuple[str, ...], train: LabelledDat
         task=config.task, base=base_uri, epochs=config.epochs, batch_size=config.batch_size,
         learning_rate=lr, seed=config.seed, pad_id=tokenizer.pad_token_id or 0, evaluation=evaluation,
         threads=max(1, cpus // config.num_workers) if not config.use_gpu else None,
-        tokenizer_files=tuple(n for n in TOKENIZER_FILES if (base / n).exists()), progress=counter,
+        tokenizer_files=tuple(n for n in workspace.TOKENIZER_FILES if (base / n).exists()), progress=counter,
     )
     return TorchTrainer(
         train_loop,
@@ -221,7 +218,7 @@ def _write_output(folder: Path, output: Location, work: Location, report: dict[s
     """Copy the model folder, remove the working folder, and write the report; the report goes last, so its
     presence marks a complete model."""
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name != TRAINING_STATE:
+        if path.is_file() and path.name != workspace.TRAINING_STATE:
             storage.write_bytes(output.child(path.name), path.read_bytes())
     storage.delete_dir(work)
     storage.write_bytes(output.child(REPORT), json.dumps(report, indent=2, default=str).encode())

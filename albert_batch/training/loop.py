@@ -17,9 +17,7 @@ from albert_batch.inference import models
 from albert_batch.training import metrics
 from albert_batch.training.data import LabelledData, bucketed_batches, length_buckets
 from albert_batch.training.progress import Step, report_step
-
-# In every checkpoint beside the model: the optimizer's and the schedule's state and the epoch, to resume from.
-TRAINING_STATE = "training_state.pt"
+from albert_batch.training.workspace import TRAINING_STATE
 
 
 @dataclass(frozen=True)

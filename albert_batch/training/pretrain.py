@@ -77,7 +77,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     try:
         from transformers import AutoTokenizer
 
-        from albert_batch.training.pretrain_loop import EVALUATIONS, TRAINING_STATE, mask_held_out
+        from albert_batch.training.pretrain_loop import EVALUATIONS, mask_held_out
 
         if resuming:
             log.info("resuming pretraining from the checkpoints in %s", work)
@@ -111,7 +111,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         with result.checkpoint.as_directory() as folder:
             evaluations = json.loads((Path(folder) / EVALUATIONS).read_text())
             for path in sorted(Path(folder).iterdir()):
-                if path.is_file() and path.name not in (EVALUATIONS, TRAINING_STATE):
+                if path.is_file() and path.name not in (EVALUATIONS, workspace.TRAINING_STATE):
                     storage.write_bytes(output.child(path.name), path.read_bytes())
         storage.delete_dir(work)
         seconds = round(time.monotonic() - started, 1)

@@ -20,15 +20,12 @@ import torch.nn.functional as F
 from albert_batch.inference import models
 from albert_batch.training.bio import IGNORE_INDEX
 from albert_batch.training.data import BUCKET_BATCHES, length_buckets
-from albert_batch.training.finetune import TOKENIZER_FILES
 from albert_batch.training.masking import Masker
 from albert_batch.training.progress import Step, report_step
 from albert_batch.training.sop import NO_PAIR
+from albert_batch.training.workspace import TOKENIZER_FILES, TRAINING_STATE
 
 EVALUATIONS = "evaluations.json"  # in every checkpoint: the scores of every evaluation up to it
-# In every checkpoint beside the model: the optimizer's and the schedule's state, the step, and where in
-# the epochs it was taken, to resume from.
-TRAINING_STATE = "training_state.pt"
 EVAL_BATCH = 64
 
 

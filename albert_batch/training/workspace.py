@@ -1,7 +1,8 @@
 """Where a training run keeps what every node reads: a working folder in the run's output location holding
-the starting model (``base/``) and Ray Train's checkpoints (``ray_train/``). On a cluster the output is
-``s3://…``, so workers on any node load the model through `albert_batch.inference.models.resolve` and Ray
-Train resumes from checkpoints that outlive the worker (and the driver) that wrote them."""
+the starting model (``base/``) and Ray Train's checkpoints (``ray_train/``), and what goes into every
+checkpoint beside the model. On a cluster the output is ``s3://…``, so workers on any node load the model
+through `albert_batch.inference.models.resolve` and Ray Train resumes from checkpoints that outlive the
+worker (and the driver) that wrote them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ BASE = "base"
 CHECKPOINTS = "ray_train"
 RUN = "run.json"  # the settings the checkpoints were trained with, written once the base is there
 MAX_FAILURES = 3  # restarts of the training workers from the last checkpoint before the run fails
+# What a tokenizer may be saved as; each one the base model has goes into every checkpoint.
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# In every checkpoint beside the model: the optimizer's and the schedule's state and where in training it was
+# taken, to resume from; it stays out of the model folder a run writes.
+TRAINING_STATE = "training_state.pt"
 
 
 def start(output: Location, work: Location, report: str, settings: bytes) -> bool:

@@ -1,6 +1,7 @@
 """A fault-injecting HTTP proxy in front of a real server: it forwards requests to moto's S3 (or a Ray
 dashboard), and answers a share of them as a failing S3 would: 503 SlowDown, 500 InternalError, or a
-connection dropped before any answer. moto itself has no fault injection."""
+connection dropped before any answer; it can also hold each request a while, as a distant store's latency
+does. moto itself has neither."""
 
 from __future__ import annotations
 

@@ -51,8 +51,11 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m mkdocs serve
 
+# The suite runs two test files at a time (pytest-xdist): most of a test's time is spent waiting for Ray
+# processes, runs and servers, not computing.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit -q

@@ -1,14 +1,9 @@
-"""The ``albert-batch`` command line: a thin layer over `albert_batch.run` and `albert_batch.training.finetune`.
-
-    albert-batch run --input URI --output URI [--tasks classify,ner] [--classifier-model URI]
-        [--ner-model URI] [--text-column text] [--id-column id] [--partition KEY=VALUE ...]
-        [--precision auto|fp32|bf16|fp16] [--run-id ID] [--ray-address ADDRESS] [--config FILE.yaml]
-    albert-batch finetune --task classify|ner --train URI --eval URI --output URI ...
-    albert-batch pretrain --corpus URI --output URI (--init tiny|base | --base-model URI) ...
-    albert-batch report --output URI --partition KEY=VALUE [--against KEY=VALUE] [--to FILE.html]
+"""The ``albert-batch`` command line (``run``, ``finetune``, ``pretrain``, ``report``): a thin layer over
+`albert_batch.run`, `albert_batch.training` and `albert_batch.quality`.
 
 Every flag is a field of `RunConfig`, `ResourceConfig`, `FinetuneConfig` or `PretrainConfig`, with the help text given
-there, so a new setting is added in one place. Exit codes are `albert_batch.errors.ExitCode`.
+there, so a new setting is added in one place; docs/cli.md is generated from the same parser (`build_parser`).
+Exit codes are `albert_batch.errors.ExitCode`.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if not heavy and not needs_more:
             item.add_marker(pytest.mark.unit)
         weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + (
-            8 if needs_more else 1 if heavy else 0)
+            30 if needs_more else 1 if heavy else 0)
     # The heaviest files first (`make test` runs files side by side, each on the next free worker), so that the
     # last to finish are the quick ones; within a file, the tests keep their order.
     items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])

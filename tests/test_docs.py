@@ -52,22 +52,9 @@ def links(markdown: str) -> list[str]:
     return [m.group("target") for m in LINK.finditer(prose(markdown)) if m.group("target")]
 
 
-def github_slug(heading: str) -> str:
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
-    text = re.sub(r"[`*]", "", text).strip().lower()
-    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
-
-
 def anchors(markdown: str) -> set[str]:
-    found: set[str] = set()
-    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", prose(markdown), re.MULTILINE):
-        slug = base = github_slug(heading)
-        n = 0
-        while slug in found:
-            n += 1
-            slug = f"{base}-{n}"
-        found.add(slug)
-    return found
+    """The anchors of a Markdown file's headings, as GitHub and the site write them (the site's own hook)."""
+    return load_hook("repo_pages").anchors(markdown)
 
 
 @pytest.fixture(scope="module")

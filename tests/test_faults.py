@@ -173,7 +173,7 @@ def test_a_lost_model_node_fails_the_run_in_bounded_time_and_a_replaced_one_lets
         cluster, proxy, s3_client, tiny_models, tmp_path):
     """Model actors run only on nodes that offer a ``model_node`` resource (with two CPUs, room for the
     tokenizer actor too, wherever Ray places it). Losing the only such node, a
-    run waits ``--wait-for-nodes`` seconds for another, then fails with one line and keeps its staged work.
+    run waits ``--wait-for-nodes-s`` seconds for another, then fails with one line and keeps its staged work.
     The next run resumes that work; it loses its node too, but a replacement joins within its wait, and it
     finishes."""
     head, _ = cluster
@@ -181,10 +181,10 @@ def test_a_lost_model_node_fails_the_run_in_bounded_time_and_a_replaced_one_lets
     write_corpus(s3_client, rows)
     slow_uploads(proxy, 0.1)
     output = "s3://results/lost-node"
-    placement = ["--model-actor-resource", "model_node=1", "--num-cpus-per-actor", "1"]
+    placement = ["--model-actor-resources", "model_node=1", "--num-cpus-per-actor", "1"]
     node = head.add_node(log=tmp_path / "node-1.log", resources={"model_node": 1}, num_cpus=2)
 
-    first = start_run(head, tiny_models, output, "first", *placement, "--wait-for-nodes", "5")
+    first = start_run(head, tiny_models, output, "first", *placement, "--wait-for-nodes-s", "5")
     modelled = "MapWorker(MapBatches(ModelStage)).submit"
     wait_until(lambda: len(staged_units(s3_client, output)) >= 1, first, "a unit was staged")
     node.stop(crash=True)
@@ -198,7 +198,7 @@ def test_a_lost_model_node_fails_the_run_in_bounded_time_and_a_replaced_one_lets
     node = head.add_node(log=tmp_path / "node-2.log", resources={"model_node": 1}, num_cpus=2)
     report = tmp_path / "summary.json"
     # Long enough for a replacement node to start on a busy machine (starting one takes seconds, more under load).
-    second = start_run(head, tiny_models, output, "second", *placement, "--wait-for-nodes", "120", summary=report)
+    second = start_run(head, tiny_models, output, "second", *placement, "--wait-for-nodes-s", "120", summary=report)
     done_before = len(tasks(head, modelled, "FINISHED"))
     wait_until(lambda: len(tasks(head, modelled, "FINISHED")) > done_before, second, "the next run's model did a batch")
     node.stop(crash=True)

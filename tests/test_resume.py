@@ -156,7 +156,7 @@ def test_sigterm_stops_a_run_that_waits_for_its_model_actors(tmp_path, corpus, t
     resource is free) is stopped by SIGTERM within seconds, like a run that processes."""
     output = tmp_path / "output"
     argv = ["run", "-q", "--input", str(corpus), "--output", str(output), "--classifier-model",
-            tiny_models["classifier"], "--ner-model", tiny_models["ner"], "--model-actor-resource", "slot=1"]
+            tiny_models["classifier"], "--ner-model", tiny_models["ner"], "--model-actor-resources", "slot=1"]
     code = ("import sys, ray\n"
             "from albert_batch.pipeline.cluster import start_embedded_ray\n"
             "start_embedded_ray(num_cpus=2, resources={'slot': 1})\n"

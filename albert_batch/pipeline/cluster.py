@@ -142,7 +142,7 @@ def wait_for_a_host(needs: Mapping[str, float], wait_s: float) -> None:
         while not node_can_host(needs):
             if time.monotonic() >= deadline:
                 raise NodeLost(f"no node that can host a model actor (it needs {shown}) joined the cluster within "
-                               f"{wait_s:.0f}s (--wait-for-nodes); nothing was done")
+                               f"{wait_s:.0f}s (--wait-for-nodes-s); nothing was done")
             time.sleep(CAPACITY_POLL_S)
     finally:
         request_resources(bundles=[])  # from here, the actors themselves ask

@@ -52,8 +52,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.unit)
         weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + (
             30 if needs_more else 1 if heavy else 0)
-    # The heaviest files first (`make test` runs files side by side, each on the next free worker), so that the
-    # last to finish are the quick ones; within a file, the tests keep their order.
+    # The heaviest files first (`make test` runs tests side by side, each worker taking from the front of its
+    # share), so that the last to finish are the quick ones; within a file, the tests keep their order.
     items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
 
 

@@ -61,10 +61,14 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     # `run` pulls in Ray Data; load it on first use so that importing the package stays light.
-    if name in ("run", "RunSummary"):
+    if name == "run":
         from albert_batch.pipeline import runner
 
-        return getattr(runner, name)
+        return runner.run
+    if name == "RunSummary":
+        from albert_batch.pipeline.summary import RunSummary
+
+        return RunSummary
     if name == "load_predictor":  # numpy and pyarrow at import; torch only when a model is loaded
         from albert_batch import predict
 

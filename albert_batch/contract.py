@@ -210,6 +210,9 @@ class Manifest:
     stages: dict[str, Any] = field(default_factory=dict)  # the stage sizes the run used
     units: dict[str, Any] = field(default_factory=dict)  # units of work: total, reused, reused_from_runs
     storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
+    tokens: dict[str, int] = field(default_factory=dict)  # text: the accepted rows' text tokens
+    forward: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: passes, tokens, seconds
+    cost: dict[str, Any] = field(default_factory=dict)  # what the run held: actor- and task-seconds, per resource
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:

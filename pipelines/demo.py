@@ -29,7 +29,7 @@ from albert_batch import RunConfig, Task, run
 from albert_batch.cli import format_summary
 from albert_batch.console import RunConsole
 from albert_batch.dev import corpus
-from albert_batch.pipeline.runner import RunSummary
+from albert_batch.pipeline.summary import RunSummary
 from albert_batch.training.config import FinetuneConfig
 from albert_batch.training.data import write_labelled
 from albert_batch.training.finetune import REPORT, finetune

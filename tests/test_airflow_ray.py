@@ -454,9 +454,13 @@ def test_a_second_local_head_takes_jobs_and_a_submission_it_refuses_for_now_is_a
             monkeypatch.setenv("AIRFLOW_CONN_RAY_SECOND", json.dumps(
                 {"conn_type": "ray", "host": proxy.endpoint, "password": second.token}))
             limit = 2
-            sid = RayJobHook("ray_second").submit(entrypoint="python -c \"print('on the second head')\"",
-                                                  submission_id=f"second-{secrets.token_hex(4)}", metadata={},
-                                                  runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+            monkeypatch.setattr(hooks, "SUBMIT_RETRY_S", 120.0)  # a head lost for good fails in minutes, not ten
+            try:
+                sid = RayJobHook("ray_second").submit(
+                    entrypoint="python -c \"print('on the second head')\"", submission_id=f"second-{secrets.token_hex(4)}",
+                    metadata={}, runtime_env=None, entrypoint_resources={"entrypoint_num_cpus": 0})
+            except RayUnavailable as err:
+                raise AssertionError(f"{err}\n{_what_became_of(second)}") from err
             assert len(refusals) == 2
             deadline = time.monotonic() + 120
             while second.get(f"/api/jobs/{sid}")["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -473,6 +477,21 @@ def test_a_second_local_head_takes_jobs_and_a_submission_it_refuses_for_now_is_a
             assert len(refusals) >= 2
     finally:
         second.stop()
+
+
+def _what_became_of(head: LocalRayHead) -> str:
+    """Whether a head that stopped answering through the proxy still runs and answers directly, and the end of
+    its logs: what a failure needs to say to be understood after the fact."""
+    try:
+        direct = f"answers directly ({len(head.jobs())} jobs)"
+    except Exception as err:  # reported, not handled
+        direct = f"does not answer directly either: {err!r}"
+    lines = [f"the head (pid {head.process.pid}, exit code {head.process.poll()}) {direct}",
+             f"the end of {head.log}:", head.log.read_text(errors="replace")[-3000:]]
+    for name in ("dashboard.log", "gcs_server.out", "raylet.out"):
+        for log in sorted(head.temp_dir.glob(f"session_*/logs/{name}"))[-1:]:
+            lines += [f"the end of {log}:", log.read_text(errors="replace")[-3000:]]
+    return "\n".join(lines)
 
 
 def test_a_dag_writing_iceberg_tables_validates_the_commit_and_announces_each_table(

@@ -23,9 +23,10 @@ from albert_batch.cli import format_summary
 from albert_batch.console import RAY_JOB_ENV, RunConsole, TerminalLine
 from albert_batch.errors import ConfigError
 from albert_batch.pipeline import progress
+from albert_batch.pipeline.ledger import start_counter
 from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, rows_staged
-from albert_batch.pipeline.runner import RunSummary
 from albert_batch.pipeline.staging import Piece
+from albert_batch.pipeline.summary import RunSummary
 from albert_batch.training.progress import Step, StepCounter, StepMonitor
 from albert_batch.training.progress import line as training_line
 from support import TRICKY_TEXTS, write_corpus
@@ -62,7 +63,7 @@ def test_training_progress_counts_its_rate_from_the_first_step_it_saw_and_again_
                                                                                                  ray_cluster):
     """A run resumed from a checkpoint does not count the steps before it in its rate; a worker group
     restarted from an earlier checkpoint reports lower steps, and the rate starts again from there."""
-    counter = progress.start_counter(StepCounter)
+    counter = start_counter(StepCounter)
     monitor = StepMonitor(counter)
     with caplog.at_level(logging.DEBUG, logger=progress.log.name):
         monitor._log(logging.INFO, 5.0)  # nothing reported yet: no line
@@ -86,7 +87,8 @@ def test_rows_staged_counts_each_row_of_the_run_s_units_once():
     assert rows_staged(pieces, {0: 100, 1: 10}) == 60 + 10 + 10
 
 
-def test_the_model_stage_reports_each_finished_batch_to_the_run_s_row_counter(tiny_models, ray_cluster, monkeypatch):
+def test_the_stages_report_each_finished_batch_its_forward_passes_and_their_own_lives_to_the_run_s_ledger(
+        tiny_models, ray_cluster, monkeypatch):
     import pyarrow as pa
     import ray
     import torch
@@ -94,23 +96,33 @@ def test_the_model_stage_reports_each_finished_batch_to_the_run_s_row_counter(ti
     from albert_batch.config import Precision
     from albert_batch.contract import Task
     from albert_batch.inference import models
+    from albert_batch.pipeline.ledger import start_ledger
     from albert_batch.pipeline.stages import ModelStage, TokenizeStage
 
-    counter = progress.start_counter()
+    ledger = start_ledger()
     uris = {Task.CLASSIFY: tiny_models["classifier"]}
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the stage sets it for its process: undone after the test
     threads = torch.get_num_threads()
+    tokens = 0
     try:
         model = ModelStage(model_uris=uris, weights_sha256={Task.CLASSIFY: models.inspect(uris[Task.CLASSIFY],
                                                                                           Task.CLASSIFY).weights_sha256},
                            precision=Precision.FP32, use_gpu=False, torch_threads=1, max_tokens_per_forward=512,
-                           window_overlap=0, row_counter=counter)
-        tokenize = TokenizeStage(model_uris=uris)
+                           window_overlap=0, ledger=ledger)
+        tokenize = TokenizeStage(model_uris=uris, ledger=ledger)
         for texts in (["Anna flew to Berlin.", "  "], ["Krakow.", "Lisbon.", "Nairobi."]):
-            model(tokenize(pa.table({"id": list(range(len(texts))), "text": texts})))
+            tokenized = tokenize(pa.table({"id": list(range(len(texts))), "text": texts}))
+            tokens += sum(n for n in tokenized.column("tokens").to_pylist() if n is not None)
+            model(tokenized)
     finally:
         torch.set_num_threads(threads)
-    assert ray.get(counter.total.remote()) == 5  # rejected rows too: they are done
+    figures = ray.get(ledger.snapshot.remote())
+    assert figures["rows"]["modelled"] == 5  # rejected rows too: they are done
+    forward = figures["forward"]["classify"]
+    assert forward["passes"] >= 2 and forward["seconds"] > 0 and figures["busy_s"] > 0
+    assert forward["real_tokens"] == tokens + 2 * 4, "each accepted text and its two special tokens"
+    assert forward["padding_tokens"] >= 0
+    assert {stage: count for stage, (count, _) in figures["actors"].items()} == {"model": 1, "tokenize": 1}
 
 
 def test_the_progress_interval_can_be_set_and_a_bad_one_is_refused(monkeypatch):

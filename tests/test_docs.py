@@ -1,6 +1,7 @@
 """The documentation: README.md is the front door (small, and one click from every page under docs/), every link
 it holds leads to a file and a heading, the site builds with every link and anchor checked, and the CLI
-reference lists every flag of every command, as the parser declares them."""
+reference lists every flag of every command, as the parser declares them (and the metrics reference every metric,
+as albert_batch.metrics declares them)."""
 
 from __future__ import annotations
 
@@ -144,3 +145,25 @@ def test_the_built_cli_page_holds_the_reference(site: Path):
         for action in flags(sub):
             assert all(option in page for option in action.option_strings), (name, action.dest)
     assert "<!-- cli-reference" not in (site / "cli" / "index.html").read_text(encoding="utf-8"), "the placeholder is left"
+
+
+def test_the_metrics_reference_lists_every_metric_as_prometheus_names_it():
+    from albert_batch.metrics import METRICS, RUN_TAGS
+
+    reference = load_hook("metrics_reference").render()
+    rows = [row for row in reference.splitlines() if row.startswith("| `ray_")]
+    assert len(rows) == len(METRICS)
+    for metric, row in zip(METRICS.values(), rows, strict=True):
+        assert f"`{metric.exported}" in row and f"| {metric.kind} |" in row, metric.name
+        assert all(f"`{tag}`" in row for tag in (*RUN_TAGS, *metric.tags)), metric.name
+        if metric.kind == "histogram":
+            assert all(f"`{metric.exported}_{suffix}`" in row for suffix in ("bucket", "sum", "count")), metric.name
+
+
+def test_the_built_monitoring_page_holds_the_metrics_reference(site: Path):
+    from albert_batch.metrics import METRICS
+
+    built = (site / "monitoring" / "index.html").read_text(encoding="utf-8")
+    assert "<!-- metrics-reference" not in built, "the placeholder is left"
+    page = html.unescape(re.sub(r"<[^>]+>", "", built))
+    assert all(metric.exported in page for metric in METRICS.values())

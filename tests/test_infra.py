@@ -42,9 +42,12 @@ VERSION = PYPROJECT["project"]["version"]
 LOCKED = locked_versions(CPU_LOCK)
 
 # Third-party images the local stack may use, each pinned to a tag; nothing else is pulled.
-THIRD_PARTY_IMAGES = {"motoserver/moto", "postgres"}
+THIRD_PARTY_IMAGES = {"motoserver/moto", "postgres", "prom/prometheus", "grafana/grafana"}
 # Variables documented by the official postgres image.
 POSTGRES_IMAGE_ENV = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+# Grafana settings the stack sets, as Grafana reads them from the environment (GF_<SECTION>_<KEY>).
+GRAFANA_ENV = {"GF_SECURITY_ADMIN_PASSWORD", "GF_SECURITY_ALLOW_EMBEDDING", "GF_AUTH_ANONYMOUS_ENABLED",
+               "GF_AUTH_ANONYMOUS_ORG_ROLE", "GF_USERS_ALLOW_SIGN_UP"}
 SECRETISH = re.compile(r"SECRET|PASSWORD|TOKEN|FERNET|ACCESS_KEY|JWT", re.IGNORECASE)
 # How compose receives a secret: a required variable from infra/.env, nothing inline.
 REQUIRED_VARIABLE = re.compile(r"\$\{[A-Z][A-Z0-9_]*:\?[^}]+\}")
@@ -359,7 +362,9 @@ def test_compose_runs_project_images_built_from_infra_or_pinned_third_party_imag
 
 def test_every_environment_variable_infra_sets_is_one_that_something_reads():
     project = env_names_read_by_the_project()
-    ray_reads = (package_dir("ray") / "_raylet.so").read_bytes()
+    # Ray's core, and its dashboard's Metrics tab (where to find Prometheus and Grafana).
+    ray_reads = (package_dir("ray") / "_raylet.so").read_bytes() + (
+        package_dir("ray") / "dashboard" / "modules" / "metrics" / "metrics_head.py").read_bytes()
     botocore_reads = (package_dir("botocore") / "credentials.py").read_text(encoding="utf-8")
     airflow = airflow_options()
     connections = connection_ids_used_by_dags()
@@ -375,6 +380,8 @@ def test_every_environment_variable_infra_sets_is_one_that_something_reads():
             assert name.removeprefix("AIRFLOW_CONN_").lower() in connections, f"{where}: no DAG uses {name}"
         elif name.startswith("AIRFLOW__"):
             assert name in airflow, f"{where}: Airflow {metadata.version('apache-airflow')} has no option {name}"
+        elif name.startswith("GF_"):
+            assert name in GRAFANA_ENV and where == "compose service grafana", f"{where}: {name}"
         else:
             assert name in POSTGRES_IMAGE_ENV and where == "compose service postgres", f"{where}: {name}"
     assert {"AWS_ENDPOINT_URL", "ALBERT_BATCH_CACHE", "ALBERT_BATCH_DAG_CONFIG_DIR"} <= project

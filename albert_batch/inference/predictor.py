@@ -11,10 +11,11 @@ produced. Logits become float32 numpy exactly once, in `Predictor.forward`.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -203,6 +204,20 @@ def map_longest_first(pool: ThreadPoolExecutor, one_pass: Callable[[Any], Any], 
     return list(pool.map(one_pass, groups[::-1]))[::-1]
 
 
+PASSES_KEPT = 10_000  # the passes whose seconds `ForwardStats` keeps until taken (its sums count them all)
+
+
+@dataclass
+class ForwardStats:
+    """What a predictor's forward passes did: each pass's seconds, the tokens they computed (real: special
+    tokens included; padding), and the wall time of the `Predictor.forward` calls (passes run side by side)."""
+
+    pass_seconds: list[float] = field(default_factory=list)
+    real_tokens: int = 0
+    padding_tokens: int = 0
+    wall_seconds: float = 0.0
+
+
 class Predictor(ABC):
     """Base of the task predictors. It owns the device, the dtype and `torch.inference_mode`; a task's
     subclass says how texts become features (`preprocess`), features become model inputs (`sequences`)
@@ -232,6 +247,7 @@ class Predictor(ABC):
             raise ValueError(f"parallel_passes must be at least 1, got {parallel_passes}")
         self._pass_pool = pass_threads(parallel_passes) if parallel_passes > 1 else None
         self.model = None
+        self.forward_stats = ForwardStats()
         if load_model:
             import torch
 
@@ -283,11 +299,14 @@ class Predictor(ABC):
         assert self.model is not None, "predictor was built without its model"
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         groups = token_budget_batches(lengths, self.max_tokens_per_forward)
+        began = time.perf_counter()
 
-        def one_pass(rows: np.ndarray) -> torch.Tensor:
+        def one_pass(rows: np.ndarray) -> tuple[torch.Tensor, float]:
+            start = time.perf_counter()
             with torch.inference_mode():  # per thread
                 # ALBERT's token_type_ids default to zeros, as the tokenizer would give for one segment.
-                return self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits)
+                logits = self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits)
+            return logits, time.perf_counter() - start
 
         if self.device.type == "cuda" or self._pass_pool is None:
             pending = [one_pass(rows) for rows in groups]
@@ -295,12 +314,29 @@ class Predictor(ABC):
                 torch.cuda.current_stream(self.device).synchronize()
         else:
             pending = map_longest_first(self._pass_pool, one_pass, groups)
+        self._count_passes(groups, lengths, [seconds for _, seconds in pending], time.perf_counter() - began)
         out: list[np.ndarray | None] = [None] * len(sequences)
-        for rows, logits in zip(groups, pending, strict=True):
+        for rows, (logits, _) in zip(groups, pending, strict=True):
             values = logits.numpy()
             for i, r in enumerate(rows):
                 out[r] = values[i, : lengths[r]] if values.ndim == 3 else values[i]
         return out  # type: ignore[return-value]
+
+    def _count_passes(self, groups: list[np.ndarray], lengths: np.ndarray, seconds: list[float], wall: float) -> None:
+        real = [int(lengths[rows].sum()) for rows in groups]
+        padded = [len(rows) * int(lengths[rows].max()) for rows in groups]
+        if self.device.type == "cuda":  # passes run queued on the device: their time is known only in all
+            seconds = [wall * p / sum(padded) for p in padded]
+        stats = self.forward_stats
+        stats.pass_seconds = [*stats.pass_seconds, *seconds][-PASSES_KEPT:]
+        stats.real_tokens += sum(real)
+        stats.padding_tokens += sum(padded) - sum(real)
+        stats.wall_seconds += wall
+
+    def take_forward_stats(self) -> ForwardStats:
+        """What the forward passes since the last call did, and start counting again."""
+        stats, self.forward_stats = self.forward_stats, ForwardStats()
+        return stats
 
     def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray) -> dict[str, torch.Tensor]:
         width = int(lengths[rows].max())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from albert_batch import storage
+from albert_batch import metrics, storage
 from albert_batch.contract import RejectReason
 from albert_batch.errors import AlbertBatchError, InputError, NotFound
 from albert_batch.pipeline import staging
@@ -45,6 +46,7 @@ UNIT_BYTES = 16 * 2**20  # uncompressed row groups per unit of work
 # time), so this bounds a read task's time however small the files are.
 UNIT_FILES = 1000
 READ_THREADS = 16
+READ_TASK_CPUS = 1.0  # what a read task reserves (Ray Data's default for a task)
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ class InputColumns(Protocol):
 
 
 def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, rows_per_block: int,
-               retries_to: Location | None = None) -> ray.data.Dataset:
+               retries_to: Location | None = None, ledger: Any = None,
+               run: metrics.RunTags | None = None) -> ray.data.Dataset:
     """The ``id`` and ``text`` columns of ``units``, with each row's unit and its row number in the unit, as
     a Ray dataset in blocks of at most ``rows_per_block`` rows.
 
@@ -253,7 +256,9 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
 
     The read runs one task at a time, a unit per task. A read task runs to its end once started, whatever
     the stages after it can take, so reading more at once would let a large corpus's text wait in memory
-    (BENCHMARKS.md, "Memory"); one task decodes Parquet text far faster than any model stage consumes it."""
+    (BENCHMARKS.md, "Memory"); one task decodes Parquet text far faster than any model stage consumes it.
+    Each unit read is told to ``ledger`` (the run's `albert_batch.pipeline.ledger.Ledger`) and the metrics,
+    tagged with ``run``."""
     import ray.data
 
     items = [{"unit": u.index, "segments": [{"path": s.path, "start": s.start, "stop": s.stop} for s in u.segments]}
@@ -262,25 +267,36 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
     ds = ds.map_batches(
         _read_units,
         fn_kwargs={"scheme": plan.location.scheme, "id_column": config.id_column, "text_column": config.text_column,
-                   "id_type": plan.id_type, "retries_to": retries_to},
+                   "id_type": plan.id_type, "retries_to": retries_to, "ledger": ledger, "run": run},
         batch_format="pyarrow",
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=1),
+        num_cpus=READ_TASK_CPUS,
     )
     return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
 def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: str, id_type: pa.DataType,
-                retries_to: Location | None) -> Iterator[pa.Table]:
+                retries_to: Location | None, ledger: Any = None, run: metrics.RunTags | None = None
+                ) -> Iterator[pa.Table]:
     """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it;
     a unit's files are read `READ_THREADS` at a time."""
     columns = [id_column, text_column]
+    if run is not None:
+        metrics.bind(run)
     with staging.retries_reported(retries_to):
+        since = time.perf_counter()
         for unit in batch.to_pylist():
             tables = storage.concurrently(
                 lambda s: storage.read_row_groups(Location(scheme, s["path"]), range(s["start"], s["stop"]), columns),
                 unit["segments"], limit=READ_THREADS)
-            yield _with_positions(tables, unit["unit"], id_column, text_column, id_type)
+            rows = _with_positions(tables, unit["unit"], id_column, text_column, id_type)
+            metrics.count("albert_batch_rows_read", rows.num_rows)
+            yield rows
+            if ledger is not None:  # the task's time for this unit, its output handed on
+                now = time.perf_counter()
+                ledger.read.remote(rows.num_rows, now - since)
+                since = now
 
 
 def _with_positions(tables: list[pa.Table], unit: int, id_column: str, text_column: str,

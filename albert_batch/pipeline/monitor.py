@@ -1,5 +1,6 @@
 """What watches a run while its stages work, from a thread of the driver: its progress (rows staged, see
-`albert_batch.pipeline.progress`), and the cluster's capacity for model actors.
+`albert_batch.pipeline.progress`), the gauges of its metrics (`albert_batch.metrics`: rows waiting between
+stages, units, actors alive), and the cluster's capacity for model actors.
 
 Ray restarts a model actor whose node is lost on another node that can host it, and Ray Data waits for
 it meanwhile, however long that takes. When no node of the cluster can host a model actor any more (it
@@ -16,8 +17,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from albert_batch import metrics
 from albert_batch.errors import NodeLost
-from albert_batch.pipeline import progress, staging
+from albert_batch.pipeline import ledger, progress, staging
 from albert_batch.pipeline.interrupts import Interrupts
 from albert_batch.storage import Location
 
@@ -29,13 +31,14 @@ POLL_S = 2.0
 class Monitor(threading.Thread):
     def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
                  actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts,
-                 counter: Any = None) -> None:
-        """``unit_rows`` (unit -> rows) are the units this run processes, of ``total_rows`` input rows (the
-        others are reused); built as the processing starts, which the rate counts from. ``counter`` is the
-        model stage's `progress.RowCounter` actor."""
+                 ledger: Any = None, units: int | None = None) -> None:
+        """``unit_rows`` (unit -> rows) are the units this run processes, of ``units`` units and ``total_rows``
+        input rows (the others are reused); built as the processing starts, which the rate counts from.
+        ``ledger`` is the run's `albert_batch.pipeline.ledger.Ledger`."""
         super().__init__(name="albert-batch-monitor", daemon=True)
         self.folder = folder
-        self.counter = counter
+        self.ledger = ledger
+        self.units = len(unit_rows) if units is None else units
         self.unit_rows = dict(unit_rows)
         self.actor_needs = {name: amount for name, amount in actor_needs.items() if amount > 0}
         self.wait_for_nodes_s = wait_for_nodes_s
@@ -53,8 +56,9 @@ class Monitor(threading.Thread):
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._done.set()
         self.join(timeout=10)
-        if exc_type is None:  # the stages are done: the last line says where they ended
+        if exc_type is None:  # the stages are done: the last line and gauges say where they ended
             try:
+                self._set_gauges()
                 self._log_progress(logging.INFO)
             except Exception as err:  # a failed look at the staging folder is the runner's to report
                 log.debug("monitor: %s", err)
@@ -83,6 +87,7 @@ class Monitor(threading.Thread):
                             f"{self.wait_for_nodes_s:.0f}s after the last one was lost; the staged work is kept, "
                             "and the next run of the partition resumes it"))
                         return
+                self._set_gauges()
                 if now >= next_progress:
                     next_progress = now + self.progress_s
                     self._log_progress(logging.INFO)
@@ -97,13 +102,28 @@ class Monitor(threading.Thread):
         total = ray.cluster_resources()  # the alive nodes' resources
         return all(total.get(name, 0.0) >= amount - 1e-9 for name, amount in self.actor_needs.items())
 
+    def _figures(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.ledger.snapshot.remote(), timeout=10) if self.ledger is not None else {"rows": {}}
+
+    def _set_gauges(self) -> None:
+        rows = (figures := self._figures())["rows"]
+        modelled, staged = min(rows.get("modelled", 0), rows.get("read", 0)), rows.get("staged", 0)
+        metrics.set_gauge("albert_batch_rows_waiting", rows.get("read", 0) - modelled, stage="model")
+        metrics.set_gauge("albert_batch_rows_waiting", max(0, modelled - staged), stage="write")
+        for stage in (ledger.MODEL, ledger.TOKENIZE):
+            metrics.set_gauge("albert_batch_actors", figures.get("alive", {}).get(stage, 0), stage=stage)
+        done, _ = staging.done_units(self.folder, self.unit_rows, self._pieces)
+        reused = self.units - len(self.unit_rows)
+        for state, units in (("planned", self.units), ("reused", reused), ("staged", reused + len(done))):
+            metrics.set_gauge("albert_batch_units", units, state=state)
+
     def _log_progress(self, level: int) -> None:
         staged = progress.rows_staged(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
         done = staged
-        if self.counter is not None:
-            import ray
-
-            scored = ray.get(self.counter.total.remote(), timeout=10)
+        if self.ledger is not None:
+            scored = self._figures()["rows"].get("modelled", 0)
             done = max(done, min(scored, sum(self.unit_rows.values())))
         reused = self.progress.reused_rows
         progress.log.log(level, self.progress.line(reused + done, time.monotonic(), staged_rows=reused + staged))

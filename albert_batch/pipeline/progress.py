@@ -1,8 +1,8 @@
 """A run's progress as a person reads it: rows done of the total, rows per second and the time left.
 
 It is counted from the pipeline's own counters, not from Ray's metrics, so it reads the same on any
-cluster: the rows the model stage has finished (a `RowCounter` actor every model actor reports each batch
-to) or, when further, the rows the writer has staged (the staging folder's piece records, which also
+cluster: the rows the model stage has finished (the run's `albert_batch.pipeline.ledger.Ledger`, which every
+model actor reports each batch to) or, when further, the rows the writer has staged (the staging folder's piece records, which also
 count a resumed run's reused rows as done, though not in its rate). It advances a batch at a time.
 
 `albert_batch.pipeline.monitor` logs a line here at INFO every `interval_s` seconds, the plain lines that
@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from albert_batch.errors import ConfigError
 from albert_batch.pipeline.staging import Piece
@@ -56,29 +55,6 @@ def rows_staged(pieces: Iterable[Piece], unit_rows: Mapping[int, int]) -> int:
             if stop > start:
                 rows, reach = rows + stop - start, stop
     return rows
-
-
-class RowCounter:
-    """Rows the model stage has finished, as its actors report them (a batch retried after an actor died
-    counts twice; readers cap it at the rows to do)."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-
-    def add(self, rows: int) -> None:
-        self.rows += rows
-
-    def total(self) -> int:
-        return self.rows
-
-
-def start_counter(counter: type = RowCounter) -> Any:
-    """A ``counter`` actor (a `RowCounter`, or training's `StepCounter`) that holds no CPU, on the driver's node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(counter).remote()
 
 
 @dataclass(frozen=True)

@@ -19,57 +19,30 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from albert_batch import storage
+from albert_batch import metrics, storage
 from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, RejectReason, Task, schema, tables_for
 from albert_batch.errors import AlbertBatchError, ErrorBudgetExceeded, PublishError, Stopped
 from albert_batch.inference import models
 from albert_batch.inference.device import describe_precision, slow_precision
 from albert_batch.inference.models import ModelInfo
-from albert_batch.pipeline import progress, staging
+from albert_batch.pipeline import ledger, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
 from albert_batch.pipeline.cluster import connect_ray, package_versions, wait_for_a_host, worker_error
 from albert_batch.pipeline.destination import Destination, open_destination
-from albert_batch.pipeline.inputs import InputPlan, WorkUnit, plan_input, read_input
+from albert_batch.pipeline.inputs import READ_TASK_CPUS, InputPlan, WorkUnit, plan_input, read_input
 from albert_batch.pipeline.interrupts import Interrupts
 from albert_batch.pipeline.isolation import injected_faults
 from albert_batch.pipeline.monitor import Monitor
 from albert_batch.pipeline.sizing import StageSizing, size_stages
 from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+from albert_batch.pipeline.summary import RunSummary
 from albert_batch.pipeline.writer import StagingWriter, WriteQueue, WriteReport, parquet_bytes
 from albert_batch.quality import REPORT, partition_report
 
 log = logging.getLogger(__name__)
 
 QUEUE_BYTES = 32 * 2**20  # output a stage may have waiting for the next, beside its rows (see backpressure)
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a finished run did; the same figures are in every partition's ``_manifest.json``."""
-
-    run_id: str
-    output: str
-    partitions: dict[str, str]
-    input_rows: int
-    accepted_rows: int
-    rejected_rows: int
-    rejects_by_reason: dict[str, int]
-    label_counts: dict[str, int]
-    sample_entities: list[dict[str, Any]]
-    seconds: float
-    precision: str
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stages: dict[str, Any] = field(default_factory=dict)  # the StageSizing the run used
-    units: dict[str, Any] = field(default_factory=dict)  # total, reused, and the runs whose work was reused
-    storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: checks_s, process_s, total_s, publish_s
-    report: str = ""  # the partition's report (`albert_batch.quality`), in its first table
-    shifted: list[str] = field(default_factory=list)  # the drift checks that fired against the previous partition
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.input_rows / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -85,6 +58,7 @@ class _Run:
     retries_before: Counter[str] = field(default_factory=Counter)  # the driver's storage retries before the run
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     timings: dict[str, float] = field(default_factory=dict)
+    ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, while it processes
 
     @property
     def folder(self) -> storage.Location:
@@ -99,6 +73,10 @@ class _Run:
     @property
     def unit_rows(self) -> dict[int, int]:
         return {u.index: u.rows for u in self.units}
+
+    @property
+    def tags(self) -> metrics.RunTags:
+        return metrics.RunTags(self.config.run_id, self.config.partition_path)
 
     def lap(self, name: str, since: float) -> float:
         now = time.monotonic()
@@ -150,7 +128,9 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
     sizing = size_stages(config, ray.cluster_resources(), node_cpus)
     todo = [u for u in job.units if u.index not in resumed.done]
+    metrics.bind(job.tags)
     if todo:
+        job.ledger = ledger.start_ledger()
         log.info("stage sizing: %s", sizing)
         try:
             with interrupts.raised():
@@ -165,8 +145,9 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
         raise PublishError(f"run {config.run_id}: units {missing[:10]} of {len(job.units)} are not all staged after "
                            "the stages finished; nothing was published")
     pieces = [p for unit_pieces in done.values() for p in unit_pieces]
+    figures = ray.get(job.ledger.snapshot.remote(), timeout=60) if job.ledger else ledger.Ledger().snapshot()
     with interrupts.deferred():
-        summary = _publish(job, WriteReport.of(pieces), sizing, resumed)
+        summary = _publish(job, WriteReport.of(pieces), sizing, resumed, figures)
     publish_s = round(time.monotonic() - phase, 3)
     log.info("published run %s in %.1fs", config.run_id, publish_s)
     return dataclasses.replace(summary, timings={**summary.timings, "publish_s": publish_s})
@@ -204,6 +185,13 @@ def _precision(config: RunConfig) -> str:
     return describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
 
 
+def _reserved(config: RunConfig, sizing: StageSizing) -> dict[str, dict[str, float]]:
+    """What one worker of each stage reserves (`albert_batch.pipeline.ledger.cost`)."""
+    return {ledger.MODEL: {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor},
+            ledger.TOKENIZE: {"CPU": sizing.cpus_per_tokenizer_actor}, ledger.READ: {"CPU": READ_TASK_CPUS},
+            ledger.WRITE: {"CPU": 0.0}}
+
+
 def actor_needs(config: RunConfig, sizing: StageSizing) -> dict[str, float]:
     """The resources one model actor reserves."""
     return {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor,
@@ -215,18 +203,17 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
     faults = injected_faults()
     writer = StagingWriter(folder=job.folder, table_dirs=job.destination.table_dirs, run_id=config.run_id,
                            models={t: i.uri for t, i in job.models.items()}, id_type=job.plan.id_type,
-                           partition_columns=job.destination.partition_columns, faults=faults)
+                           partition_columns=job.destination.partition_columns, faults=faults, ledger=job.ledger,
+                           run=job.tags)
     limits = QueueLimits(rows=sizing.max_rows_ahead, bytes=QUEUE_BYTES)
     try:
-        counter = progress.start_counter()
         with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
                       actor_needs=actor_needs(config, sizing), wait_for_nodes_s=config.wait_for_nodes_s,
-                      interrupts=interrupts,
-                      counter=counter),
+                      interrupts=interrupts, ledger=job.ledger, units=len(job.units)),
               bounded_queues(limits, batch_rows=sizing.batch_size),
               WriteQueue(writer, {u.index: u.rows for u in units}, rows_per_file=sizing.rows_per_file,
                          flush_s=config.resources.flush_seconds) as writes):
-            _stream(job, sizing, units, writes, counter, faults)
+            _stream(job, sizing, units, writes, faults)
     except Stopped:
         raise
     except Exception as err:
@@ -237,7 +224,7 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
         raise failure from err
 
 
-def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: WriteQueue, counter: Any,
+def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: WriteQueue,
             faults: dict[str, frozenset[object]]) -> None:
     """Read -> tokenize -> model, streamed through Ray Data, into the write queue; returns once every row
     is staged."""
@@ -245,11 +232,13 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: Write
 
     config = job.config
     model_uris = {task: info.uri for task, info in job.models.items()}
-    ds = read_input(config, job.plan, units, rows_per_block=sizing.batch_size, retries_to=job.folder)
+    ds = read_input(config, job.plan, units, rows_per_block=sizing.batch_size, retries_to=job.folder,
+                    ledger=job.ledger, run=job.tags)
     ds = ds.map_batches(
         TokenizeStage,
         fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights,
-                               "max_text_chars": config.max_text_chars, "faults": faults},
+                               "max_text_chars": config.max_text_chars, "ledger": job.ledger, "run": job.tags,
+                               "faults": faults},
         batch_format="pyarrow",
         batch_size=sizing.batch_size,
         compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
@@ -266,7 +255,8 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: Write
             "max_tokens_per_forward": sizing.max_tokens_per_forward,
             "window_overlap": config.resources.ner_window_overlap,
             "allow_pickle_weights": config.allow_pickle_weights,
-            "row_counter": counter,
+            "ledger": job.ledger,
+            "run": job.tags,
             "faults": faults,
         },
         batch_format="pyarrow",
@@ -332,7 +322,8 @@ def _staged_files(job: _Run, report: WriteReport) -> dict[str, dict[str, int]]:
     return files
 
 
-def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: staging.Resumed) -> RunSummary:
+def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: staging.Resumed,
+             figures: dict[str, Any]) -> RunSummary:
     config, plan = job.config, job.plan
     _check_accounting(job, report)
     _check_error_budget(job, report)
@@ -345,6 +336,8 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     driver_retries.subtract(job.retries_before)
     retries = dict(staging.retries_recorded(job.folder) + driver_retries)
     units = {"total": len(job.units), "reused": len(resumed.done), "reused_from_runs": list(resumed.runs)}
+    processed = sum(u.rows for u in job.units if u.index not in resumed.done)
+    cost = ledger.cost(figures, _reserved(config, sizing), processed)
     if retries:
         log.info("storage operations retried: %s", retries)
     shared: dict[str, Any] = {
@@ -365,6 +358,9 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         "stages": dataclasses.asdict(sizing),
         "units": units,
         "storage_retries": retries,
+        "tokens": {"text": report.quality.tokens_sum},
+        "forward": ledger.forward_figures(figures),
+        "cost": cost,
         "versions": package_versions(),
     }
     manifests = {table: Manifest(table=table, rows=report.rows.get(table, 0), files=names, **shared)
@@ -372,8 +368,8 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     run = {"run_id": config.run_id, "output": job.destination.uri, "models": shared["models"],
            "precision": shared["precision"], "started_at": shared["started_at"], "finished_at": shared["finished_at"],
            "seconds": round(seconds, 3), "rows_per_second": round(plan.num_rows / seconds, 1) if seconds else 0.0,
-           "units": units}
-    figures, reports = partition_report(report.quality, output=config.output_uri, partition_path=config.partition_path,
+           "units": units, "cost": cost}
+    quality, reports = partition_report(report.quality, output=config.output_uri, partition_path=config.partition_path,
                                         run=run, input_rows=plan.num_rows, rejects_by_reason=dict(report.rejects))
     job.destination.publish(config.run_id, manifests, reports,
                             merged={table: found.merged for table, found in compacted.items()})
@@ -395,6 +391,9 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         storage_retries=retries,
         timings=dict(job.timings),
         report=job.destination.report_uri(tables_for(config.tasks)[0], REPORT),
-        shifted=figures.shifted,
+        shifted=quality.shifted,
+        tokens=shared["tokens"],
+        forward=shared["forward"],
+        cost=cost,
     )
 

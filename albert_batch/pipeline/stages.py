@@ -24,11 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from albert_batch import metrics
 from albert_batch.config import Precision
 from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Task
 from albert_batch.inference.predictor import Predictor, text_reject_reason
 from albert_batch.inference.predictors import load_predictors
 from albert_batch.pipeline import heap
+from albert_batch.pipeline import ledger as ledger_module
 from albert_batch.pipeline.columns import POSITION, TOKENS, from_list_array, task_column, to_list_array
 from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, details, isolated
 
@@ -76,8 +78,14 @@ class TokenizeStage:
     core of the node, taking them from the model."""
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False,
-                 max_text_chars: int | None = None, faults: dict[str, frozenset[object]] | None = None):
-        """``faults``: the test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
+                 max_text_chars: int | None = None, ledger: Any = None, run: metrics.RunTags | None = None,
+                 faults: dict[str, frozenset[object]] | None = None):
+        """``ledger``: the run's `albert_batch.pipeline.ledger.Ledger`, told that this actor lives; ``run``: the
+        tags of the metrics it records; ``faults``: the test-only fault hook's rows
+        (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
+        ledger_module.heartbeat(ledger, ledger_module.TOKENIZE)
+        if run is not None:
+            metrics.bind(run)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # read by the tokenizer on every call
         heap.use_the_system_allocator_for_arrow()
         self.predictors = load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
@@ -140,13 +148,18 @@ class ModelStage:
         max_tokens_per_forward: int,
         window_overlap: int,
         allow_pickle_weights: bool = False,
-        row_counter: Any = None,
+        ledger: Any = None,
+        run: metrics.RunTags | None = None,
         faults: dict[str, frozenset[object]] | None = None,
     ):
-        """``row_counter``, a `albert_batch.pipeline.progress.RowCounter` actor, hears of every finished batch;
-        ``faults``: the test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
+        """``ledger``, the run's `albert_batch.pipeline.ledger.Ledger`, hears that this actor lives and of every
+        finished batch and its forward passes; ``run``: the tags of the metrics it records; ``faults``: the
+        test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
+        ledger_module.heartbeat(ledger, ledger_module.MODEL)
+        if run is not None:
+            metrics.bind(run)
         heap.use_the_system_allocator_for_arrow()
-        self.row_counter = row_counter
+        self.ledger = ledger
         self.faults = faults
         # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
         # threads; torch reads the variable once, when it loads OpenMP (the first torch import below).
@@ -182,9 +195,25 @@ class ModelStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         output = isolated(self.predict, batch, stage="model")
         heap.return_freed_heap_pages()
-        if self.row_counter is not None:
-            self.row_counter.add.remote(batch.num_rows)  # not awaited: progress must never slow the stage
+        self._report(batch.num_rows)
         return output
+
+    def _report(self, rows: int) -> None:
+        """The batch's forward passes, to the metrics and (not awaited: reporting must never slow the stage)
+        to the ledger."""
+        forward, busy_s = {}, 0.0
+        for task, predictor in self.predictors.items():
+            stats = predictor.take_forward_stats()
+            for seconds in stats.pass_seconds:
+                metrics.observe("albert_batch_forward_seconds", seconds, task=task.value)
+            metrics.count("albert_batch_forward_tokens", stats.real_tokens, task=task.value, kind="real")
+            metrics.count("albert_batch_forward_tokens", stats.padding_tokens, task=task.value, kind="padding")
+            busy_s += stats.wall_seconds
+            forward[task.value] = {"passes": len(stats.pass_seconds), "real_tokens": stats.real_tokens,
+                                   "padding_tokens": stats.padding_tokens, "seconds": stats.wall_seconds}
+        metrics.count("albert_batch_model_busy_seconds", busy_s)
+        if self.ledger is not None:
+            self.ledger.modelled.remote(rows, forward, busy_s)
 
     def predict(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows
@@ -201,6 +230,7 @@ class ModelStage:
                 features[name] = (from_list_array(column) if pa.types.is_list(arrow_type)
                                   else list(column.to_numpy(zero_copy_only=False)))
             results = predictor.predict(texts, features)
+            metrics.count("albert_batch_rows_processed", len(texts), task=task.value)
             for result in TASK_OUTPUTS[task].results:
                 values = _scatter([r[result.name] for r in results], accepted, size, None)
                 columns[task_column(task, result.name)] = pa.array(values, result.type)

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from albert_batch import storage
+from albert_batch import metrics, storage
 from albert_batch.contract import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_OUTPUTS, Task, schema
 from albert_batch.pipeline import heap, staging
 from albert_batch.pipeline.columns import ROW, TOKENS, UNIT, task_column
@@ -95,16 +95,25 @@ class StagingWriter:
     id_type: pa.DataType
     partition_columns: dict[str, str | None] = field(default_factory=dict)
     faults: dict[str, frozenset[object]] | None = None  # the test-only fault hook's rows (isolation.FAULTS_ENV)
+    ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, told of each write
+    run: metrics.RunTags | None = None  # the tags of the metrics a write records
 
     def write(self, blocks: Sequence[pa.Table]) -> int:
         """Stage ``blocks`` (the model stage's output); returns their rows."""
+        started = time.perf_counter()
         heap.use_the_system_allocator_for_arrow()
+        if self.run is not None:
+            metrics.bind(self.run)
         try:
             with staging.retries_reported(self.folder):
                 batch = pa.concat_tables(blocks, promote_options="default")
                 for unit in pc.unique(batch.column(UNIT)).to_pylist():
                     rows = batch.filter(pc.equal(batch.column(UNIT), unit))
-                    staging.write_piece(self.folder, self.stage_piece(rows, unit))
+                    piece = self.stage_piece(rows, unit)
+                    staging.write_piece(self.folder, piece)
+                    _count_staged(piece)
+                if self.ledger is not None:
+                    self.ledger.staged.remote(batch.num_rows, time.perf_counter() - started)
                 return batch.num_rows
         finally:
             heap.return_freed_heap_pages()  # a file's worth of buffers, freed
@@ -176,6 +185,14 @@ class StagingWriter:
             schema=schema(REJECTS, self.id_type),
         )
         return tables
+
+
+def _count_staged(piece: staging.Piece) -> None:
+    """A staged piece's rows, rejects by reason and text tokens, to the metrics."""
+    metrics.count("albert_batch_rows_staged", piece.row_count)
+    for reason, rows in piece.rejects.items():
+        metrics.count("albert_batch_rows_rejected", rows, reason=reason)
+    metrics.count("albert_batch_text_tokens", piece.quality.get("tokens_sum", 0))
 
 
 def _ranges(rows: pa.ChunkedArray) -> list[list[int]]:

@@ -107,7 +107,24 @@ def _run(f: QualityFigures) -> str:
     return ("<h2>Run</h2>" + _table(["", ""], facts) + "<h3>Models</h3>"
             + _table(["task", "location", "weights sha256"], models)
             + f"<h3>Rows</h3><p>{rows['input']:,} in, {rows['processed']:,} processed, {rows['rejected']:,} "
-              "rejected, by reason:</p>" + _table(["reason", "rows"], rejects, numeric={1}))
+              "rejected, by reason:</p>" + _table(["reason", "rows"], rejects, numeric={1}) + _cost(run.get("cost")))
+
+
+def _cost(cost: dict[str, Any] | None) -> str:
+    """What the run held: each stage's workers, their seconds and CPU- and GPU-seconds, and per million rows."""
+    if not cost:
+        return ""
+    workers = [[name.replace("_", " "), f"{cost[name]['count']:,}", f"{cost[name]['seconds']:,.1f}",
+                f"{cost[name]['cpu_seconds']:,.1f}", f"{cost[name]['gpu_seconds']:,.1f}"]
+               for name in ("model_actors", "tokenizer_actors", "read_tasks", "write_tasks") if name in cost]
+    workers.append(["all", "", "", f"{cost['cpu_seconds']:,.1f}", f"{cost['gpu_seconds']:,.1f}"])
+    per_million = ", ".join(f"{cost[key]:,.4f} {kind}-hours" for key, kind in (
+        ("cpu_hours_per_million_rows", "CPU"), ("gpu_hours_per_million_rows", "GPU")) if cost.get(key))
+    busy = cost.get("model_actors", {}).get("busy_share")
+    return ("<h3>Cost</h3>" + _table(["workers", "count", "seconds", "CPU-seconds", "GPU-seconds"], workers,
+                                     numeric={1, 2, 3, 4})
+            + f"<p>{_e(per_million or 'nothing processed')} per million rows processed by this run"
+            + (f"; model actors computing {busy:.0%} of their time" if busy is not None else "") + ".</p>")
 
 
 def _classification(c: dict[str, Any], before: dict[str, Any] | None) -> str:

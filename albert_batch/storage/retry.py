@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
+from albert_batch import metrics
 from albert_batch.errors import NotFound, PermissionDenied, StorageError, Transient
 from albert_batch.storage.locations import Location
 
@@ -73,8 +74,10 @@ def translated(op: Callable[[], T], *, doing: str, loc: Location | str) -> T:
             if attempt == RETRY_ATTEMPTS:
                 raise Transient(f"{error} (gave up after {RETRY_ATTEMPTS} attempts)") from err
             delay = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1)))
+            kind = _failure_kind(str(err))
             with _RETRIES_LOCK:
-                _RETRIES[_failure_kind(str(err))] += 1
+                _RETRIES[kind] += 1
+            metrics.count("albert_batch_storage_retries", kind=kind)
             log.warning("%s; retry %d of %d in %.1fs", error, attempt, RETRY_ATTEMPTS - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

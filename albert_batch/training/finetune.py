@@ -29,7 +29,7 @@ from albert_batch.contract import Task
 from albert_batch.errors import AlbertBatchError, ModelLoadError
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
-from albert_batch.pipeline.progress import start_counter
+from albert_batch.pipeline.ledger import start_counter
 from albert_batch.storage import Location
 from albert_batch.training import workspace
 from albert_batch.training.config import FinetuneConfig

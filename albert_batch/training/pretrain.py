@@ -30,7 +30,7 @@ from albert_batch.errors import AlbertBatchError, InputError, ModelLoadError
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
 from albert_batch.pipeline.inputs import InputPlan, plan_input, read_input
-from albert_batch.pipeline.progress import start_counter
+from albert_batch.pipeline.ledger import start_counter
 from albert_batch.storage import Location
 from albert_batch.training import sop, workspace
 from albert_batch.training.config import PretrainConfig

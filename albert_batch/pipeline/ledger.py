@@ -1,0 +1,129 @@
+"""What a run's workers tell its driver while it runs, beside what they stage: rows read, through the model
+and staged (the progress line, the rows waiting between stages), each stage actor's lifetime and each read
+and write task's time (what the run cost), and the forward passes (tokens, padding, seconds).
+
+One `Ledger` actor per run, holding no CPU, on the driver's node. Workers report to it without waiting for
+an answer, so reporting never slows them. Like metrics, it counts work done: a batch that Ray runs again
+(its actor died) counts again; the summary's row counts come from the staged pieces, each row once.
+
+A stage actor's lifetime runs from the start of its constructor to its last heartbeat (every
+`HEARTBEAT_S`), so it is short by less than that; what it held is that time times the CPUs and GPUs it
+reserved. A task's time is measured around its work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+HEARTBEAT_S = 2.0
+MODEL, TOKENIZE, READ, WRITE = "model", "tokenize", "read", "write"
+# The summary's names for the stages' workers, in the order it lists them.
+WORKERS = {MODEL: "model_actors", TOKENIZE: "tokenizer_actors", READ: "read_tasks", WRITE: "write_tasks"}
+FORWARD_FIELDS = ("passes", "real_tokens", "padding_tokens", "seconds")
+
+
+class Ledger:
+    """The run's tallies (see the module's doc); `snapshot` reads them all."""
+
+    def __init__(self) -> None:
+        self.rows: Counter[str] = Counter()  # read, modelled, staged
+        self.actors: dict[tuple[str, str], tuple[float, float]] = {}  # (worker id, stage) -> (started, last seen)
+        self.tasks: dict[str, list[float]] = {}  # stage -> [tasks, seconds]
+        self.forward: dict[str, Counter[str]] = {}  # task -> FORWARD_FIELDS
+        self.busy_s = 0.0  # model actors' seconds in forward passes
+
+    def read(self, rows: int, seconds: float) -> None:
+        self.rows["read"] += rows
+        self.task(READ, seconds)
+
+    def staged(self, rows: int, seconds: float) -> None:
+        self.rows["staged"] += rows
+        self.task(WRITE, seconds)
+
+    def task(self, stage: str, seconds: float) -> None:
+        tally = self.tasks.setdefault(stage, [0, 0.0])
+        tally[0] += 1
+        tally[1] += seconds
+
+    def alive(self, worker: str, stage: str, started: float, now: float) -> None:
+        self.actors[worker, stage] = (started, now)
+
+    def modelled(self, rows: int, forward: Mapping[str, Mapping[str, float]], busy_s: float) -> None:
+        self.rows["modelled"] += rows
+        self.busy_s += busy_s
+        for task, figures in forward.items():
+            self.forward.setdefault(task, Counter()).update(figures)
+
+    def snapshot(self) -> dict[str, Any]:
+        actors: dict[str, list[float]] = {}
+        for (_, stage), (started, seen) in self.actors.items():
+            tally = actors.setdefault(stage, [0, 0.0])
+            tally[0] += 1
+            tally[1] += max(0.0, seen - started)
+        return {"rows": dict(self.rows), "actors": actors, "tasks": {k: list(v) for k, v in self.tasks.items()},
+                "forward": {task: dict(figures) for task, figures in self.forward.items()}, "busy_s": self.busy_s,
+                "alive": Counter(stage for (_, stage), (_, seen) in self.actors.items()
+                                 if time.time() - seen < 3 * HEARTBEAT_S)}
+
+
+def start_ledger() -> Any:
+    """The run's `Ledger` actor: no CPU, on the driver's node."""
+    return start_counter(Ledger)
+
+
+def start_counter(counter: type) -> Any:
+    """A ``counter`` actor (a `Ledger`, or training's `StepCounter`) that holds no CPU, on the driver's node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(counter).remote()
+
+
+def heartbeat(ledger: Any, stage: str) -> None:
+    """From a stage actor's constructor: tell ``ledger`` that this actor lives, now and every `HEARTBEAT_S`
+    until its process ends (no ledger: nothing)."""
+    if ledger is None:
+        return
+    import ray
+
+    worker, started = ray.get_runtime_context().get_worker_id(), time.time()
+
+    def beat() -> None:
+        while True:
+            try:
+                ledger.alive.remote(worker, stage, started, time.time())
+            except Exception:  # Ray is shutting down in this process: nobody is left to tell
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="albert-batch-heartbeat", daemon=True).start()
+
+
+def cost(snapshot: Mapping[str, Any], reserved: Mapping[str, Mapping[str, float]], rows: int) -> dict[str, Any]:
+    """What the run held, from a ledger's ``snapshot``: for each stage's workers (``reserved``: stage ->
+    the CPUs and GPUs one of them reserves) their number, seconds, and CPU- and GPU-seconds; in all; and
+    CPU- and GPU-hours per million of the ``rows`` this run processed."""
+    figures: dict[str, Any] = {}
+    for stage, name in WORKERS.items():
+        count, seconds = (snapshot["actors"] if stage in (MODEL, TOKENIZE) else snapshot["tasks"]).get(stage, [0, 0.0])
+        one = reserved.get(stage, {})
+        figures[name] = {"count": int(count), "seconds": round(seconds, 3),
+                         "cpu_seconds": round(seconds * one.get("CPU", 0.0), 3),
+                         "gpu_seconds": round(seconds * one.get("GPU", 0.0), 3)}
+    model = figures[WORKERS[MODEL]]
+    model["busy_share"] = round(min(1.0, snapshot["busy_s"] / model["seconds"]), 3) if model["seconds"] else 0.0
+    total = {kind: round(sum(f[kind] for f in list(figures.values())), 3) for kind in ("cpu_seconds", "gpu_seconds")}
+    per_million = {f"{kind[:3]}_hours_per_million_rows": round(total[kind] / 3600 / (rows / 1e6), 4) if rows else None
+                   for kind in total}
+    return {**figures, **total, "rows": rows, **per_million}
+
+
+def forward_figures(snapshot: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Each task's forward passes: passes, real and padding tokens, seconds."""
+    return {task: {name: round(figures.get(name, 0), 3) for name in FORWARD_FIELDS}
+            for task, figures in snapshot["forward"].items()}

@@ -1,0 +1,37 @@
+"""What a finished run reports: `RunSummary`, the figures every partition's manifest repeats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run did; the same figures are in every partition's ``_manifest.json``."""
+
+    run_id: str
+    output: str
+    partitions: dict[str, str]
+    input_rows: int
+    accepted_rows: int
+    rejected_rows: int
+    rejects_by_reason: dict[str, int]
+    label_counts: dict[str, int]
+    sample_entities: list[dict[str, Any]]
+    seconds: float
+    precision: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)  # the StageSizing the run used
+    units: dict[str, Any] = field(default_factory=dict)  # total, reused, and the runs whose work was reused
+    storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: checks_s, process_s, total_s, publish_s
+    report: str = ""  # the partition's report (`albert_batch.quality`), in its first table
+    shifted: list[str] = field(default_factory=list)  # the drift checks that fired against the previous partition
+    tokens: dict[str, int] = field(default_factory=dict)  # text: the accepted rows' text tokens
+    forward: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: passes, tokens, seconds
+    cost: dict[str, Any] = field(default_factory=dict)  # what the run held (`albert_batch.pipeline.ledger.cost`)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.input_rows / self.seconds if self.seconds else 0.0

@@ -1,0 +1,126 @@
+"""What a run's metrics (`albert_batch.metrics`) cost it: the same work with recording on and off
+(``ALBERT_BATCH_METRICS=0``), measured in one invocation, in turns.
+
+    python -m benchmarks.metrics                  # 20,000 documents, tiny models, 3 runs each way
+    python -m benchmarks.metrics --docs 5000 --repeats 2
+
+Two measurements:
+
+- the model stage alone, in this process on a local Ray: a tokenized batch of ``--batch-rows`` rows through
+  `ModelStage` (the tiny classifier, fp32), ``--calls`` times each way in turns; the per-batch time with and
+  without recording, and what recording one batch takes (its metrics calls alone);
+- ``albert-batch run`` end to end (tiny classifier and NER models), each run in a process of its own, in
+  turns with and without recording; each run's processing seconds (``timings.process_s``: read, tokenize,
+  model and stage, without Ray's start and the publication).
+
+A tiny model makes a batch's forward passes short, so recording is the largest share of a batch it can be;
+with a base-sized model the same microseconds are a far smaller share. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import workload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stage_alone(models: workload.Models, corpus: workload.Corpus, batch_rows: int, calls: int) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+    import ray
+
+    from albert_batch import metrics
+    from albert_batch.config import Precision
+    from albert_batch.contract import Task
+    from albert_batch.inference import models as model_info
+    from albert_batch.pipeline.cluster import start_embedded_ray
+    from albert_batch.pipeline.ledger import start_ledger
+    from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+
+    start_embedded_ray(num_cpus=2)
+    try:
+        metrics.bind(metrics.RunTags("bench", "dt=bench"))
+        uris = {Task.CLASSIFY: models.classifier}
+        batch = TokenizeStage(model_uris=uris)(pq.read_table(corpus.folder, columns=["id", "text"]).slice(0, batch_rows))
+        stage = ModelStage(model_uris=uris, weights_sha256={Task.CLASSIFY: model_info.inspect(
+            models.classifier, Task.CLASSIFY).weights_sha256}, precision=Precision.FP32, use_gpu=False,
+            torch_threads=2, max_tokens_per_forward=2048, window_overlap=0, ledger=start_ledger())
+        stage(batch)  # warm-up: the model's load, kernels, the metrics' creation
+        seconds: dict[str, list[float]] = {"on": [], "off": []}
+        for _ in range(calls):
+            for way in ("on", "off"):
+                os.environ[metrics.ENABLED_ENV] = "1" if way == "on" else "0"
+                started = time.perf_counter()
+                stage(batch)
+                seconds[way].append(time.perf_counter() - started)
+        os.environ[metrics.ENABLED_ENV] = "1"
+        recording = []
+        for _ in range(calls):
+            for predictor in stage.predictors.values():  # a batch's worth of passes to report
+                predictor.forward_stats.pass_seconds = [0.01] * 20
+                predictor.forward_stats.real_tokens, predictor.forward_stats.padding_tokens = 40_000, 4_000
+            started = time.perf_counter()
+            stage._report(batch.num_rows)
+            metrics.count("albert_batch_rows_processed", batch.num_rows, task="classify")
+            recording.append(time.perf_counter() - started)
+        on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])
+        return {"batch_rows": batch.num_rows, "calls": calls, "batch_s_on": round(on, 4), "batch_s_off": round(off, 4),
+                "cost_share": round(on / off - 1, 4), "recording_one_batch_ms": round(statistics.median(recording) * 1000, 3)}
+    finally:
+        ray.shutdown()
+
+
+def end_to_end(models: workload.Models, corpus: workload.Corpus, repeats: int, work: Path) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for number in range(repeats):
+        for way in ("on", "off"):
+            out, summary = work / f"out-{way}-{number}", work / f"summary-{way}-{number}.json"
+            command = [sys.executable, "-m", "albert_batch.cli", "run", "--input", corpus.folder, "--output", str(out),
+                       "--classifier-model", models.classifier, "--ner-model", models.ner, "--partition", "dt=bench",
+                       "--precision", "fp32", "-q", "--summary-json", str(summary)]
+            env = {**os.environ, "ALBERT_BATCH_METRICS": "1" if way == "on" else "0"}
+            env.pop("RAY_ADDRESS", None)
+            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+            figures = json.loads(summary.read_text())
+            runs[way].append({"process_s": figures["timings"]["process_s"], "seconds": round(figures["seconds"], 3)})
+    medians = {way: statistics.median(r["process_s"] for r in found) for way, found in runs.items()}
+    return {"runs": runs, "process_s_on": medians["on"], "process_s_off": medians["off"],
+            "cost_share": round(medians["on"] / medians["off"] - 1, 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-rows", type=int, default=4096)
+    parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--cache", default=str(ROOT / ".cache/bench"))
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    models = workload.build_models(cache, "tiny")
+    corpus = workload.build_corpus(cache, args.docs, models)
+    with tempfile.TemporaryDirectory(prefix="metrics-bench-") as work:
+        report = {"cpu": _cpu(), "stage": stage_alone(models, corpus, args.batch_rows, args.calls),
+                  "end_to_end": end_to_end(models, corpus, args.repeats, Path(work))}
+    print(json.dumps(report, indent=2))
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

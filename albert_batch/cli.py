@@ -159,7 +159,8 @@ def format_summary(summary: Any) -> str:
         unit = "GPU" if cost.get("gpu_hours_per_million_rows") else "CPU"
         lines.append(f"cost: {cost['cpu_seconds']:,.1f} CPU-seconds, {cost['gpu_seconds']:,.1f} GPU-seconds held"
                      + (f"; {per_million:,.4f} {unit}-hours per million rows" if per_million else "")
-                     + f"; model actors computing {cost['model_actors']['busy_share']:.0%} of their time")
+                     + f"; model actors: {cost['model_actors'].get('min', 0)} to {cost['model_actors'].get('max', 0)} at once, "
+                     f"computing {cost['model_actors']['busy_share']:.0%} of their time")
     if summary.storage_retries:
         lines.append("storage operations retried: " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.storage_retries.items())))
     if summary.label_counts:

@@ -106,12 +106,43 @@ def _parse_resources(value: Any) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(pairs))
 
 
+@dataclass(frozen=True)
+class ActorRange:
+    """How many model actors: exactly ``min`` (``N``), or from ``min`` to ``max`` (``MIN..MAX``), a pool that
+    grows while work waits and the cluster (or its autoscaler) has room, and shrinks when work runs out."""
+
+    min: int
+    max: int
+
+    @classmethod
+    def parse(cls, value: Any) -> ActorRange:
+        """``3``, ``"3"``, ``"1..4"``, ``[1, 4]`` or ``{min: 1, max: 4}``."""
+        if isinstance(value, ActorRange):
+            return value
+        bounds = ((value.get("min"), value.get("max")) if isinstance(value, Mapping) else tuple(value)
+                  if isinstance(value, (list, tuple)) else str(value).split("..", 1) if ".." in str(value) else (value,) * 2)
+        numbers = [int(b) for b in bounds if not isinstance(b, bool) and str(b).strip().isdigit()]
+        if len(bounds) != 2 or len(numbers) != 2 or numbers[0] < 1 or numbers[1] < numbers[0]:
+            raise ConfigError(f"resources.model_actors must be a number N or a range MIN..MAX (at least 1, MIN no "
+                              f"larger than MAX), not {value!r}")
+        return cls(*numbers)
+
+    @property
+    def fixed(self) -> bool:
+        return self.min == self.max
+
+    def __str__(self) -> str:
+        return str(self.min) if self.fixed else f"{self.min}..{self.max}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ResourceConfig:
     """How the model stage is laid out on the cluster. ``None`` means: derive from the cluster's resources."""
 
-    model_actors: int | None = setting(None, metavar="N", type=int,
-                                       help="model actors (default: from cluster resources)")
+    model_actors: ActorRange | None = setting(
+        None, metavar="N|MIN..MAX",
+        help="model actors: N, or MIN..MAX for a pool that grows while work waits and the cluster (or its "
+             "autoscaler) has room, and shrinks when work runs out (default: from cluster resources)")
     num_gpus_per_actor: float = setting(0.0, metavar="X", type=float,
                                         help="GPUs per model actor, fractions allowed (default: 0)")
     num_cpus_per_actor: float | None = setting(None, metavar="X", type=float,
@@ -142,6 +173,8 @@ class ResourceConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_actor_resources", _parse_resources(self.model_actor_resources))
+        if self.model_actors is not None:
+            object.__setattr__(self, "model_actors", ActorRange.parse(self.model_actors))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             number_type = f.metadata.get("type")  # int, or float for CPU and GPU shares
@@ -151,8 +184,6 @@ class ResourceConfig:
                 object.__setattr__(self, f.name, number_type(value))
             except (TypeError, ValueError):
                 raise ConfigError(f"resources.{f.name} must be a number, not {value!r}") from None
-        if self.model_actors is not None and self.model_actors < 1:
-            raise ConfigError("resources.model_actors must be at least 1")
         if self.tokenizer_actors is not None and self.tokenizer_actors < 1:
             raise ConfigError("resources.tokenizer_actors must be at least 1")
         if self.num_gpus_per_actor < 0 or (self.num_gpus_per_actor > 1 and self.num_gpus_per_actor % 1):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import glob
 import json
 import re
+import urllib.request
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from packaging.utils import canonicalize_name
+from prometheus_client.parser import text_string_to_metric_families
 
 # Credentials the tests give moto; no output, log or error may ever contain the secret.
 FAKE_KEY_ID = "AKIATESTINGKEYID0000"
@@ -95,3 +98,22 @@ def locked_versions(lock: Path) -> dict[str, str]:
     """The lock's pins, by canonical package name (`make lock` writes one `name==version \\` per package)."""
     return {canonicalize_name(m[1]): m[2] for line in lock.read_text(encoding="utf-8").splitlines()
             if (m := _PIN.match(line))}
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of the endpoint, by sample name (a counter's ``_total``, a histogram's ``_bucket``...)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: Samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((sample.labels, sample.value))
+    return samples
+
+
+def sample_sum(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over the series of ``name`` whose labels include ``labels``."""
+    return sum(value for found, value in samples.get(name, []) if labels.items() <= found.items())

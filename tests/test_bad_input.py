@@ -155,6 +155,6 @@ def test_model_actors_that_no_node_can_host_are_refused_before_any_work(tmp_path
     is refused at once, naming what the actor needs and what the nodes offer."""
     code, err = run_cli(capsys, *base_args(tmp_path, tiny_models, corpus), "--model-actor-resources", "nosuch=1")
     assert code == 2, err
-    assert "no node of the cluster can host a model actor, which needs {'CPU': " in err
+    assert "no node of the cluster can host a model actor, which needs {'nosuch': 1.0}, and no autoscaler" in err
     assert "'nosuch': 1.0}, and no autoscaler can add one (the largest node offers {'CPU': 2.0})" in err
     assert not (tmp_path / "output" / "classifications").exists()

@@ -8,18 +8,15 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from albert_batch.dev.local_ray import LocalRayHead, free_port, start_head
 from albert_batch.metrics import METRICS
 from albert_batch.pipeline.ledger import HEARTBEAT_S
 from dashboards import dashboard_queries, queried_metrics, rules_queries
-from support import TRICKY_TEXTS, manifest, write_corpus
+from support import TRICKY_TEXTS, Samples, manifest, sample_sum, scrape, write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "infra/grafana/dashboards/albert-batch.json"
@@ -31,24 +28,12 @@ RUN_ID = "watched"
 ON_EVENTS_ONLY = {METRICS["albert_batch_storage_retries"].exported}
 
 
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Every sample of the endpoint, by sample name (a counter's ``_total``, a histogram's ``_bucket``...)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum over the run's series of ``name`` whose labels include ``labels``."""
-    wanted = {"run_id": RUN_ID, **labels}
-    return sum(value for found, value in samples.get(name, []) if wanted.items() <= found.items())
+    return sample_sum(samples, name, run_id=RUN_ID, **labels)
 
 
-def by(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, label: str) -> dict[str, float]:
+def by(samples: Samples, name: str, label: str) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for found, value in samples.get(name, []):
         if found.get("run_id") == RUN_ID:
@@ -72,7 +57,7 @@ def expected(summary: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def seen(samples: dict[str, list[tuple[dict[str, str], float]]], summary: dict[str, Any]) -> dict[str, Any]:
+def seen(samples: Samples, summary: dict[str, Any]) -> dict[str, Any]:
     figures: dict[str, Any] = {name: total(samples, name) for name in (
         "ray_albert_batch_rows_read_total", "ray_albert_batch_rows_staged_total", "ray_albert_batch_text_tokens_total")}
     figures["rejects"] = by(samples, "ray_albert_batch_rows_rejected_total", "reason")
@@ -114,8 +99,10 @@ def test_a_run_s_metrics_scraped_while_it_runs_and_after_equal_its_summary_and_t
             env={**head.environment(), "RAY_ADDRESS": head.gcs_address}, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         during: list[dict[str, Any]] = []
+        scraped: set[str] = set()
         while run.poll() is None:
             samples = scrape(port)
+            scraped |= set(samples)
             if run.poll() is None:
                 during.append({"read": total(samples, "ray_albert_batch_rows_read_total"),
                                "units": by(samples, "ray_albert_batch_units", "state"),
@@ -139,17 +126,24 @@ def test_a_run_s_metrics_scraped_while_it_runs_and_after_equal_its_summary_and_t
         while (got := seen(samples := scrape(port), summary)) != want and time.monotonic() < deadline:
             time.sleep(1)
         assert got == want
+        scraped |= set(samples)
         assert summary["rejects_by_reason"] == {"null_text": 2, "blank_text": 1}
         busy = by(samples, "ray_albert_batch_model_busy_seconds_total", "WorkerId")
         assert busy and all(seconds > 0 for seconds in busy.values()), "each model actor spent time in forward passes"
 
-        scraped = set(samples)
         declared = REPORTER.read_text()
         ours = {m.exported for m in METRICS.values()}
-        for source, queries in (("dashboard", dashboard_queries(DASHBOARD)), ("rules", rules_queries(RULES))):
-            names = set().union(*(queried_metrics(q) for q in queries))
-            gpu_only = {n for n in names - scraped if ("gpu" in n or "gram" in n)
-                        and f'"{n.removeprefix("ray_")}"' in declared}  # a node without GPUs does not export these
+        queried = {source: set().union(*(queried_metrics(q) for q in queries)) for source, queries in (
+            ("dashboard", dashboard_queries(DASHBOARD)), ("rules", rules_queries(RULES)))}
+        gpu_only = {n for n in set().union(*queried.values()) if ("gpu" in n or "gram" in n)
+                    and f'"{n.removeprefix("ray_")}"' in declared}  # a node without GPUs does not export these
+        # What the endpoint exported at some point of the run (the driver's gauges while it ran), or exports
+        # once each of Ray's reporters has reported (every few seconds on a busy machine).
+        deadline = time.monotonic() + 60
+        while set().union(*queried.values()) - scraped - gpu_only - ON_EVENTS_ONLY and time.monotonic() < deadline:
+            time.sleep(1)
+            scraped |= set(scrape(port))
+        for source, names in queried.items():
             assert names - scraped - gpu_only - ON_EVENTS_ONLY == set(), f"the {source} queries metrics nobody exports"
             if source == "dashboard":
                 shown = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in names}

@@ -109,3 +109,30 @@ def test_each_stage_may_run_a_spare_batch_per_model_actor_ahead(resources, clust
     corpus (albert_batch/pipeline/backpressure.py holds each stage to it)."""
     sizing = size_stages(RunConfig(**BASE, resources=resources), cluster)
     assert sizing.max_rows_ahead == batches * sizing.batch_size
+
+
+def test_model_actors_on_dedicated_hosts_are_sized_for_the_host_not_for_a_small_head():
+    """A head of one CPU and model nodes of eight CPUs offering model_node=1: each model actor takes its
+    host's CPUs but one, and torch runs on all eight; a MIN..MAX pool starts at MIN and may grow to MAX."""
+    config = RunConfig(**BASE, resources={"model_actors": "1..4", "model_actor_resources": ["model_node=1"]})
+    host = {"CPU": 8.0, "model_node": 1.0}
+    sizing = size_stages(config, {"CPU": 9}, node_cpus=8, host=host)
+    assert (sizing.model_actors, sizing.max_model_actors) == (1, 4)
+    assert (sizing.cpus_per_model_actor, sizing.torch_threads) == (7, 8)
+    assert sizing.max_rows_ahead == sizing.batch_size * 4, "the queues feed the largest pool"
+    two_per_host = size_stages(config, {"CPU": 9}, node_cpus=8, host={"CPU": 8.0, "model_node": 2.0})
+    assert (two_per_host.cpus_per_model_actor, two_per_host.torch_threads) == (3.5, 4)
+
+
+def test_gpu_actors_on_hosts_take_a_cpu_share_of_their_host():
+    config = RunConfig(**BASE, resources={"model_actors": "1..8", "num_gpus_per_actor": 0.5})
+    sizing = size_stages(config, {"CPU": 17, "GPU": 1}, node_cpus=16, host={"CPU": 16.0, "GPU": 1.0})
+    assert (sizing.model_actors, sizing.max_model_actors, sizing.gpus_per_model_actor) == (1, 8, 0.5)
+    assert sizing.cpus_per_model_actor == 1.0
+
+
+def test_a_fixed_count_is_its_own_minimum_and_maximum():
+    sizing = size_stages(RunConfig(**BASE, resources={"model_actors": 2}), {"CPU": 16})
+    assert sizing.model_actors == sizing.max_model_actors == 2
+    derived = size_stages(RunConfig(**BASE), {"CPU": 16})
+    assert derived.model_actors == derived.max_model_actors == 2

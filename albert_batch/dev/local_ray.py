@@ -1,12 +1,14 @@
 """Ray on this machine, for ``ray job submit``, the Airflow operators and the tests: a head (``ray start
---head --block`` on loopback with token authentication, which Ray 2.60's job API requires) and, for
-trying node loss, worker nodes that join it. Each runs in its own process group, so that stopping it
+--head --block`` on loopback with token authentication, which Ray 2.60's job API requires), for trying
+node loss and preemption, worker nodes that join it (and leave it through Ray's drain API), and a head
+whose autoscaler adds worker nodes of the types it is given on this machine (Ray's fake node provider). Each runs in its own process group, so that stopping it
 stops exactly that node, and listens only on ports it finds free, so that several clusters (and an
 embedded run's Ray) coexist on one machine. `make airflow` and the test suite start theirs here;
 production clusters are started by their own tooling (see infra/)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ class LocalRayNode:
     process: subprocess.Popen
     log: Path
     temp_dir: Path
+    node_id: str = field(default="", kw_only=True)  # Ray's id of the node (hex), for a worker node
 
     def stop(self, *, crash: bool = False) -> None:
         """Stop the node; ``crash`` kills it at once (SIGKILL), as a lost machine would go."""
@@ -81,22 +84,33 @@ class LocalRayHead(LocalRayNode):
         node = LocalRayNode(_ray_start(args, self.token, log, self.env), log, temp_dir)
         _wait(lambda: any(n["node_id"] not in before for n in self._alive_nodes()), node, log, timeout_s,
               "the worker node did not join")
-        return node
+        joined = next(n["node_id"] for n in self._alive_nodes() if n["node_id"] not in before)
+        return dataclasses.replace(node, node_id=joined)
+
+    def drain(self, node_id: str, *, deadline_s: float, reason: str = "DRAIN_NODE_REASON_PREEMPTION",
+              message: str = "the spot instance is reclaimed") -> None:
+        """Ask Ray to drain a node as a spot notice or KubeRay does (``ray drain-node``): it takes no new work,
+        and is expected gone ``deadline_s`` seconds from now."""
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "drain-node", f"--address={self.gcs_address}",
+                        f"--node-id={node_id}", f"--reason={reason}", f"--reason-message={message}",
+                        f"--deadline-remaining-seconds={int(deadline_s)}"],
+                       env=self.environment(), check=True, capture_output=True, text=True)
 
     def _alive_nodes(self) -> list[dict[str, Any]]:
         nodes = self.get("/api/v0/nodes?limit=1000&detail=1")["data"]["result"]["result"]
         return [n for n in nodes if n.get("state") == "ALIVE"]
 
 
-def start_head(*, token: str, log: Path, dashboard_port: int | None = None, extra_args: Sequence[str] = (),
-               env: Mapping[str, str] | None = None, timeout_s: float = 180) -> LocalRayHead:
-    """Start a head on free ports (``dashboard_port`` if given) and wait until its job API answers. Its
+def start_head(*, token: str, log: Path, dashboard_port: int | None = None, gcs_port: int | None = None,
+               extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+               timeout_s: float = 180) -> LocalRayHead:
+    """Start a head on free ports (``dashboard_port`` and ``gcs_port`` if given) and wait until its job API answers. Its
     environment is this process's plus ``env``, token auth and this interpreter's bin folder first on PATH
     (so jobs find this venv's ``albert-batch``); its nodes share it. Raises RuntimeError with the end of
     ``log`` when it does not come up."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     dashboard_port = dashboard_port or free_port()
-    gcs_port = free_port()
+    gcs_port = gcs_port or free_port()
     process = _ray_start(["--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                           f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
                           *node_ports(), *extra_args], token, log, env)
@@ -109,6 +123,32 @@ def start_head(*, token: str, log: Path, dashboard_port: int | None = None, extr
 
     _wait(answers, head, log, timeout_s, "the Ray head did not come up")
     return head
+
+
+def start_autoscaling_head(*, token: str, log: Path, head_cpus: float, worker_types: Mapping[str, Mapping[str, float]],
+                           max_workers: int, env: Mapping[str, str] | None = None) -> LocalRayHead:
+    """A head of ``head_cpus`` CPUs whose autoscaler (Ray's own, with the fake node provider Ray's tests use)
+    starts worker nodes of ``worker_types`` (name -> resources, CPUs included, none at the start, at most
+    ``max_workers`` in all) on this machine when work asks for them, and stops them when idle. The nodes are
+    processes of the head's group: stopping the head stops them."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ra-", dir="/tmp"))
+    gcs_port = free_port()
+    nodes = {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+             **{name: {"resources": dict(resources), "node_config": {}, "min_workers": 0, "max_workers": max_workers}
+                for name, resources in worker_types.items()}}
+    config = {"cluster_name": f"local-{gcs_port}", "max_workers": max_workers, "available_node_types": nodes,
+              "head_node_type": "ray.head.default", "upscaling_speed": 1.0, "idle_timeout_minutes": 0.5,
+              "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}", "use_node_id_as_ip": True,
+                           "disable_node_updaters": True, "disable_launch_config_check": True},
+              "auth": {"ssh_user": "ray"}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+              "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+              "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+              "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
+    path = temp_dir / "autoscaling.json"
+    path.write_text(json.dumps(config))
+    return start_head(token=token, log=log, gcs_port=gcs_port,
+                      extra_args=[f"--num-cpus={head_cpus}", f"--autoscaling-config={path}"],
+                      env={**(env or {}), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
 
 
 def _environment(token: str, env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -149,6 +149,37 @@ def wait_for_a_host(needs: Mapping[str, float], wait_s: float) -> None:
     log.info("a node that can host a model actor joined the cluster")
 
 
+def find_host(needs: Mapping[str, float], wait_s: float) -> dict[str, float] | None:
+    """The resources of a node that can host model actors which need ``needs`` (a GPU share, custom
+    resources; none: any node can, and None is returned): an alive node's, the largest; else a node type's
+    that the autoscaler may start, where it publishes them (autoscaler v2, as on KubeRay); else, where an
+    autoscaler may add nodes, the first such node's once it joins (see `wait_for_a_host`)."""
+    import ray
+
+    if not needs:
+        return None
+    hosts = [n["Resources"] for n in ray.nodes() if n.get("Alive") and _fits(n["Resources"], needs)]
+    if not hosts:
+        hosts = [types for types in node_types() if _fits(types, needs)]
+    if not hosts:
+        wait_for_a_host(needs, wait_s)
+        hosts = [n["Resources"] for n in ray.nodes() if n.get("Alive") and _fits(n["Resources"], needs)]
+    return dict(max(hosts, key=lambda r: r.get("CPU", 0.0))) if hosts else None
+
+
+def node_types() -> list[dict[str, float]]:
+    """The resources of each node type the cluster's autoscaler can start, where it publishes them (v2)."""
+    import ray
+
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception as err:  # an older head, or no GCS access
+        log.debug("cannot read the cluster's node types: %s", err)
+        return []
+    groups = config.node_group_configs if config is not None else []
+    return [{name: float(amount) for name, amount in group.resources.items()} for group in groups if group.max_count]
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that decide a run's results, for manifests and training reports."""
     found = {"python": platform.python_version()}

@@ -64,7 +64,9 @@ class Ledger:
             tally = actors.setdefault(stage, [0, 0.0])
             tally[0] += 1
             tally[1] += max(0.0, seen - started)
+        spans = [[started, seen] for (_, stage), (started, seen) in self.actors.items() if stage == MODEL]
         return {"rows": dict(self.rows), "actors": actors, "tasks": {k: list(v) for k, v in self.tasks.items()},
+                "model_spans": spans,
                 "forward": {task: dict(figures) for task, figures in self.forward.items()}, "busy_s": self.busy_s,
                 "alive": Counter(stage for (_, stage), (_, seen) in self.actors.items()
                                  if time.time() - seen < 3 * HEARTBEAT_S)}
@@ -117,10 +119,28 @@ def cost(snapshot: Mapping[str, Any], reserved: Mapping[str, Mapping[str, float]
                          "gpu_seconds": round(seconds * one.get("GPU", 0.0), 3)}
     model = figures[WORKERS[MODEL]]
     model["busy_share"] = round(min(1.0, snapshot["busy_s"] / model["seconds"]), 3) if model["seconds"] else 0.0
+    model.update(over_time(snapshot.get("model_spans", [])))
     total = {kind: round(sum(f[kind] for f in list(figures.values())), 3) for kind in ("cpu_seconds", "gpu_seconds")}
     per_million = {f"{kind[:3]}_hours_per_million_rows": round(total[kind] / 3600 / (rows / 1e6), 4) if rows else None
                    for kind in total}
     return {**figures, **total, "rows": rows, **per_million}
+
+
+def over_time(spans: list[list[float]]) -> dict[str, Any]:
+    """How many actors lived over time, from each one's (start, last heartbeat): the fewest and the most
+    between the first start and the last heartbeat, and each change (seconds from the first start, actors)."""
+    if not spans:
+        return {"min": 0, "max": 0, "over_time": []}
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], -e[1]))
+    first, alive, timeline = events[0][0], 0, []
+    for at, step in events:
+        alive += step
+        if timeline and timeline[-1][0] == round(at - first, 1):
+            timeline[-1][1] = alive
+        else:
+            timeline.append([round(at - first, 1), alive])
+    living = [count for _, count in timeline[:-1]] or [timeline[0][1]]
+    return {"min": min(living), "max": max(living), "over_time": timeline}
 
 
 def forward_figures(snapshot: Mapping[str, Any]) -> dict[str, dict[str, float]]:

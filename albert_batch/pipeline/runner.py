@@ -28,13 +28,13 @@ from albert_batch.inference.device import describe_precision, slow_precision
 from albert_batch.inference.models import ModelInfo
 from albert_batch.pipeline import ledger, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
-from albert_batch.pipeline.cluster import connect_ray, package_versions, wait_for_a_host, worker_error
+from albert_batch.pipeline.cluster import connect_ray, find_host, package_versions, wait_for_a_host, worker_error
 from albert_batch.pipeline.destination import Destination, open_destination
-from albert_batch.pipeline.inputs import READ_TASK_CPUS, InputPlan, WorkUnit, plan_input, read_input
+from albert_batch.pipeline.inputs import InputPlan, WorkUnit, plan_input, read_input
 from albert_batch.pipeline.interrupts import Interrupts
 from albert_batch.pipeline.isolation import injected_faults
 from albert_batch.pipeline.monitor import Monitor
-from albert_batch.pipeline.sizing import StageSizing, size_stages
+from albert_batch.pipeline.sizing import StageSizing, actor_needs, model_needs, reserved, size_stages
 from albert_batch.pipeline.stages import ModelStage, TokenizeStage
 from albert_batch.pipeline.summary import RunSummary
 from albert_batch.pipeline.writer import StagingWriter, WriteQueue, WriteReport, parquet_bytes
@@ -125,9 +125,11 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     resumed = staging.prepare(job.folder, job.destination.table_dirs, job.key, config.run_id, job.unit_rows,
                               fresh=config.fresh, published=job.destination.published_files)
     phase = job.lap("checks_s", job.started)
-    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
-    sizing = size_stages(config, ray.cluster_resources(), node_cpus)
     todo = [u for u in job.units if u.index not in resumed.done]
+    with interrupts.raised():  # model actors that need GPUs or custom resources are sized for their hosts
+        host = find_host(model_needs(config), config.wait_for_nodes_s) if todo else None
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
+    sizing = size_stages(config, ray.cluster_resources(), node_cpus, host)
     metrics.bind(job.tags)
     if todo:
         job.ledger = ledger.start_ledger()
@@ -183,19 +185,6 @@ def work_key(job: _Run) -> staging.WorkKey:
 
 def _precision(config: RunConfig) -> str:
     return describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
-
-
-def _reserved(config: RunConfig, sizing: StageSizing) -> dict[str, dict[str, float]]:
-    """What one worker of each stage reserves (`albert_batch.pipeline.ledger.cost`)."""
-    return {ledger.MODEL: {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor},
-            ledger.TOKENIZE: {"CPU": sizing.cpus_per_tokenizer_actor}, ledger.READ: {"CPU": READ_TASK_CPUS},
-            ledger.WRITE: {"CPU": 0.0}}
-
-
-def actor_needs(config: RunConfig, sizing: StageSizing) -> dict[str, float]:
-    """The resources one model actor reserves."""
-    return {"CPU": sizing.cpus_per_model_actor, "GPU": sizing.gpus_per_model_actor,
-            **dict(config.resources.model_actor_resources)}
 
 
 def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: Interrupts) -> None:
@@ -261,7 +250,7 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: Write
         },
         batch_format="pyarrow",
         batch_size=sizing.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=sizing.model_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=sizing.model_actors, max_size=sizing.max_model_actors),
         num_cpus=sizing.cpus_per_model_actor,
         num_gpus=sizing.gpus_per_model_actor or None,
         resources=dict(config.resources.model_actor_resources) or None,
@@ -337,7 +326,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     retries = dict(staging.retries_recorded(job.folder) + driver_retries)
     units = {"total": len(job.units), "reused": len(resumed.done), "reused_from_runs": list(resumed.runs)}
     processed = sum(u.rows for u in job.units if u.index not in resumed.done)
-    cost = ledger.cost(figures, _reserved(config, sizing), processed)
+    cost = ledger.cost(figures, reserved(sizing), processed)
     if retries:
         log.info("storage operations retried: %s", retries)
     shared: dict[str, Any] = {

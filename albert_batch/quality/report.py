@@ -120,11 +120,13 @@ def _cost(cost: dict[str, Any] | None) -> str:
     workers.append(["all", "", "", f"{cost['cpu_seconds']:,.1f}", f"{cost['gpu_seconds']:,.1f}"])
     per_million = ", ".join(f"{cost[key]:,.4f} {kind}-hours" for key, kind in (
         ("cpu_hours_per_million_rows", "CPU"), ("gpu_hours_per_million_rows", "GPU")) if cost.get(key))
-    busy = cost.get("model_actors", {}).get("busy_share")
+    model = cost.get("model_actors", {})
+    busy = model.get("busy_share")
+    alive = f"; {model['min']} to {model['max']} model actors alive at once" if model.get("max") else ""
     return ("<h3>Cost</h3>" + _table(["workers", "count", "seconds", "CPU-seconds", "GPU-seconds"], workers,
                                      numeric={1, 2, 3, 4})
             + f"<p>{_e(per_million or 'nothing processed')} per million rows processed by this run"
-            + (f"; model actors computing {busy:.0%} of their time" if busy is not None else "") + ".</p>")
+            + (f"; model actors computing {busy:.0%} of their time" if busy is not None else "") + alive + ".</p>")
 
 
 def _classification(c: dict[str, Any], before: dict[str, Any] | None) -> str:

@@ -24,7 +24,7 @@ COMPILE := $(LOCK_TOOLS)/bin/uv pip compile --quiet --generate-hashes --custom-c
 # torch's +cpu build wins over PyPI's CUDA build of the same version).
 TORCH_CPU_FOR_LOCK := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match)
 
-.PHONY: demo demo-iceberg test unit check airflow bench docs lock lock-upgrade clean
+.PHONY: demo demo-iceberg monitor test unit check airflow bench docs lock lock-upgrade clean
 
 # A new lock makes a new environment: nothing installed outside the lock survives. --no-deps: the lock
 # names every package, so pip resolves nothing; --require-hashes: what it installs is what was locked.
@@ -40,6 +40,11 @@ demo: $(STAMP)
 
 demo-iceberg: $(STAMP)
 	$(PY) pipelines/demo.py --iceberg
+
+# The demo's run on a local Ray head that exports its metrics, scraped by a local Prometheus (Debian's package,
+# installed when missing where this user may); prints the URL and queries to try, and runs until Ctrl-C.
+monitor: $(STAMP)
+	$(PY) pipelines/monitor.py
 
 airflow: $(STAMP)
 	$(PY) pipelines/airflow_local.py

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,14 +75,15 @@ def build_corpus(folder: Path, rows: int) -> None:
     pq.write_table(bad, folder / "part-bad-rows.parquet")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, **settings: Any) -> int:
+    """The demo; ``settings`` are the run's further RunConfig settings (`make monitor` sizes its batches)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000, help="documents in the demo corpus (default 2000)")
     parser.add_argument("--iceberg", action="store_true", help="also write the results to Iceberg tables")
     args = parser.parse_args(argv)
     config = RunConfig(input=str(ROOT / "corpus"), output=str(ROOT / "output"),
                        classifier_model=str(ROOT / "models" / Task.CLASSIFY.value),
-                       ner_model=str(ROOT / "models" / Task.NER.value))
+                       ner_model=str(ROOT / "models" / Task.NER.value), **settings)
     # The console of `albert-batch run`: the demo's and the run's own lines with a progress line; Ray's output,
     # the training's included, goes to the run's details log.
     with RunConsole(config.run_id) as console:

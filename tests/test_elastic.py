@@ -61,7 +61,7 @@ def start_run(head: LocalRayHead, corpus: Path, output: Path, models: dict[str, 
     return subprocess.Popen(
         [sys.executable, "-m", "albert_batch.cli", "run", "--input", str(corpus), "--output", str(output),
          "--tasks", "classify", "--classifier-model", models["classifier"], "--partition", PARTITION,
-         "--precision", "fp32", "--model-actor-resource", "model_node=1", "--summary-json", str(output) + ".json",
+         "--precision", "fp32", "--model-actor-resources", "model_node=1", "--summary-json", str(output) + ".json",
          "--batch-size", "50", *options],
         env={**head.environment(), "RAY_ADDRESS": head.gcs_address}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)

@@ -154,6 +154,9 @@ def format_summary(summary: Any) -> str:
     if summary.units.get("reused"):
         lines.append(f"resumed: {summary.units['reused']} of {summary.units['total']} units reused from run(s) "
                      f"{', '.join(summary.units['reused_from_runs'])}")
+    if (dedupe := summary.dedupe) and dedupe.get("duplicate_rows"):
+        lines.append(f"repeated texts: {dedupe['duplicate_rows']:,} rows ({dedupe['duplicate_share']:.1%}) repeated a "
+                     "text already run, and were not run again")
     if cost := summary.cost:
         per_million = cost.get("gpu_hours_per_million_rows") or cost.get("cpu_hours_per_million_rows")
         unit = "GPU" if cost.get("gpu_hours_per_million_rows") else "CPU"

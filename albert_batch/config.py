@@ -1,8 +1,7 @@
 """Typed, validated settings for a batch run. YAML files, command-line flags and Airflow all build the
-same frozen `RunConfig`; every check happens at construction, with a message that names the setting.
-
-Over 300 lines because each setting is declared once, here, with its flag's help text and its checks:
-the CLI, the YAML loader and the Airflow DAG factory derive everything else from these fields."""
+same frozen `RunConfig`; every check happens at construction, with a message that names the setting. Each
+setting is declared once, here, with its flag's help text and its checks: the CLI, the YAML loader and the
+Airflow DAG factory derive everything else from these fields."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 
 from albert_batch import iceberg
-from albert_batch.contract import Task, parse_partition, partition_path
+from albert_batch.contract import Task, parse_kept_columns, parse_partition, partition_path
 from albert_batch.errors import ConfigError
 from albert_batch.storage import Location
 
@@ -233,6 +232,8 @@ class RunConfig:
     ner_model: str | None = setting(None, metavar="URI", help="model folder, s3:// prefix or hub id[@revision]")
     text_column: str = setting("text", metavar="NAME", help="text column (default: text)")
     id_column: str = setting("id", metavar="NAME", help="id column (default: id)")
+    keep_columns: tuple[str, ...] = setting((), metavar="NAME,...", help="comma-separated input columns copied, with "
+                                            "their types, into every output table, rejects included (default: none)")
     partition: tuple[tuple[str, str], ...] = setting(
         default_factory=today_partition, metavar="KEY=VALUE", action="append",
         help="output partition; repeat for several keys (default: dt=<today, UTC>)")
@@ -247,9 +248,12 @@ class RunConfig:
                                          help="accept pytorch_model.bin weights (runs pickle: only for models you trust)")
     fresh: bool = setting(False, action="store_true",
                           help="start afresh: do not reuse the work an earlier, stopped run of the partition staged")
+    no_dedupe: bool = setting(False, action="store_true", help="run every row's text through the model, repeats "
+                              "too (default: identical texts are tokenized and run once, their results copied)")
     wait_for_nodes_s: float = setting(
         600.0, metavar="SECONDS", type=float,
-        help="once no node can host a model actor (nodes lost), how long to wait for one before failing (default: 600)")
+        help="how long to wait for a node that can host a model actor, before failing: at the start, for the first "
+             "one an autoscaler adds; later, for one to replace lost nodes (default: 600)")
     max_error_rate: float = setting(
         0.01, metavar="SHARE", type=float,
         help="the largest share of input rows, rounded up to whole rows, that may be rejected as processing errors "
@@ -278,6 +282,7 @@ class RunConfig:
                 raise ConfigError(f"{name} must be a non-empty column name")
         if self.text_column == self.id_column:
             raise ConfigError("text_column and id_column must be different columns")
+        set_(self, "keep_columns", parse_kept_columns(self.keep_columns, self.id_column, self.text_column, self.partition))
         if Task.CLASSIFY in self.tasks and not self.classifier_model:
             raise ConfigError("tasks include classify but no classifier_model (--classifier-model) is set")
         if Task.NER in self.tasks and not self.ner_model:

@@ -5,6 +5,7 @@ fields of its manifest.
     OUTPUT/classifications/<partition>/part-*.parquet  id, label, score, scores, truncated, model, run_id, processed_at
     OUTPUT/entities/<partition>/part-*.parquet         id, entities, model, run_id, processed_at
     OUTPUT/rejects/<partition>/part-*.parquet          id, reason, run_id, detail
+                                                       (each then the input columns the run carries, if any)
     OUTPUT/<table>/<partition>/_manifest.json          `Manifest`
     OUTPUT/<table>/<partition>/_SUCCESS                written last
 
@@ -177,14 +178,43 @@ def tables_for(tasks: Iterable[Task | str]) -> list[str]:
     return [TASK_OUTPUTS[Task(t)].table for t in tasks] + [REJECTS]
 
 
-def schema(table: str, id_type: pa.DataType) -> pa.Schema:
-    """The Arrow schema of ``table`` for an input whose ids are of ``id_type``."""
+def schema(table: str, id_type: pa.DataType, kept: Iterable[pa.Field] = ()) -> pa.Schema:
+    """The Arrow schema of ``table`` for an input whose ids are of ``id_type``, then the input columns the run
+    carries (``kept``: `parse_kept_columns`, with the input's types), after the contract's."""
     if table == REJECTS:
-        return pa.schema([pa.field("id", id_type), *REJECT_FIELDS])
+        return pa.schema([pa.field("id", id_type), *REJECT_FIELDS, *kept])
     for output in TASK_OUTPUTS.values():
         if output.table == table:
-            return output.schema(id_type)
+            return pa.schema([*output.schema(id_type), *kept])
     raise KeyError(f"no output table {table!r}; the tables are {', '.join(tables_for(Task))}")
+
+
+def parse_kept_columns(value: Any, id_column: str, text_column: str,
+                       partition: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The input columns a run copies into every output table (``keep_columns``), from ``"a,b"`` or a list.
+    ConfigError names one that clashes with a column of an output table (`RESERVED_COLUMNS`), the id or text
+    column, a partition key or another kept column; names are compared without case, as Hive, Athena and
+    Iceberg readers compare them."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    keys = {key.lower() for key, _ in partition}
+    seen: set[str] = set()
+    for name in names:
+        folded = name.lower()
+        if "," in name or any(unicodedata.category(c) == "Cc" for c in name):
+            raise ConfigError(f"keep_columns: {name!r} holds a comma or control characters")
+        for role, column in (("id", id_column), ("text", text_column)):
+            if folded == column.lower():
+                raise ConfigError(f"keep_columns: {name!r} is the {role} column, which the run reads itself")
+        if folded in RESERVED_COLUMNS:
+            raise ConfigError(f"keep_columns: {name!r} is a column of the output tables "
+                              f"({', '.join(sorted(RESERVED_COLUMNS))}); it cannot be carried into them")
+        if folded in keys:
+            raise ConfigError(f"keep_columns: {name!r} is a partition key of this run; it cannot be a column too")
+        if folded in seen:
+            raise ConfigError(f"keep_columns: {name!r} is given twice")
+        seen.add(folded)
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +232,7 @@ class Manifest:
     counts: dict[str, int]  # input_rows, accepted_rows, rejected_rows, <table>_rows for every table
     models: dict[str, dict[str, Any]]  # per task: location, revision, labels, max_length, weights_sha256
     precision: str
+    kept_columns: dict[str, str] = field(default_factory=dict)  # input columns carried into it: name -> Arrow type
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     label_counts: dict[str, int] = field(default_factory=dict)
     started_at: str = ""
@@ -212,6 +243,7 @@ class Manifest:
     storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
     tokens: dict[str, int] = field(default_factory=dict)  # text: the accepted rows' text tokens
     forward: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: passes, tokens, seconds
+    dedupe: dict[str, Any] = field(default_factory=dict)  # rows whose text repeated another's, not run again
     cost: dict[str, Any] = field(default_factory=dict)  # what the run held: actor- and task-seconds, per resource
     versions: dict[str, str] = field(default_factory=dict)
 

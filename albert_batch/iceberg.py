@@ -33,7 +33,7 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -135,19 +135,23 @@ def load_catalog(target: IcebergTarget) -> Catalog:
     return catalog
 
 
-def table_schema(table: str, id_type: pa.DataType, partition_keys: Iterator[str] | list[str]) -> pa.Schema:
-    """The contract's schema of ``table``, then the partition keys as string columns."""
-    base = schema(table, id_type)
+def table_schema(table: str, id_type: pa.DataType, partition_keys: Iterator[str] | list[str],
+                 kept: Sequence[pa.Field] = ()) -> pa.Schema:
+    """The contract's schema of ``table`` with the input columns the run carries (``kept``), then the partition
+    keys as string columns."""
+    base = schema(table, id_type, kept)
     return pa.schema([*base, *(pa.field(key, pa.string()) for key in partition_keys)])
 
 
 def prepare_table(catalog: Catalog, target: IcebergTarget, table: str, id_type: pa.DataType,
-                  partition_keys: list[str]) -> Table:
+                  partition_keys: list[str], kept: Sequence[pa.Field] = ()) -> Table:
     """The table, created on first use (identity-partitioned on ``partition_keys``) or evolved to hold
-    every column and partition key of this run. Raises OutputError where evolution is impossible."""
+    every column and partition key of this run, the input columns it carries (``kept``) included: columns
+    are added (``union_by_name``), never dropped, so rows written without a carried column read null there.
+    Raises OutputError where evolution is impossible."""
     from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
-    wanted = table_schema(table, id_type, partition_keys)
+    wanted = table_schema(table, id_type, partition_keys, kept)
     ident = target.identifier(table)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:

@@ -23,14 +23,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import workload
+from benchmarks.turns import in_turns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,21 +80,10 @@ def stage_alone(models: workload.Models, corpus: workload.Corpus, batch_rows: in
 
 
 def end_to_end(models: workload.Models, corpus: workload.Corpus, repeats: int, work: Path) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-    for number in range(repeats):
-        for way in ("on", "off"):
-            out, summary = work / f"out-{way}-{number}", work / f"summary-{way}-{number}.json"
-            command = [sys.executable, "-m", "albert_batch.cli", "run", "--input", corpus.folder, "--output", str(out),
-                       "--classifier-model", models.classifier, "--ner-model", models.ner, "--partition", "dt=bench",
-                       "--precision", "fp32", "-q", "--summary-json", str(summary)]
-            env = {**os.environ, "ALBERT_BATCH_METRICS": "1" if way == "on" else "0"}
-            env.pop("RAY_ADDRESS", None)
-            subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-            figures = json.loads(summary.read_text())
-            runs[way].append({"process_s": figures["timings"]["process_s"], "seconds": round(figures["seconds"], 3)})
-    medians = {way: statistics.median(r["process_s"] for r in found) for way, found in runs.items()}
-    return {"runs": runs, "process_s_on": medians["on"], "process_s_off": medians["off"],
-            "cost_share": round(medians["on"] / medians["off"] - 1, 4)}
+    found = in_turns(models, corpus.folder, {"on": ((), {"ALBERT_BATCH_METRICS": "1"}),
+                                             "off": ((), {"ALBERT_BATCH_METRICS": "0"})}, repeats, work)
+    on, off = found["process_s"]["on"], found["process_s"]["off"]
+    return {"runs": found["runs"], "process_s_on": on, "process_s_off": off, "cost_share": round(on / off - 1, 4)}
 
 
 def main() -> None:

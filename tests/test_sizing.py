@@ -136,3 +136,10 @@ def test_a_fixed_count_is_its_own_minimum_and_maximum():
     assert sizing.model_actors == sizing.max_model_actors == 2
     derived = size_stages(RunConfig(**BASE), {"CPU": 16})
     assert derived.model_actors == derived.max_model_actors == 2
+
+
+def test_a_host_that_is_the_whole_cluster_leaves_its_tokenizer_and_io_tasks_room():
+    config = RunConfig(**BASE, resources={"model_actor_resources": ["slot=1"]})
+    sizing = size_stages(config, {"CPU": 2, "slot": 1}, node_cpus=2, host={"CPU": 2.0, "slot": 1.0})
+    reserved = sizing.model_actors * sizing.cpus_per_model_actor + sizing.tokenizer_actors * sizing.cpus_per_tokenizer_actor
+    assert sizing.cpus_per_model_actor == 0.75 and reserved <= 1 + 1e-9

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 TEMPLATE = re.compile(r"{{.*?}}")
 DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(ResourceConfig))
-RUN_KEYS = ("precision", "text_column", "id_column", "allow_pickle_weights", "wait_for_nodes_s", "max_error_rate",
-            "max_text_chars", *RESOURCE_KEYS)
+RUN_KEYS = ("precision", "text_column", "id_column", "keep_columns", "allow_pickle_weights", "wait_for_nodes_s",
+            "max_error_rate", "max_text_chars", *RESOURCE_KEYS)
 JOB_KEYS = ("timeout_hours", "poll_seconds", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
             "entrypoint_resources", "runtime_env")
 WAIT_KEYS = ("timeout_hours", "poke_seconds", "marker", "deferrable")

@@ -167,6 +167,17 @@ def find_host(needs: Mapping[str, float], wait_s: float) -> dict[str, float] | N
     return dict(max(hosts, key=lambda r: r.get("CPU", 0.0))) if hosts else None
 
 
+def cluster_with(host: Mapping[str, float] | None, needs: Mapping[str, float]) -> dict[str, float]:
+    """The cluster's resources, and a ``host``'s where no alive node can host the model actors yet (a node
+    type the autoscaler will start once they ask): what the stages are sized for."""
+    import ray
+
+    resources = dict(ray.cluster_resources())
+    if host is None or node_can_host(needs):
+        return resources
+    return {name: resources.get(name, 0.0) + host.get(name, 0.0) for name in {*resources, *host}}
+
+
 def node_types() -> list[dict[str, float]]:
     """The resources of each node type the cluster's autoscaler can start, where it publishes them (v2)."""
     import ray

@@ -15,6 +15,14 @@ ROW = "row"
 POSITION = (UNIT, ROW)
 # The number of tokens of each accepted text (before truncation or windows), for the quality report.
 TOKENS = "tokens"
+# The input columns a run carries into its tables (``keep_columns``) travel as ``kept.<name>``, clear of the
+# stages' own columns; every stage passes them on, like the position columns.
+KEPT = "kept."
+
+
+def kept_column(name: str) -> str:
+    """The name under which the stages carry the input column ``name``."""
+    return KEPT + name
 
 
 def task_column(task: Task, name: str) -> str:

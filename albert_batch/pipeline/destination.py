@@ -15,7 +15,7 @@ import pyarrow as pa
 from albert_batch import iceberg, storage
 from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, Manifest, partition_path, tables_for
-from albert_batch.errors import OutputError, StorageError, Transient
+from albert_batch.errors import ConfigError, OutputError, StorageError, Transient
 from albert_batch.pipeline import compact, publish, staging
 from albert_batch.quality import store as quality_store
 from albert_batch.storage import Location
@@ -123,14 +123,18 @@ class IcebergTables(Destination):
         self.table_dirs = {}
         self.partition_columns = {}
 
-    def prepare(self, tables: Sequence[str], id_type: pa.DataType) -> IcebergTables:
-        """Create or evolve the tables; the staged files carry every partition key of each table (null where
-        this run has no value), so each file lands in exactly this run's partition."""
+    def prepare(self, tables: Sequence[str], id_type: pa.DataType, kept: Sequence[pa.Field] = ()) -> IcebergTables:
+        """Create or evolve the tables, to hold the input columns the run carries (``kept``) too; the staged
+        files carry every partition key of each table (null where this run has no value), so each file lands
+        in exactly this run's partition. A carried column may not be a partition key of a table."""
         keys: list[str] = []
         for table in tables:
-            found = iceberg.prepare_table(self.catalog, self.target, table, id_type, list(self.partition))
+            found = iceberg.prepare_table(self.catalog, self.target, table, id_type, list(self.partition), kept)
             self.tables[table] = found
             keys.extend(k for k in iceberg.partition_keys(found) if k not in keys)
+        if clash := [f.name for f in kept if f.name.lower() in {k.lower() for k in keys}]:
+            raise ConfigError(f"keep_columns: {clash[0]!r} is a partition key of the Iceberg tables in {self.uri}; "
+                              "it cannot be a column too")
         self.partition_columns = {key: self.partition.get(key) for key in keys}
         path = partition_path(self.partition_columns)
         self.table_dirs = {table: Location.parse(found.location(), what=f"the location of {table}").child("data", path)
@@ -187,12 +191,13 @@ class IcebergTables(Destination):
         return {table: self.target.table_uri(table) for table in tables}
 
 
-def open_destination(config: RunConfig, id_type: pa.DataType) -> Destination:
-    """The run's destination, its tables created or evolved (Iceberg) and its staging folder checked."""
+def open_destination(config: RunConfig, id_type: pa.DataType, kept: Sequence[pa.Field] = ()) -> Destination:
+    """The run's destination, its tables created or evolved (Iceberg) to hold the ``kept`` columns too, and
+    its staging folder checked."""
     tables = tables_for(config.tasks)
     if iceberg.is_iceberg(config.output):
         destination: Destination = IcebergTables(iceberg.IcebergTarget.parse(config.output),
-                                                 dict(config.partition)).prepare(tables, id_type)
+                                                 dict(config.partition)).prepare(tables, id_type, kept)
     else:
         destination = HiveFolders(config.output_location, config.partition_path).prepare(tables)
     if config.resources.file_size_mib:

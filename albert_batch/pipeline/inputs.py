@@ -33,7 +33,7 @@ from albert_batch import metrics, storage
 from albert_batch.contract import RejectReason
 from albert_batch.errors import AlbertBatchError, InputError, NotFound
 from albert_batch.pipeline import staging
-from albert_batch.pipeline.columns import ROW, UNIT
+from albert_batch.pipeline.columns import ROW, UNIT, kept_column
 from albert_batch.pipeline.isolation import DETAIL, REASON
 from albert_batch.storage import Location
 
@@ -88,10 +88,16 @@ class InputPlan:
     location: Location
     files: tuple[InputFile, ...]
     id_type: pa.DataType
+    kept: tuple[pa.Field, ...] = ()  # the input columns the run carries into its tables, as `kept_type`s
 
     @property
     def num_rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+    @property
+    def kept_types(self) -> dict[str, str]:
+        """The carried columns' Arrow types by name, as the manifest records them."""
+        return {f.name: str(f.type) for f in self.kept}
 
     @property
     def uris(self) -> list[str]:
@@ -180,8 +186,9 @@ def _read_footer(loc: Location, found: pafs.FileInfo) -> tuple[pa.Schema, InputF
     return metadata.schema.to_arrow_schema(), InputFile(found.path, found.size, version, groups)
 
 
-def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
-    """List and check the input; raise InputError naming the file or column at fault."""
+def plan_input(loc: Location, *, id_column: str, text_column: str, keep_columns: Sequence[str] = ()) -> InputPlan:
+    """List and check the input, and the types of the columns it carries (``keep_columns``); raise InputError
+    naming the file or column at fault."""
     try:
         found = _data_files(loc)
     except InputError:
@@ -190,13 +197,16 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
         raise InputError(f"cannot list input {loc}: {err}") from err
     footers = storage.concurrently(lambda f: _read_footer(loc, f), found)
     id_types: dict[pa.DataType, str] = {}
+    kept: dict[str, dict[pa.DataType, str]] = {name: {} for name in keep_columns}
     for schema, file in footers:
         uri = Location(loc.scheme, file.path).uri
-        for role, column in (("id", id_column), ("text", text_column)):
+        for role, column in (("id", id_column), ("text", text_column), *(("kept", name) for name in keep_columns)):
             if column not in schema.names:
                 raise InputError(
                     f"input file {uri} has no {role} column {column!r}; available columns: {', '.join(schema.names)}"
                 )
+        for name in keep_columns:
+            kept[name].setdefault(kept_type(schema.field(name).type), uri)
         text_type = schema.field(text_column).type
         if not is_text_type(text_type):
             raise InputError(f"text column {column_desc(text_column, text_type)} in {uri} is not a string column "
@@ -208,10 +218,12 @@ def plan_input(loc: Location, *, id_column: str, text_column: str) -> InputPlan:
                 "string column"
             )
         id_types.setdefault(id_type, uri)
-    if len(id_types) > 1:
-        found_types = "; ".join(f"{t} in {u}" for t, u in id_types.items())
-        raise InputError(f"id column {id_column!r} has different types across files: {found_types}")
-    return InputPlan(location=loc, files=tuple(file for _, file in footers), id_type=next(iter(id_types)))
+    for role, column, types in (("id", id_column, id_types), *(("kept", n, t) for n, t in kept.items())):
+        if len(types) > 1:
+            found_types = "; ".join(f"{t} in {u}" for t, u in types.items())
+            raise InputError(f"{role} column {column!r} has different types across files: {found_types}")
+    return InputPlan(location=loc, files=tuple(file for _, file in footers), id_type=next(iter(id_types)),
+                     kept=tuple(pa.field(name, next(iter(types))) for name, types in kept.items()))
 
 
 def column_desc(name: str, arrow_type: pa.DataType) -> str:
@@ -227,6 +239,16 @@ def read_type(arrow_type: pa.DataType) -> pa.DataType:
     if pa.types.is_large_binary(arrow_type):
         return pa.large_string()
     return arrow_type
+
+
+def kept_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The type a carried column has in the output tables: the input's, dictionaries decoded and views as
+    their plain types (which every reader, Iceberg included, knows)."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_string_view(arrow_type):
+        return pa.string()
+    return pa.binary() if pa.types.is_binary_view(arrow_type) else arrow_type
 
 
 def is_text_type(arrow_type: pa.DataType) -> bool:
@@ -247,8 +269,8 @@ class InputColumns(Protocol):
 def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, rows_per_block: int,
                retries_to: Location | None = None, ledger: Any = None,
                run: metrics.RunTags | None = None) -> ray.data.Dataset:
-    """The ``id`` and ``text`` columns of ``units``, with each row's unit and its row number in the unit, as
-    a Ray dataset in blocks of at most ``rows_per_block`` rows.
+    """The ``id`` and ``text`` columns of ``units``, with each row's unit and its row number in the unit and
+    the columns the run carries (``plan.kept``), as a Ray dataset in blocks of at most ``rows_per_block`` rows.
 
     A map stage writes its output into blocks of up to 128 MiB, so one unit would reach the model stage as
     one block: one task, on one actor, however many actors there are. Blocks of one batch each spread the
@@ -267,7 +289,7 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
     ds = ds.map_batches(
         _read_units,
         fn_kwargs={"scheme": plan.location.scheme, "id_column": config.id_column, "text_column": config.text_column,
-                   "id_type": plan.id_type, "retries_to": retries_to, "ledger": ledger, "run": run},
+                   "id_type": plan.id_type, "retries_to": retries_to, "ledger": ledger, "run": run, "kept": plan.kept},
         batch_format="pyarrow",
         batch_size=None,
         compute=ray.data.TaskPoolStrategy(size=1),
@@ -277,11 +299,11 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
 
 
 def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: str, id_type: pa.DataType,
-                retries_to: Location | None, ledger: Any = None, run: metrics.RunTags | None = None
-                ) -> Iterator[pa.Table]:
-    """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it;
-    a unit's files are read `READ_THREADS` at a time."""
-    columns = [id_column, text_column]
+                retries_to: Location | None, ledger: Any = None, run: metrics.RunTags | None = None,
+                kept: Sequence[pa.Field] = ()) -> Iterator[pa.Table]:
+    """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it,
+    and the ``kept`` columns; a unit's files are read `READ_THREADS` at a time."""
+    columns = [id_column, text_column, *(f.name for f in kept)]
     if run is not None:
         metrics.bind(run)
     with staging.retries_reported(retries_to):
@@ -290,7 +312,7 @@ def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: st
             tables = storage.concurrently(
                 lambda s: storage.read_row_groups(Location(scheme, s["path"]), range(s["start"], s["stop"]), columns),
                 unit["segments"], limit=READ_THREADS)
-            rows = _with_positions(tables, unit["unit"], id_column, text_column, id_type)
+            rows = _with_positions(tables, unit["unit"], id_column, text_column, id_type, kept)
             metrics.count("albert_batch_rows_read", rows.num_rows)
             yield rows
             if ledger is not None:  # the task's time for this unit, its output handed on
@@ -300,10 +322,11 @@ def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: st
 
 
 def _with_positions(tables: list[pa.Table], unit: int, id_column: str, text_column: str,
-                    id_type: pa.DataType) -> pa.Table:
+                    id_type: pa.DataType, kept: Sequence[pa.Field] = ()) -> pa.Table:
     """A unit's rows (``tables``, one per segment, each in its file's string encoding) as ``id``, ``text``
-    (UTF-8 strings), its position columns, and a reject reason where the row's bytes are not UTF-8 (its
-    text, or its id, then null)."""
+    (UTF-8 strings), its position columns, a reject reason where the row's bytes are not UTF-8 (its
+    text, or its id, then null), and the ``kept`` columns as `columns.kept_column` (a carried string whose
+    bytes are not UTF-8 is null, and leaves its row alone)."""
     ids, texts, invalid, rows = [], [], set(), 0
     for table in tables:
         segment_ids, bad_ids = decode_strings(table.column(id_column))
@@ -322,7 +345,19 @@ def _with_positions(tables: list[pa.Table], unit: int, id_column: str, text_colu
         REASON: reasons,
         DETAIL: pa.nulls(rows, pa.string()),
     }
+    for f in kept:
+        values = [_carried(table.column(f.name), f.type) for table in tables]
+        columns[kept_column(f.name)] = pa.chunked_array([c for v in values for c in v.chunks], f.type)
     return pa.table(columns).combine_chunks()
+
+
+def _carried(column: pa.ChunkedArray, arrow_type: pa.DataType) -> pa.ChunkedArray:
+    """A carried column as its `kept_type`: dictionaries decoded, strings checked as the text is."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        column, _ = decode_strings(column)
+    return column.cast(arrow_type)
 
 
 def decode_strings(column: pa.ChunkedArray) -> tuple[pa.ChunkedArray, set[int]]:

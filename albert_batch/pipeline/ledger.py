@@ -13,11 +13,14 @@ reserved. A task's time is measured around its work.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
 MODEL, TOKENIZE, READ, WRITE = "model", "tokenize", "read", "write"
@@ -52,8 +55,10 @@ class Ledger:
     def alive(self, worker: str, stage: str, started: float, now: float) -> None:
         self.actors[worker, stage] = (started, now)
 
-    def modelled(self, rows: int, forward: Mapping[str, Mapping[str, float]], busy_s: float) -> None:
+    def modelled(self, rows: int, forward: Mapping[str, Mapping[str, float]], busy_s: float,
+                 repeats: Mapping[str, int] | None = None) -> None:
         self.rows["modelled"] += rows
+        self.rows.update(repeats or {})
         self.busy_s += busy_s
         for task, figures in forward.items():
             self.forward.setdefault(task, Counter()).update(figures)
@@ -78,12 +83,26 @@ def start_ledger() -> Any:
 
 
 def start_counter(counter: type) -> Any:
-    """A ``counter`` actor (a `Ledger`, or training's `StepCounter`) that holds no CPU, on the driver's node."""
+    """A ``counter`` actor (a `Ledger`, or training's `StepCounter`) that holds no CPU, on the driver's node;
+    started again elsewhere if that node is lost (counting afresh from then)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0, scheduling_strategy=strategy)(counter).remote()
+    return ray.remote(num_cpus=0, scheduling_strategy=strategy, max_restarts=-1)(counter).remote()
+
+
+def final_snapshot(ledger: Any) -> dict[str, Any]:
+    """The ``ledger``'s figures once the stages are done (none: empty ones). A ledger that cannot answer
+    (lost with its node, and not back in a minute) costs the run its figures, never its results."""
+    if ledger is not None:
+        import ray
+
+        try:
+            return ray.get(ledger.snapshot.remote(), timeout=60)
+        except Exception as err:  # RayError, GetTimeoutError: the figures are lost, the rows are staged
+            log.warning("the run's ledger did not answer (%s): its cost, forward and repeat figures are missing", err)
+    return Ledger().snapshot()
 
 
 def heartbeat(ledger: Any, stage: str) -> None:
@@ -141,6 +160,14 @@ def over_time(spans: list[list[float]]) -> dict[str, Any]:
             timeline.append([round(at - first, 1), alive])
     living = [count for _, count in timeline[:-1]] or [timeline[0][1]]
     return {"min": min(living), "max": max(living), "over_time": timeline}
+
+
+def dedupe_figures(snapshot: Mapping[str, Any], *, enabled: bool) -> dict[str, Any]:
+    """What de-duplication saved (`albert_batch.pipeline.dedupe`): of the accepted rows the model stage had,
+    those whose text repeated one it had run (in the batch, or in the actor's cache), not run again."""
+    accepted, run = snapshot["rows"].get("accepted_rows", 0), snapshot["rows"].get("rows_run", 0)
+    return {"enabled": enabled, "accepted_rows": accepted, "rows_run": run, "duplicate_rows": accepted - run,
+            "duplicate_share": round((accepted - run) / accepted, 4) if accepted else 0.0}
 
 
 def forward_figures(snapshot: Mapping[str, Any]) -> dict[str, dict[str, float]]:

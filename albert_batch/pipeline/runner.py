@@ -28,7 +28,14 @@ from albert_batch.inference.device import describe_precision, slow_precision
 from albert_batch.inference.models import ModelInfo
 from albert_batch.pipeline import ledger, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
-from albert_batch.pipeline.cluster import connect_ray, find_host, package_versions, wait_for_a_host, worker_error
+from albert_batch.pipeline.cluster import (
+    cluster_with,
+    connect_ray,
+    find_host,
+    package_versions,
+    wait_for_a_host,
+    worker_error,
+)
 from albert_batch.pipeline.destination import Destination, open_destination
 from albert_batch.pipeline.inputs import InputPlan, WorkUnit, plan_input, read_input
 from albert_batch.pipeline.interrupts import Interrupts
@@ -96,12 +103,11 @@ def run(config: RunConfig) -> RunSummary:
     with Interrupts() as interrupts, interrupts.raised():
         if warning := slow_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0):
             log.warning("%s (judged by this machine's CPU; each model actor warns for its own)", warning)
-        plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column)
-        infos = {
-            task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
-            for task in config.tasks
-        }
-        destination = open_destination(config, plan.id_type)
+        plan = plan_input(config.input_location, id_column=config.id_column, text_column=config.text_column,
+                          keep_columns=config.keep_columns)
+        infos = {task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
+                 for task in config.tasks}
+        destination = open_destination(config, plan.id_type, plan.kept)
         job = _Run(config, plan, infos, plan.units(), destination, started=started, retries_before=retries_before)
         log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
                  len(job.units))
@@ -129,7 +135,7 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     with interrupts.raised():  # model actors that need GPUs or custom resources are sized for their hosts
         host = find_host(model_needs(config), config.wait_for_nodes_s) if todo else None
     node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
-    sizing = size_stages(config, ray.cluster_resources(), node_cpus, host)
+    sizing = size_stages(config, cluster_with(host, model_needs(config)), node_cpus, host)
     metrics.bind(job.tags)
     if todo:
         job.ledger = ledger.start_ledger()
@@ -147,7 +153,7 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
         raise PublishError(f"run {config.run_id}: units {missing[:10]} of {len(job.units)} are not all staged after "
                            "the stages finished; nothing was published")
     pieces = [p for unit_pieces in done.values() for p in unit_pieces]
-    figures = ray.get(job.ledger.snapshot.remote(), timeout=60) if job.ledger else ledger.Ledger().snapshot()
+    figures = ledger.final_snapshot(job.ledger)
     with interrupts.deferred():
         summary = _publish(job, WriteReport.of(pieces), sizing, resumed, figures)
     publish_s = round(time.monotonic() - phase, 3)
@@ -179,7 +185,8 @@ def work_key(job: _Run) -> staging.WorkKey:
         settings={"tasks": [t.value for t in config.tasks], "id_column": config.id_column,
                   "text_column": config.text_column, "id_type": str(job.plan.id_type),
                   "precision": _precision(config), "ner_window_overlap": config.resources.ner_window_overlap,
-                  "max_text_chars": config.max_text_chars, "albert_batch": metadata.version("albert-batch")},
+                  "max_text_chars": config.max_text_chars, "keep_columns": list(config.keep_columns),
+                  "albert_batch": metadata.version("albert-batch")},
     )
 
 
@@ -193,7 +200,7 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
     writer = StagingWriter(folder=job.folder, table_dirs=job.destination.table_dirs, run_id=config.run_id,
                            models={t: i.uri for t, i in job.models.items()}, id_type=job.plan.id_type,
                            partition_columns=job.destination.partition_columns, faults=faults, ledger=job.ledger,
-                           run=job.tags)
+                           kept=job.plan.kept, run=job.tags)
     limits = QueueLimits(rows=sizing.max_rows_ahead, bytes=QUEUE_BYTES)
     try:
         with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
@@ -226,7 +233,8 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: Write
     ds = ds.map_batches(
         TokenizeStage,
         fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights,
-                               "max_text_chars": config.max_text_chars, "ledger": job.ledger, "run": job.tags,
+                               "max_text_chars": config.max_text_chars, "dedupe": not config.no_dedupe,
+                               "ledger": job.ledger, "run": job.tags,
                                "faults": faults},
         batch_format="pyarrow",
         batch_size=sizing.batch_size,
@@ -244,6 +252,7 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: Write
             "max_tokens_per_forward": sizing.max_tokens_per_forward,
             "window_overlap": config.resources.ner_window_overlap,
             "allow_pickle_weights": config.allow_pickle_weights,
+            "dedupe": not config.no_dedupe,
             "ledger": job.ledger,
             "run": job.tags,
             "faults": faults,
@@ -306,7 +315,7 @@ def _staged_files(job: _Run, report: WriteReport) -> dict[str, dict[str, int]]:
         if not names and job.destination.empty_tables_need_a_file:
             name = f"part-{config.run_id}-empty.parquet"
             storage.write_bytes(job.destination.table_dirs[table].child(name),
-                                parquet_bytes(schema(table, job.plan.id_type).empty_table()))
+                                parquet_bytes(schema(table, job.plan.id_type, job.plan.kept).empty_table()))
             names[name] = 0
     return files
 
@@ -339,6 +348,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
                    **{f"{table}_rows": report.rows.get(table, 0) for table in files}},
         "models": {task.value: info.manifest_entry() for task, info in job.models.items()},
         "precision": _precision(config),
+        "kept_columns": plan.kept_types,
         "rejects_by_reason": dict(report.rejects),
         "label_counts": dict(report.labels),
         "started_at": job.started_at.isoformat(),
@@ -349,6 +359,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         "storage_retries": retries,
         "tokens": {"text": report.quality.tokens_sum},
         "forward": ledger.forward_figures(figures),
+        "dedupe": ledger.dedupe_figures(figures, enabled=not config.no_dedupe),
         "cost": cost,
         "versions": package_versions(),
     }
@@ -357,7 +368,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     run = {"run_id": config.run_id, "output": job.destination.uri, "models": shared["models"],
            "precision": shared["precision"], "started_at": shared["started_at"], "finished_at": shared["finished_at"],
            "seconds": round(seconds, 3), "rows_per_second": round(plan.num_rows / seconds, 1) if seconds else 0.0,
-           "units": units, "cost": cost}
+           "units": units, "cost": cost, "dedupe": shared["dedupe"]}
     quality, reports = partition_report(report.quality, output=config.output_uri, partition_path=config.partition_path,
                                         run=run, input_rows=plan.num_rows, rejects_by_reason=dict(report.rejects))
     job.destination.publish(config.run_id, manifests, reports,
@@ -383,6 +394,7 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         shifted=quality.shifted,
         tokens=shared["tokens"],
         forward=shared["forward"],
+        dedupe=shared["dedupe"],
         cost=cost,
     )
 

@@ -99,14 +99,15 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float, node_cpus: fl
                      host: Mapping[str, float] | None) -> StageSizing:
     res = config.resources
     actors, most = _actors(res, max(1, int(cpus // CPUS_PER_MODEL_ACTOR)))
+    tokenizers = res.tokenizer_actors or math.ceil(cpus / CPUS_PER_TOKENIZER_ACTOR)
     if host is not None and not res.num_cpus_per_actor:  # dedicated hosts: their CPUs, shared by their actors
         sharing = per_host(host, dict(res.model_actor_resources))
-        cpus_per_actor = max(0.5, (host.get("CPU", 1.0) - 1) / sharing)
+        # ... but a quarter CPU per tokenizer actor stays free where the hosts are most of the cluster
+        cpus_per_actor = max(0.5, min((host.get("CPU", 1.0) - 1) / sharing, (spare - 0.25 * tokenizers) / actors))
         threads = int(max(1.0, host.get("CPU", 1.0) // sharing))
     else:
         cpus_per_actor = res.num_cpus_per_actor or min(spare * 0.75 / actors, max(0.5, node_cpus - 1))
         threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(min(cpus // actors, node_cpus))
-    tokenizers = res.tokenizer_actors or math.ceil(cpus / CPUS_PER_TOKENIZER_ACTOR)
     batch_size = res.batch_size or BATCH_ROWS
     return StageSizing(
         model_actors=actors,

@@ -5,9 +5,9 @@ on a small table, without a cluster.
     TokenizeStage  id, text  ->  id, text, reject_reason, tokens, <task>.<feature>...      (CPU)
     ModelStage     ...       ->  id, reject_reason, tokens, <task>.<result>..., processed_at (GPU or CPU)
 
-Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`) and its
-reject reason's detail. A row a stage raises an error for is rejected, not its batch
-(`albert_batch.pipeline.isolation`).
+Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`), the input
+columns the run carries (`albert_batch.pipeline.columns.KEPT`) and its reject reason's detail. A row a stage
+raises an error for is rejected, not its batch (`albert_batch.pipeline.isolation`).
 
 Neither knows a task by name: the features are what each task's predictor declares
 (`Predictor.features`), the results are its output's columns (`albert_batch.contract.TASK_OUTPUTS`).
@@ -29,9 +29,10 @@ from albert_batch.config import Precision
 from albert_batch.contract import TASK_OUTPUTS, TIMESTAMP_TYPE, RejectReason, Task
 from albert_batch.inference.predictor import Predictor, text_reject_reason
 from albert_batch.inference.predictors import load_predictors
+from albert_batch.pipeline import dedupe as dedupe_module
 from albert_batch.pipeline import heap
 from albert_batch.pipeline import ledger as ledger_module
-from albert_batch.pipeline.columns import POSITION, TOKENS, from_list_array, task_column, to_list_array
+from albert_batch.pipeline.columns import KEPT, POSITION, TOKENS, from_list_array, task_column, to_list_array
 from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, details, isolated
 
 
@@ -58,8 +59,9 @@ def earlier_reasons(batch: pa.Table) -> list[str | None] | None:
 
 
 def _positions(batch: pa.Table) -> dict[str, pa.ChunkedArray]:
-    """The batch's position columns, where it has them (a stage called on a plain table has none)."""
-    return {name: batch.column(name) for name in POSITION if name in batch.column_names}
+    """The batch's position columns, where it has them (a stage called on a plain table has none), and the input
+    columns the run carries (`albert_batch.pipeline.columns.KEPT`)."""
+    return {name: batch.column(name) for name in batch.column_names if name in POSITION or name.startswith(KEPT)}
 
 
 def _scatter(values: list[Any], accepted: np.ndarray, size: int, fill: Any) -> list[Any]:
@@ -78,8 +80,8 @@ class TokenizeStage:
     core of the node, taking them from the model."""
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False,
-                 max_text_chars: int | None = None, ledger: Any = None, run: metrics.RunTags | None = None,
-                 faults: dict[str, frozenset[object]] | None = None):
+                 max_text_chars: int | None = None, dedupe: bool = True, ledger: Any = None,
+                 run: metrics.RunTags | None = None, faults: dict[str, frozenset[object]] | None = None):
         """``ledger``: the run's `albert_batch.pipeline.ledger.Ledger`, told that this actor lives; ``run``: the
         tags of the metrics it records; ``faults``: the test-only fault hook's rows
         (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
@@ -90,6 +92,7 @@ class TokenizeStage:
         heap.use_the_system_allocator_for_arrow()
         self.predictors = load_predictors(model_uris, load_model=False, allow_pickle_weights=allow_pickle_weights)
         self.max_text_chars = max_text_chars
+        self.dedupe = dedupe  # identical texts tokenized once per batch (`albert_batch.pipeline.dedupe`)
         self.faults = faults
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -109,8 +112,11 @@ class TokenizeStage:
             REASON: pa.array(reasons, pa.string()),
             DETAIL: details(batch),
         }
+        unique, index = dedupe_module.distinct(accepted_texts) if self.dedupe else (accepted_texts, None)
         for number, (task, predictor) in enumerate(self.predictors.items()):
-            features = predictor.preprocess(accepted_texts) if accepted_texts else {}
+            features = predictor.preprocess(unique) if unique else {}
+            if index is not None:  # each distinct text tokenized once, its features copied to its repeats
+                features = dedupe_module.expand(features, index)
             if number == 0:  # lengths by the first task's tokenizer
                 counts = predictor.text_tokens(features) if accepted_texts else []
                 columns[TOKENS] = pa.array(_scatter(counts, accepted, len(texts), None), pa.int32())
@@ -148,6 +154,7 @@ class ModelStage:
         max_tokens_per_forward: int,
         window_overlap: int,
         allow_pickle_weights: bool = False,
+        dedupe: bool = True,
         ledger: Any = None,
         run: metrics.RunTags | None = None,
         faults: dict[str, frozenset[object]] | None = None,
@@ -161,6 +168,9 @@ class ModelStage:
         heap.use_the_system_allocator_for_arrow()
         self.ledger = ledger
         self.faults = faults
+        # Identical texts run once per batch, and once per actor while their results stay cached (see dedupe).
+        self.cache = dedupe_module.ResultCache() if dedupe else None
+        self._rows = self._computed = 0  # accepted rows since the last report, and how many of them were run
         # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1, and runs __init__ and __call__ on different
         # threads; torch reads the variable once, when it loads OpenMP (the first torch import below).
         # On CPUs the predictor runs ``torch_threads`` forward passes side by side, one thread each, so
@@ -198,6 +208,37 @@ class ModelStage:
         self._report(batch.num_rows)
         return output
 
+    def _to_run(self, texts: list[str]) -> tuple[list[bytes] | None, list[int] | None]:
+        """Each text's digest, and the positions of the texts to run: the first copy of each text that the
+        actor's cache does not hold (without de-duplication: none, and every text runs)."""
+        self._rows += len(texts)
+        if self.cache is None:
+            self._computed += len(texts)
+            return None, None
+        keys = [dedupe_module.digest(text) for text in texts]
+        first: set[bytes] = set()
+        to_run = []
+        for position, key in enumerate(keys):
+            if key not in first and self.cache.get(key) is None:
+                to_run.append(position)
+            first.add(key)
+        self._computed += len(to_run)
+        return keys, to_run
+
+    def _results(self, keys: list[bytes] | None, to_run: list[int] | None,
+                 computed: dict[str, list[dict[str, Any]]]) -> list[dict[str, dict[str, Any]]]:
+        """Each accepted row's results by task: its own, or those of its text's first copy in the batch or in
+        the actor's cache."""
+        if keys is None or to_run is None or self.cache is None:
+            return [{task: found[row] for task, found in computed.items()} for row in range(len(next(iter(
+                computed.values()), [])))]
+        fresh = {keys[position]: {task: found[number] for task, found in computed.items()}
+                 for number, position in enumerate(to_run)}
+        rows = [fresh.get(key) or self.cache.get(key) for key in keys]
+        for key, results in fresh.items():
+            self.cache.put(key, results)
+        return rows  # type: ignore[return-value]
+
     def _report(self, rows: int) -> None:
         """The batch's forward passes, to the metrics and (not awaited: reporting must never slow the stage)
         to the ledger."""
@@ -212,8 +253,10 @@ class ModelStage:
             forward[task.value] = {"passes": len(stats.pass_seconds), "real_tokens": stats.real_tokens,
                                    "padding_tokens": stats.padding_tokens, "seconds": stats.wall_seconds}
         metrics.count("albert_batch_model_busy_seconds", busy_s)
+        repeats = {"accepted_rows": self._rows, "rows_run": self._computed}
+        self._rows = self._computed = 0
         if self.ledger is not None:
-            self.ledger.modelled.remote(rows, forward, busy_s)
+            self.ledger.modelled.remote(rows, forward, busy_s, repeats)
 
     def predict(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows
@@ -223,16 +266,22 @@ class ModelStage:
         columns: dict[str, pa.Array] = {"id": batch.column("id"), **_positions(batch),
                                          REASON: batch.column(REASON), DETAIL: details(batch),
                                          TOKENS: batch.column(TOKENS)}
+        keys, to_run = self._to_run(texts)
+        computed: dict[str, list[dict[str, Any]]] = {}
         for task, predictor in self.predictors.items():
             features = {}
             for name, arrow_type in predictor.features.items():
                 column = batch.column(task_column(task, name)).filter(pa.array(accepted))
+                if to_run is not None:
+                    column = column.take(pa.array(to_run, pa.int64()))
                 features[name] = (from_list_array(column) if pa.types.is_list(arrow_type)
                                   else list(column.to_numpy(zero_copy_only=False)))
-            results = predictor.predict(texts, features)
+            computed[task.value] = predictor.predict(texts if to_run is None else [texts[i] for i in to_run], features)
             metrics.count("albert_batch_rows_processed", len(texts), task=task.value)
+        results = self._results(keys, to_run, computed)
+        for task in self.predictors:
             for result in TASK_OUTPUTS[task].results:
-                values = _scatter([r[result.name] for r in results], accepted, size, None)
+                values = _scatter([r[task.value][result.name] for r in results], accepted, size, None)
                 columns[task_column(task, result.name)] = pa.array(values, result.type)
         now = dt.datetime.now(dt.UTC)
         columns["processed_at"] = pa.array([now] * size, TIMESTAMP_TYPE)

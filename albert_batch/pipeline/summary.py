@@ -30,6 +30,7 @@ class RunSummary:
     shifted: list[str] = field(default_factory=list)  # the drift checks that fired against the previous partition
     tokens: dict[str, int] = field(default_factory=dict)  # text: the accepted rows' text tokens
     forward: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: passes, tokens, seconds
+    dedupe: dict[str, Any] = field(default_factory=dict)  # rows whose text repeated another's, not run again
     cost: dict[str, Any] = field(default_factory=dict)  # what the run held (`albert_batch.pipeline.ledger.cost`)
 
     @property

@@ -112,23 +112,28 @@ def _check_table(folder: Location, table: str, run_id: str | None) -> tuple[Mani
     if data != listed:
         raise ValidationError(f"{folder} holds files {sorted(data - listed)} the manifest does not list and lacks "
                               f"{sorted(listed - data)} that it does")
-    rows = sum(storage.concurrently(lambda name: _footer_rows(folder.child(name), table), sorted(listed)))
+    rows = sum(storage.concurrently(lambda name: _footer_rows(folder.child(name), table, manifest.kept_columns),
+                                    sorted(listed)))
     if rows != manifest.rows:
         raise ValidationError(f"{folder} holds {rows} rows but its manifest says {manifest.rows}")
     return manifest, folder.uri
 
 
-def _footer_rows(loc: Location, table: str) -> int:
-    """The rows of one data file, whose footer must carry the contract's schema of ``table``."""
+def _footer_rows(loc: Location, table: str, kept: dict[str, str]) -> int:
+    """The rows of one data file, whose footer must carry the contract's schema of ``table``, then exactly the
+    input columns its manifest says the run carried (``kept``: name -> Arrow type)."""
     meta = storage.translated(lambda: pq.read_metadata(loc.path, filesystem=loc.filesystem),
                               doing="reading the footer of", loc=loc)
     found = meta.schema.to_arrow_schema().remove_metadata()
     if "id" not in found.names:
         raise ValidationError(f"{loc} has no id column; the output contract keys every table by id")
     expected = schema(table, found.field("id").type)
-    if not found.equals(expected):
+    fields = list(found)
+    contract, carried = pa.schema(fields[: len(expected)]), {f.name: str(f.type) for f in fields[len(expected):]}
+    if not contract.equals(expected) or list(carried.items()) != list(kept.items()):
+        then = f"\nthen the columns the run carried, by its manifest: {kept}" if kept else ""
         raise ValidationError(f"{loc} does not have the {table} schema of the output contract:\n"
-                              f"found    {found}\nexpected {expected}")
+                              f"found    {found}\nexpected {expected}{then}")
     return meta.num_rows
 
 
@@ -165,5 +170,8 @@ def _check_iceberg_tables(target: iceberg.IcebergTarget, partition_path: str, ta
             if f.name not in current.names or not iceberg.same_type(current.field(f.name).type, f.type):
                 raise ValidationError(f"{uri} does not have the {table} schema of the output contract: "
                                       f"column {f.name} should be {f.type}")
+        if missing := [name for name in manifest.kept_columns if name not in current.names]:
+            raise ValidationError(f"{uri} lacks the column {missing[0]} that run {manifest.run_id} carried into "
+                                  f"partition {partition_path}")
         checked[table] = (dataclasses.replace(manifest, files=[f.file_path for f in files]), uri)
     return checked

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from albert_batch import metrics, storage
 from albert_batch.contract import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_OUTPUTS, Task, schema
 from albert_batch.pipeline import heap, staging
-from albert_batch.pipeline.columns import ROW, TOKENS, UNIT, task_column
+from albert_batch.pipeline.columns import ROW, TOKENS, UNIT, kept_column, task_column
 from albert_batch.pipeline.isolation import REASON, check_faults, details, is_data_error, reject_failing
 from albert_batch.quality.sketch import Sketch
 from albert_batch.storage import Location
@@ -94,6 +94,7 @@ class StagingWriter:
     models: dict[Task, str]
     id_type: pa.DataType
     partition_columns: dict[str, str | None] = field(default_factory=dict)
+    kept: tuple[pa.Field, ...] = ()  # the input columns carried into every table (`InputPlan.kept`)
     faults: dict[str, frozenset[object]] | None = None  # the test-only fault hook's rows (isolation.FAULTS_ENV)
     ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, told of each write
     run: metrics.RunTags | None = None  # the tags of the metrics a write records
@@ -161,14 +162,15 @@ class StagingWriter:
         accepted = batch.filter(accepted_mask)
         rejected = batch.filter(pc.invert(accepted_mask))
         ids = accepted.column("id").cast(self.id_type)
+        carried = {f.name: accepted.column(kept_column(f.name)) for f in self.kept}
         run_ids = pa.array([self.run_id] * accepted.num_rows, pa.string())
         tables: dict[str, pa.Table] = {}
         for task, uri in self.models.items():
             output = TASK_OUTPUTS[task]
             columns = {"id": ids, **{f.name: accepted.column(task_column(task, f.name)) for f in output.results},
                        "model": pa.array([uri] * accepted.num_rows, pa.string()), "run_id": run_ids,
-                       "processed_at": accepted.column("processed_at")}
-            tables[output.table] = pa.table(columns, schema=output.schema(self.id_type))
+                       "processed_at": accepted.column("processed_at"), **carried}
+            tables[output.table] = pa.table(columns, schema=schema(output.table, self.id_type, self.kept))
             if output.sampled:
                 report.samples = _sample_rows(accepted, task_column(task, output.sampled))
         report.quality = Sketch.of(
@@ -181,8 +183,9 @@ class StagingWriter:
         report.errors.update(_value_counts(pc.drop_null(found)))
         tables[REJECTS] = pa.table(
             {"id": rejected.column("id").cast(self.id_type), "reason": reasons,
-             "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()), "detail": found},
-            schema=schema(REJECTS, self.id_type),
+             "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()), "detail": found,
+             **{f.name: rejected.column(kept_column(f.name)) for f in self.kept}},
+            schema=schema(REJECTS, self.id_type, self.kept),
         )
         return tables
 

@@ -97,6 +97,10 @@ def _run(f: QualityFigures) -> str:
         ["started", run.get("started_at", "")], ["finished", run.get("finished_at", "")],
         ["duration", f"{run.get('seconds', 0):,.1f} s"], ["throughput", f"{run.get('rows_per_second', 0):,.1f} rows/s"],
     ]
+    dedupe = run.get("dedupe") or {}
+    if dedupe.get("enabled"):
+        facts.append(["repeated texts", f"{dedupe['duplicate_share']:.1%} of the accepted rows "
+                                        f"({dedupe['duplicate_rows']:,}) repeated a text already run: not run again"])
     units = run.get("units") or {}
     if units.get("reused"):
         facts.append(["resumed", f"{units['reused']} of {units['total']} units reused from "

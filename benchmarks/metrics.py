@@ -51,9 +51,10 @@ def stage_alone(models: workload.Models, corpus: workload.Corpus, batch_rows: in
         metrics.bind(metrics.RunTags("bench", "dt=bench"))
         uris = {Task.CLASSIFY: models.classifier}
         batch = TokenizeStage(model_uris=uris)(pq.read_table(corpus.folder, columns=["id", "text"]).slice(0, batch_rows))
+        # Without de-duplication, each call runs the whole batch again (with it, the texts would be cached).
         stage = ModelStage(model_uris=uris, weights_sha256={Task.CLASSIFY: model_info.inspect(
             models.classifier, Task.CLASSIFY).weights_sha256}, precision=Precision.FP32, use_gpu=False,
-            torch_threads=2, max_tokens_per_forward=2048, window_overlap=0, ledger=start_ledger())
+            torch_threads=2, max_tokens_per_forward=2048, window_overlap=0, dedupe=False, ledger=start_ledger())
         stage(batch)  # warm-up: the model's load, kernels, the metrics' creation
         seconds: dict[str, list[float]] = {"on": [], "off": []}
         for _ in range(calls):

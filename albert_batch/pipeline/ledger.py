@@ -106,21 +106,26 @@ def final_snapshot(ledger: Any) -> dict[str, Any]:
 
 
 def heartbeat(ledger: Any, stage: str) -> None:
-    """From a stage actor's constructor: tell ``ledger`` that this actor lives, now and every `HEARTBEAT_S`
-    until its process ends (no ledger: nothing)."""
+    """From a stage actor's constructor: tell ``ledger`` that this actor lives, now and, from a thread, every
+    `HEARTBEAT_S` until its process ends (no ledger: nothing). A stage called in a driver (a test, a
+    benchmark) beats once: a driver's thread would outlive the Ray it reports through."""
     if ledger is None:
         return
     import ray
 
-    worker, started = ray.get_runtime_context().get_worker_id(), time.time()
+    context = ray.get_runtime_context()
+    worker, started = context.get_worker_id(), time.time()
+    ledger.alive.remote(worker, stage, started, started)
+    if context.get_actor_id() is None:
+        return
 
     def beat() -> None:
         while True:
+            time.sleep(HEARTBEAT_S)
             try:
                 ledger.alive.remote(worker, stage, started, time.time())
             except Exception:  # Ray is shutting down in this process: nobody is left to tell
                 return
-            time.sleep(HEARTBEAT_S)
 
     threading.Thread(target=beat, name="albert-batch-heartbeat", daemon=True).start()
 

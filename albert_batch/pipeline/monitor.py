@@ -1,6 +1,7 @@
 """What watches a run while its stages work, from a thread of the driver: its progress (rows staged, see
 `albert_batch.pipeline.progress`), the gauges of its metrics (`albert_batch.metrics`: rows waiting between
-stages, units, actors alive), and the cluster's capacity for model actors.
+stages and actors alive at every poll, from the run's ledger; units staged with each progress line, from the
+staging folder), and the cluster's capacity for model actors.
 
 Ray restarts a model actor whose node is lost on another node that can host it, and Ray Data waits for
 it meanwhile, however long that takes. When no node of the cluster can host a model actor any more (it
@@ -114,14 +115,16 @@ class Monitor(threading.Thread):
         metrics.set_gauge("albert_batch_rows_waiting", max(0, modelled - staged), stage="write")
         for stage in (ledger.MODEL, ledger.TOKENIZE):
             metrics.set_gauge("albert_batch_actors", figures.get("alive", {}).get(stage, 0), stage=stage)
-        done, _ = staging.done_units(self.folder, self.unit_rows, self._pieces)
-        reused = self.units - len(self.unit_rows)
-        for state, units in (("planned", self.units), ("reused", reused), ("staged", reused + len(done))):
+        for state, units in (("planned", self.units), ("reused", self.units - len(self.unit_rows))):
             metrics.set_gauge("albert_batch_units", units, state=state)
 
     def _log_progress(self, level: int) -> None:
-        staged = progress.rows_staged(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
-        done = staged
+        """The progress line; and the units staged gauge, from the same look at the staging folder (a listing,
+        so not at every poll)."""
+        by_unit = progress.staged_by_unit(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
+        units = sum(1 for unit, rows in by_unit.items() if rows == self.unit_rows[unit])
+        metrics.set_gauge("albert_batch_units", self.units - len(self.unit_rows) + units, state="staged")
+        staged = done = sum(by_unit.values())
         if self.ledger is not None:
             scored = self._figures()["rows"].get("modelled", 0)
             done = max(done, min(scored, sum(self.unit_rows.values())))

@@ -43,17 +43,23 @@ def interval_s() -> float:
 def rows_staged(pieces: Iterable[Piece], unit_rows: Mapping[int, int]) -> int:
     """Rows of the units in ``unit_rows`` (unit -> rows) that ``pieces`` hold, each row counted once (a
     retried write task's pieces repeat rows)."""
+    return sum(staged_by_unit(pieces, unit_rows).values())
+
+
+def staged_by_unit(pieces: Iterable[Piece], unit_rows: Mapping[int, int]) -> dict[int, int]:
+    """Each unit's rows that ``pieces`` hold, each row counted once; a unit is all staged when they are
+    its ``unit_rows``."""
     ranges: dict[int, list[list[int]]] = {}
     for piece in pieces:
         if piece.unit in unit_rows:
             ranges.setdefault(piece.unit, []).extend(piece.ranges)
-    rows = 0
+    rows: dict[int, int] = {}
     for unit, spans in ranges.items():
         reach = 0
         for start, stop in sorted(spans):
             start, stop = max(start, reach), min(stop, unit_rows[unit])
             if stop > start:
-                rows, reach = rows + stop - start, stop
+                rows[unit], reach = rows.get(unit, 0) + stop - start, stop
     return rows
 
 

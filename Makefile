@@ -56,10 +56,9 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m mkdocs serve
 
-# The suite runs three tests at a time (pytest-xdist; a worker that runs out of tests takes some of another's),
-# even on two cores: most of a test's time is spent waiting for Ray processes, runs and servers, not computing
-# (two at a time kept the CPUs a quarter busy).
-TEST_WORKERS ?= 3
+# The suite runs two tests at a time (pytest-xdist; a worker that runs out of tests takes some of the other's):
+# most of a test's time is spent waiting for Ray processes, runs and servers, not computing.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 

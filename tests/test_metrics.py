@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from albert_batch.dev.local_ray import LocalRayHead, free_port, start_head
 from albert_batch.metrics import METRICS
 from albert_batch.pipeline.ledger import HEARTBEAT_S
@@ -154,7 +156,7 @@ def test_a_run_s_metrics_scraped_while_it_runs_and_after_equal_its_summary_and_t
             actors = [a for a in run_actors(head) if stage in a["class_name"]]
             assert cost[name]["count"] == len(actors) >= 1, (name, actors)
             cpus = {a["required_resources"]["CPU"] for a in actors}
-            assert len(cpus) == 1 and cost[name]["cpu_seconds"] == round(cost[name]["seconds"] * cpus.pop(), 3)
+            assert len(cpus) == 1 and cost[name]["cpu_seconds"] == pytest.approx(cost[name]["seconds"] * cpus.pop(), abs=2e-3)
             # Each actor lived within the run's processing, and for at least its first heartbeats.
             assert 0 < cost[name]["seconds"] <= len(actors) * summary["timings"]["process_s"] + HEARTBEAT_S
         assert cost["read_tasks"]["count"] == summary["units"]["total"] and cost["read_tasks"]["cpu_seconds"] > 0

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks import workload
-from benchmarks.metrics import _cpu
+from benchmarks.machine import cpu_model
 from benchmarks.turns import in_turns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ def main() -> None:
     corpus = workload.build_corpus(cache, args.docs, models)
     repeated = with_repeats(corpus, args.repeated, cache / f"repeats-{args.docs}-{args.repeated}")
     with tempfile.TemporaryDirectory(prefix="dedupe-bench-") as work:
-        report = {"cpu": _cpu(), "docs": args.docs, "stage": stage_alone(models, corpus, args.batch_rows, args.calls),
+        report = {"cpu": cpu_model(), "docs": args.docs, "stage": stage_alone(models, corpus, args.batch_rows, args.calls),
                   "distinct": in_turns(models, corpus.folder, WAYS, args.repeats, Path(work) / "distinct"),
                   "repeated": in_turns(models, repeated, WAYS, args.repeats, Path(work) / "repeated")}
     print(json.dumps(report, indent=2))

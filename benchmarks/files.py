@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from albert_batch.dev import corpus
 from albert_batch.dev.s3_proxy import FaultyProxy
 from benchmarks import workload
+from benchmarks.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITION = "dt=2026-12-05"
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"rows": args.rows, "cpu": _cpu()}
+    results: dict[str, Any] = {"rows": args.rows, "cpu": cpu_model()}
     with tempfile.TemporaryDirectory(prefix="files-", dir=work) as scratch:
         root = Path(scratch)
         if args.plan_here:
@@ -243,13 +244,6 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"planning": results["planning"]}), flush=True)
     print(json.dumps(results, indent=2))
     return 0
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

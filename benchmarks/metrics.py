@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import workload
+from benchmarks.machine import cpu_model
 from benchmarks.turns import in_turns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,16 +100,9 @@ def main() -> None:
     models = workload.build_models(cache, "tiny")
     corpus = workload.build_corpus(cache, args.docs, models)
     with tempfile.TemporaryDirectory(prefix="metrics-bench-") as work:
-        report = {"cpu": _cpu(), "stage": stage_alone(models, corpus, args.batch_rows, args.calls),
+        report = {"cpu": cpu_model(), "stage": stage_alone(models, corpus, args.batch_rows, args.calls),
                   "end_to_end": end_to_end(models, corpus, args.repeats, Path(work))}
     print(json.dumps(report, indent=2))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

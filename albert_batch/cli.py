@@ -152,8 +152,11 @@ def format_summary(summary: Any) -> str:
     if summary.shifted:
         lines.append(f"drift: {', '.join(summary.shifted)} shifted against the previous partition (see the report)")
     if summary.units.get("reused"):
-        lines.append(f"resumed: {summary.units['reused']} of {summary.units['total']} units reused from run(s) "
-                     f"{', '.join(summary.units['reused_from_runs'])}")
+        earlier, files = summary.units.get("earlier") or {}, (summary.units.get("earlier") or {}).get("files", {})
+        changes = ", ".join(f"{files[kind]} {kind}" for kind in ("new", "changed", "gone") if files.get(kind))
+        lines.append(f"reused: {summary.units['reused']} of {summary.units['total']} units from run(s) "
+                     f"{', '.join(summary.units['reused_from_runs'])} ({earlier.get('where', 'staged')} work)"
+                     + (f"; input files since then: {changes}" if changes else ""))
     if (dedupe := summary.dedupe) and dedupe.get("duplicate_rows"):
         lines.append(f"repeated texts: {dedupe['duplicate_rows']:,} rows ({dedupe['duplicate_share']:.1%}) repeated a "
                      "text already run, and were not run again")

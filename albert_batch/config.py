@@ -16,11 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from albert_batch import iceberg
 from albert_batch.contract import Task, parse_kept_columns, parse_partition, partition_path
 from albert_batch.errors import ConfigError
+from albert_batch.settings import build, load_yaml, setting
 from albert_batch.storage import Location
 
 
@@ -32,17 +31,6 @@ class Precision(StrEnum):
     # Opt-in, CPUs only: the linear layers' weights in int8, activations quantised per pass (torch's dynamic
     # quantisation); faster than fp32 on CPUs without AMX, at a measured cost in agreement (BENCHMARKS.md).
     INT8 = "int8"
-
-
-def setting(default: Any = dataclasses.MISSING, *, help: str, metavar: str | None = None, default_factory: Any = None,
-            **flag: Any) -> Any:
-    """A settings field with the help text of its command-line flag (``--name-with-dashes``): the CLI builds
-    its flags, and the command line that rebuilds a config, from these fields. ``flag`` takes argparse's
-    ``type``, ``choices`` and ``action``."""
-    metadata = {"help": help, "metavar": metavar, **flag}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -165,6 +153,10 @@ class ResourceConfig:
         None, metavar="MIB", type=int,
         help="the size a table's staged files are merged up to when they are published (default: 256, or an Iceberg "
              "table's write.target-file-size-bytes where the table sets it)")
+    unit_mib: float | None = setting(
+        None, metavar="MIB", type=float,
+        help="the most uncompressed input a unit of work holds (default: 16): what a read task reads, and what "
+             "the next run redoes whole when the run stops or one of the unit's files changes")
     model_actor_resources: tuple[tuple[str, float], ...] = setting(
         (), metavar="NAME=AMOUNT", action="append",
         help="a custom Ray resource each model actor needs, e.g. model_node=1 to keep model actors on the nodes "
@@ -197,6 +189,8 @@ class ResourceConfig:
             raise ConfigError("resources.rows_per_file must be at least 1")
         if self.file_size_mib is not None and self.file_size_mib < 1:
             raise ConfigError("resources.file_size_mib must be at least 1")
+        if self.unit_mib is not None and not self.unit_mib > 0:
+            raise ConfigError("resources.unit_mib must be a positive number of MiB")
         if not self.flush_seconds > 0:
             raise ConfigError("resources.flush_seconds must be a positive number of seconds")
         if not 0 <= self.ner_window_overlap <= 256:
@@ -270,7 +264,7 @@ class RunConfig:
         set_(self, "tasks", _parse_tasks(self.tasks))
         set_(self, "partition", parse_partition(self.partition))
         if isinstance(self.resources, Mapping):
-            set_(self, "resources", _build(ResourceConfig, self.resources, "resources"))
+            set_(self, "resources", build(ResourceConfig, self.resources, "resources"))
         input_loc = Location.parse(self.input, what="input")
         if iceberg.is_iceberg(self.output):
             iceberg.IcebergTarget.parse(self.output)
@@ -355,46 +349,4 @@ class RunConfig:
                 settings[key] = value
         if resources:
             settings["resources"] = resources
-        return _build(cls, settings, "config")
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text: {err}") from err
-    try:
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError) as err:  # ValueError: a date that does not exist (2026-02-30)
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
-    settings = _snake_case_keys(data)
-    if isinstance(settings.get("resources"), dict):
-        settings["resources"] = _snake_case_keys(settings["resources"])
-    return settings
-
-
-def _snake_case_keys(mapping: Mapping[Any, Any]) -> dict[str, Any]:
-    """``model-actors`` and ``model_actors`` name the same setting."""
-    return {str(k).replace("-", "_"): v for k, v in mapping.items()}
-
-
-def _build(cls: type, settings: Mapping[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ConfigError(f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if settings.get(name) in (None, "")]
-    if missing:
-        raise ConfigError(f"missing required {where} setting(s): {', '.join(missing)}")
-    try:
-        return cls(**settings)
-    except TypeError as err:
-        raise ConfigError(f"invalid {where}: {err}") from err
+        return build(cls, settings, "config")

@@ -22,11 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from albert_batch.pipeline.inputs import plan_input
+from albert_batch.pipeline.units import WorkUnit
+from albert_batch.storage import Location
 from benchmarks import workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +45,12 @@ def command(corpus: Path, output: Path, models: workload.Models, run_id: str, ar
             "--batch-size", str(args.batch_size), "--summary-json", str(summary)]
 
 
-def done_units(output: Path, unit_rows: dict[int, int]) -> int:
+def done_units(output: Path, units: Sequence[WorkUnit]) -> int:
     from albert_batch.pipeline import staging
     from albert_batch.storage import Location
 
     folder = staging.partition_folder(Location.parse(str(output)), PARTITION)
-    done, _ = staging.done_units(folder, unit_rows)
+    done, _ = staging.done_units(folder, units)
     return len(done)
 
 
@@ -56,7 +60,7 @@ def timed(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
-def killed(argv: list[str], output: Path, unit_rows: dict[int, int], after_s: float) -> tuple[float, int]:
+def killed(argv: list[str], output: Path, units: Sequence[WorkUnit], after_s: float) -> tuple[float, int]:
     """Seconds until the run was killed (``after_s``), and how many units it had staged by then."""
     started = time.monotonic()
     process = subprocess.Popen(argv, start_new_session=True,
@@ -69,7 +73,7 @@ def killed(argv: list[str], output: Path, unit_rows: dict[int, int], after_s: fl
     elapsed = time.monotonic() - started
     process.wait()
     time.sleep(5)  # its Ray goes with it (Ray's reaper): let any write under way land before counting
-    return elapsed, done_units(output, unit_rows)
+    return elapsed, done_units(output, units)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,20 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         corpus.mkdir()
         table = pq.ParquetDataset(base.folder).read()
         rows_per_unit = -(-table.num_rows // args.units)
-        unit_rows = {}
         for unit, start in enumerate(range(0, table.num_rows, rows_per_unit)):
-            part = table.slice(start, rows_per_unit)
-            pq.write_table(part, corpus / f"part-{unit:03d}.parquet")
-            unit_rows[unit] = part.num_rows
+            pq.write_table(table.slice(start, rows_per_unit), corpus / f"part-{unit:03d}.parquet")
+        units = plan_input(Location.parse(str(corpus)), id_column="id", text_column="text").units()
 
         def argv(output: str, run_id: str) -> list[str]:
             return command(corpus, root / output, models, run_id, args, root / f"{run_id}.json")
 
         clean_s = timed(argv("clean", "clean"))
-        killed_s, staged = killed(argv("resumed", "killed"), root / "resumed", unit_rows, args.kill_at * clean_s)
+        killed_s, staged = killed(argv("resumed", "killed"), root / "resumed", units, args.kill_at * clean_s)
         resumed_s = timed(argv("resumed", "resumed"))
         summary: dict[str, Any] = json.loads((root / "resumed.json").read_text())
-    print(json.dumps({"docs": args.docs, "size": args.size, "tasks": args.tasks, "units": len(unit_rows),
+    print(json.dumps({"docs": args.docs, "size": args.size, "tasks": args.tasks, "units": len(units),
                       "batch_size": args.batch_size, "precision": args.precision, "clean_s": round(clean_s, 1),
                       "killed_after_s": round(killed_s, 1), "staged_when_killed": staged,
                       "resumed_s": round(resumed_s, 1), "resumed_share_of_clean": round(resumed_s / clean_s, 2),

@@ -76,7 +76,7 @@ def slow_uploads(proxy: FaultyProxy, seconds: float) -> None:
 def cli_command(output: str, run_id: str, *extra: str, ray_address: str | None = None) -> list[str]:
     """``albert-batch run`` over the corpus, each of its 12 row groups a unit of work (the run's units are
     at most 16 MiB of row groups; set lower here, so that a small corpus has many)."""
-    code = ("import sys; from albert_batch.pipeline import inputs; inputs.UNIT_BYTES = 1; "
+    code = ("import sys; from albert_batch.pipeline import units; units.UNIT_BYTES = 1; "
             "from albert_batch.cli import main; sys.exit(main(sys.argv[1:]))")
     command = [sys.executable, "-c", code, "run", "--input", "s3://corpus/faults/", "--output", output,
                "--partition", PARTITION, "--run-id", run_id, "--precision", "fp32", "--batch-size", "200",

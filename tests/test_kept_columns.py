@@ -17,9 +17,8 @@ import pytest
 
 from albert_batch import RunConfig, iceberg, run
 from albert_batch.cli import main
-from albert_batch.pipeline import staging
+from albert_batch.pipeline import reuse, staging
 from albert_batch.pipeline.inputs import plan_input
-from albert_batch.pipeline.runner import _Run, work_key
 from albert_batch.pipeline.validate import validate_partition
 from albert_batch.storage import Location
 from support import TRICKY_TEXTS
@@ -128,13 +127,16 @@ def test_work_staged_with_other_kept_columns_is_not_resumed(tmp_path, caplog):
         config = RunConfig(input=str(tmp_path / "input"), output=str(tmp_path / "output"), tasks="classify",
                            classifier_model="m", keep_columns=keep, run_id="r")
         plan = plan_input(config.input_location, id_column="id", text_column="text", keep_columns=config.keep_columns)
-        key = work_key(_Run(config, plan, {}, plan.units(), destination=None))  # type: ignore[arg-type]
-        staging.prepare(folder, {}, key, config.run_id, {}, fresh=False)
+        key = reuse.work_key(config, plan, {})
+        record = staging.read_record(folder)
+        kept = reuse.reusable(record and reuse.Earlier.of(record, "staged"), key, fresh=False)
+        staging.prepare(folder, {}, key, config.run_id, plan.units(), keep=kept, files=reuse.input_files(plan.files))
+        return kept
 
-    stage("lang,stars")
-    stage("lang,stars")
+    assert not stage("lang,stars"), "nothing staged yet"
+    assert stage("lang,stars")
     assert "starting afresh" not in caplog.text
-    stage("stars,lang")
+    assert not stage("stars,lang")
     assert "because keep_columns changed from ['lang', 'stars'] to ['stars', 'lang']" in caplog.text
 
 

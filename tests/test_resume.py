@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from albert_batch import RunConfig, run
-from albert_batch.pipeline import inputs
+from albert_batch.pipeline import units
 from support import SCORE_TOLERANCE, TRICKY_TEXTS, published_partitions, read_published
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def corpus(tmp_path: Path) -> Path:
 def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """A unit of work is at most 16 MiB of row groups of at most 1,000 files; here 25 files, so that a small
     corpus of small files has many units, each of several files."""
-    monkeypatch.setattr(inputs, "UNIT_FILES", FILES // UNITS)
+    monkeypatch.setattr(units, "UNIT_FILES", FILES // UNITS)
 
 
 def settings(corpus: Path, output: Path, models: dict[str, str], run_id: str) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def start_cli(options: dict[str, Any]) -> subprocess.Popen:
     same small units of work."""
     from albert_batch.cli import run_argv
 
-    code = (f"import sys; from albert_batch.pipeline import inputs; inputs.UNIT_FILES = {FILES // UNITS}; "
+    code = (f"import sys; from albert_batch.pipeline import units; units.UNIT_FILES = {FILES // UNITS}; "
             "from albert_batch.cli import main; sys.exit(main(sys.argv[1:]))")
     argv = run_argv(RunConfig(**options))[2:]
     return subprocess.Popen([sys.executable, "-c", code, "run", "-q", *argv], stdout=subprocess.PIPE,
@@ -105,7 +105,8 @@ def test_a_killed_run_is_resumed_and_the_next_run_publishes_exactly_a_clean_run_
     assert not published_partitions(output, "classifications")
 
     summary = run(RunConfig(**settings(corpus, output, tiny_models, "resumed")))
-    assert summary.units == {"total": UNITS, "reused": len(staged), "reused_from_runs": ["killed"]}
+    assert summary.units == {"total": UNITS, "reused": len(staged), "reused_from_runs": ["killed"], "earlier": {
+        "run_id": "killed", "where": "staged", "files": {"unchanged": FILES, "new": 0, "changed": 0, "gone": 0}}}
     assert summary.input_rows == ROWS and summary.accepted_rows == ROWS
 
     clean = tmp_path / "clean"

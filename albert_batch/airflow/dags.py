@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from albert_batch import iceberg
-from albert_batch.config import ResourceConfig, RunConfig, load_yaml
+from albert_batch.config import ResourceConfig, RunConfig
 from albert_batch.contract import tables_for
 from albert_batch.errors import ConfigError
 from albert_batch.quality.figures import QualityGate
+from albert_batch.settings import load_yaml
 from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)

@@ -81,9 +81,15 @@ class LocalRayHead(LocalRayNode):
                 "--node-ip-address=127.0.0.1", *node_ports()]
         if resources:
             args.append(f"--resources={json.dumps(dict(resources))}")
-        node = LocalRayNode(_ray_start(args, self.token, log, self.env), log, temp_dir)
-        _wait(lambda: any(n["node_id"] not in before for n in self._alive_nodes()), node, log, timeout_s,
-              "the worker node did not join")
+        for attempt in range(STARTS):
+            node = LocalRayNode(_ray_start(args, self.token, log, self.env), log, temp_dir)
+            try:
+                _wait(lambda: any(n["node_id"] not in before for n in self._alive_nodes()), node, log, timeout_s,
+                      "the worker node did not join")
+                break
+            except RuntimeError as err:  # `ray start` gives a raylet 30 s to register, which a busy host can take
+                if attempt == STARTS - 1 or "timed out during startup" not in str(err):
+                    raise
         joined = next(n["node_id"] for n in self._alive_nodes() if n["node_id"] not in before)
         return dataclasses.replace(node, node_id=joined)
 
@@ -99,6 +105,9 @@ class LocalRayHead(LocalRayNode):
     def _alive_nodes(self) -> list[dict[str, Any]]:
         nodes = self.get("/api/v0/nodes?limit=1000&detail=1")["data"]["result"]["result"]
         return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+STARTS = 3  # tries to start a worker node whose raylet did not register in time
 
 
 def start_head(*, token: str, log: Path, dashboard_port: int | None = None, gcs_port: int | None = None,

@@ -42,10 +42,12 @@ ROW_GROUP_BYTES = 64 * 2**20  # Arrow data gathered into one row group of a merg
 @dataclass(frozen=True)
 class Compacted:
     """A table's files after merging: ``files`` to publish, in order, and the staged files ``merged`` into
-    them, which are not published and go once the publication is done."""
+    them, which are not published and go once the publication is done; where each staged file's rows are
+    ``placed``: its name -> (the published file, the row its rows start at)."""
 
     files: list[str]
     merged: list[str]
+    placed: dict[str, tuple[str, int]]
 
 
 def groups(sizes: Mapping[str, int], target_bytes: int) -> list[list[str]]:
@@ -66,22 +68,27 @@ def compact(folder: Location, files: Mapping[str, int], *, target_bytes: int, ru
     """Merge the staged ``files`` of one table in ``folder`` (name -> the rows its piece recorded, in order)
     into files of about ``target_bytes``, written in ``folder``."""
     if len(files) < 2:
-        return Compacted(files=list(files), merged=[])
+        return Compacted(files=list(files), merged=[], placed={name: (name, 0) for name in files})
     sizes = {f.base_name: f.size for f in storage.list_files(folder, recursive=False)}
     missing = [name for name in files if name not in sizes]
     if missing:
         raise PublishError(f"staged files {missing[:5]} of {folder} vanished before they were published")
-    published, merged = [], []
+    published, merged, placed = [], [], {}
     for group in groups({name: sizes[name] for name in files}, target_bytes):
         if len(group) == 1:
             published.append(group[0])
+            placed[group[0]] = (group[0], 0)
             continue
         name = f"part-{run_id}-{uuid.uuid4().hex[:12]}.parquet"
+        first = 0
+        for source in group:
+            placed[source] = (name, first)
+            first += files[source]
         rows = merge(folder, {source: files[source] for source in group}, folder.child(name))
         log.info("merged %d staged files (%d rows) of %s into %s", len(group), rows, folder, name)
         published.append(name)
         merged.extend(group)
-    return Compacted(files=published, merged=merged)
+    return Compacted(files=published, merged=merged, placed=placed)
 
 
 def merge(folder: Location, sources: Mapping[str, int], target: Location) -> int:

@@ -6,6 +6,7 @@ columns the files carry beside the contract's, the size its published files are 
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -14,8 +15,8 @@ import pyarrow as pa
 
 from albert_batch import iceberg, storage
 from albert_batch.config import RunConfig
-from albert_batch.contract import REJECTS, Manifest, partition_path, tables_for
-from albert_batch.errors import ConfigError, OutputError, StorageError, Transient
+from albert_batch.contract import MANIFEST, REJECTS, SUCCESS, Manifest, partition_path, tables_for
+from albert_batch.errors import ConfigError, NotFound, OutputError, StorageError, Transient
 from albert_batch.pipeline import compact, publish, staging
 from albert_batch.quality import store as quality_store
 from albert_batch.storage import Location
@@ -69,6 +70,18 @@ class Destination(ABC):
         staged files ``merged`` (per table) into the published ones."""
 
     @abstractmethod
+    def read_published(self, table: str, name: str) -> bytes | None:
+        """The file ``name`` published beside ``table``'s partition's reports, if it is published."""
+
+    @abstractmethod
+    def published_names(self, table: str) -> set[str]:
+        """The names of the data files ``table``'s published partition consists of now."""
+
+    @abstractmethod
+    def published_location(self, table: str, name: str) -> Location:
+        """Where ``table``'s published data file ``name`` is."""
+
+    @abstractmethod
     def report_uri(self, table: str, name: str) -> str:
         """Where the published partition's report file ``name`` is for ``table``."""
 
@@ -99,6 +112,20 @@ class HiveFolders(Destination):
                 merged: Mapping[str, Sequence[str]]) -> None:
         # The merged files are in the staging folder, which publishing removes.
         publish.publish(self.output, run_id, self.partition_path, self.folder, manifests, reports)
+
+    def read_published(self, table: str, name: str) -> bytes | None:
+        partition = self.output.child(table, self.partition_path)
+        try:
+            return storage.read_bytes(partition.child(name)) if storage.exists(partition.child(SUCCESS)) else None
+        except NotFound:
+            return None
+
+    def published_names(self, table: str) -> set[str]:
+        manifest = self.read_published(table, MANIFEST)
+        return set(json.loads(manifest)["files"]) if manifest is not None else set()
+
+    def published_location(self, table: str, name: str) -> Location:
+        return self.output.child(table, self.partition_path, name)
 
     def report_uri(self, table: str, name: str) -> str:
         return self.output.child(table, self.partition_path, name).uri
@@ -180,6 +207,19 @@ class IcebergTables(Destination):
         leftovers = [self.table_dirs[table].child(name) for table, names in merged.items() for name in names]
         storage.concurrently(storage.delete_file, [f for f in leftovers if f not in keep])
         staging.discard(self.folder)
+
+    def read_published(self, table: str, name: str) -> bytes | None:
+        try:
+            return storage.read_bytes(self._reports(table).child(name))
+        except NotFound:
+            return None
+
+    def published_names(self, table: str) -> set[str]:
+        scan = self.tables[table].refresh().scan(row_filter=iceberg.partition_filter(self.partition_columns))
+        return {task.file.file_path.rsplit("/", 1)[-1] for task in scan.plan_files()}
+
+    def published_location(self, table: str, name: str) -> Location:
+        return self.table_dirs[table].child(name)
 
     def report_uri(self, table: str, name: str) -> str:
         return self._reports(table).child(name).uri

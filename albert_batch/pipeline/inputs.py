@@ -3,12 +3,8 @@ text columns exist with usable types), cut into units of work, and read as a Ray
 footer is read, so an unreadable file is named up front and the row count that the run must account for
 is exact.
 
-A unit of work is whole row groups of one or several files, taken in file and row-group order, up to
-``UNIT_BYTES`` of uncompressed data and ``UNIT_FILES`` files (a larger row group is a unit by itself). It is
-what one read task reads, and what a stopped run's next run reuses or redoes as a whole
-(`albert_batch.pipeline.staging`): a corpus of one large file is cut into several units, so it resumes
-too, and thousands of small files are packed into a few, so a run's units, read tasks, staged files and
-records follow the data's size, not its file count. A read task reads a unit's files concurrently.
+The input is read in units of work (`albert_batch.pipeline.units`): whole row groups of one or several
+files, one unit per read task, which reads a unit's files concurrently.
 
 The id and text columns may be stored in any string encoding a Parquet writer uses: ``string``,
 ``large_string``, ``string_view``, dictionary-encoded strings (pandas' categoricals) and ``binary`` (older
@@ -22,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,52 +31,15 @@ from albert_batch.errors import AlbertBatchError, InputError, NotFound
 from albert_batch.pipeline import staging
 from albert_batch.pipeline.columns import ROW, UNIT, kept_column
 from albert_batch.pipeline.isolation import DETAIL, REASON
+from albert_batch.pipeline.units import InputFile, WorkUnit, pack
 from albert_batch.storage import Location
 
 if TYPE_CHECKING:
     import ray.data
 
 IGNORED_PREFIXES = ("_", ".")
-UNIT_BYTES = 16 * 2**20  # uncompressed row groups per unit of work
-# Files per unit at most: a read task opens each of its files (a request or two on S3, read READ_THREADS at a
-# time), so this bounds a read task's time however small the files are.
-UNIT_FILES = 1000
-READ_THREADS = 16
+READ_THREADS = 16  # a unit's files a read task reads at a time
 READ_TASK_CPUS = 1.0  # what a read task reserves (Ray Data's default for a task)
-
-
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    size: int
-    version: str  # the ETag on S3, the modification time elsewhere: changes whenever the content does
-    row_groups: tuple[tuple[int, int], ...]  # (rows, uncompressed bytes) of each row group
-
-    @property
-    def rows(self) -> int:
-        return sum(rows for rows, _ in self.row_groups)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Row groups ``start`` to ``stop - 1`` of the file ``path``: their ``rows``."""
-
-    path: str
-    start: int
-    stop: int
-    rows: int
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """The rows of its segments, in order, numbered from 0."""
-
-    index: int
-    segments: tuple[Segment, ...]
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.segments)
 
 
 @dataclass(frozen=True)
@@ -103,38 +62,16 @@ class InputPlan:
     def uris(self) -> list[str]:
         return [Location(self.location.scheme, f.path).uri for f in self.files]
 
-    def units(self, max_bytes: int | None = None, max_files: int | None = None) -> tuple[WorkUnit, ...]:
-        """The units of work, in file and row-group order, each at most ``max_bytes`` (`UNIT_BYTES`) of row
-        groups of at most ``max_files`` files (`UNIT_FILES`)."""
-        max_bytes, max_files = max_bytes or UNIT_BYTES, max_files or UNIT_FILES
-        units: list[WorkUnit] = []
-        segments: list[Segment] = []
-        size = 0
-
-        def close() -> None:
-            nonlocal segments, size
-            if segments:
-                units.append(WorkUnit(len(units), tuple(segments)))
-            segments, size = [], 0
-
-        for f in self.files:
-            start, rows = 0, 0
-            for group, (group_rows, group_bytes) in enumerate(f.row_groups):
-                full = size + group_bytes > max_bytes or (group == start and len(segments) == max_files)
-                if full and (segments or group > start):
-                    if group > start:
-                        segments.append(Segment(f.path, start, group, rows))
-                    close()
-                    start, rows = group, 0
-                rows, size = rows + group_rows, size + group_bytes
-            if f.row_groups:
-                segments.append(Segment(f.path, start, len(f.row_groups), rows))
-        close()
-        return tuple(units)
+    def units(self, max_bytes: int | None = None, max_files: int | None = None,
+              keep: Iterable[WorkUnit] = ()) -> tuple[WorkUnit, ...]:
+        """The units of work (`albert_batch.pipeline.units.pack`): ``keep``'s units whose files are unchanged,
+        and the rest cut in file and row-group order, each at most ``max_bytes`` of row groups of at most
+        ``max_files`` files."""
+        return pack(self.files, max_bytes=max_bytes, max_files=max_files, keep=keep)
 
     def fingerprint(self, units: Sequence[WorkUnit]) -> str:
-        """A digest of the input files (names, sizes, versions, row groups) and of how ``units`` cut them: the
-        input part of a partition's `albert_batch.pipeline.staging.WorkKey`."""
+        """A digest of the input files (names, sizes, versions, row groups) and of how ``units`` cut them, as
+        manifests record it."""
         digest = hashlib.sha256()
         for f in self.files:
             digest.update(json.dumps([f.path, f.size, f.version, f.row_groups]).encode())

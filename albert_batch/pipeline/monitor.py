@@ -32,12 +32,14 @@ POLL_S = 2.0
 class Monitor(threading.Thread):
     def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
                  actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts,
-                 ledger: Any = None, units: int | None = None) -> None:
-        """``unit_rows`` (unit -> rows) are the units this run processes, of ``units`` units and ``total_rows``
-        input rows (the others are reused); built as the processing starts, which the rate counts from.
+                 ledger: Any = None, units: int | None = None, run_id: str | None = None) -> None:
+        """``unit_rows`` (unit -> rows) are the units this run (``run_id``) processes, of ``units`` units and
+        ``total_rows`` input rows (the others are reused, with pieces of earlier runs that may name other units
+        by the same numbers); built as the processing starts, which the rate counts from.
         ``ledger`` is the run's `albert_batch.pipeline.ledger.Ledger`."""
         super().__init__(name="albert-batch-monitor", daemon=True)
         self.folder = folder
+        self.run_id = run_id
         self.ledger = ledger
         self.units = len(unit_rows) if units is None else units
         self.unit_rows = dict(unit_rows)
@@ -121,7 +123,8 @@ class Monitor(threading.Thread):
     def _log_progress(self, level: int) -> None:
         """The progress line; and the units staged gauge, from the same look at the staging folder (a listing,
         so not at every poll)."""
-        by_unit = progress.staged_by_unit(staging.read_pieces(self.folder, self._pieces), self.unit_rows)
+        pieces = [p for p in staging.read_pieces(self.folder, self._pieces) if self.run_id in (None, p.run_id)]
+        by_unit = progress.staged_by_unit(pieces, self.unit_rows)
         units = sum(1 for unit, rows in by_unit.items() if rows == self.unit_rows[unit])
         metrics.set_gauge("albert_batch_units", self.units - len(self.unit_rows) + units, state="staged")
         staged = done = sum(by_unit.values())

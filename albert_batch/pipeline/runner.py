@@ -9,14 +9,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import hashlib
-import json
 import logging
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from albert_batch import metrics, storage
@@ -24,9 +21,9 @@ from albert_batch.config import RunConfig
 from albert_batch.contract import REJECTS, TASK_OUTPUTS, Manifest, RejectReason, Task, schema, tables_for
 from albert_batch.errors import AlbertBatchError, ErrorBudgetExceeded, PublishError, Stopped
 from albert_batch.inference import models
-from albert_batch.inference.device import describe_precision, slow_precision
+from albert_batch.inference.device import slow_precision
 from albert_batch.inference.models import ModelInfo
-from albert_batch.pipeline import ledger, staging
+from albert_batch.pipeline import ledger, reuse, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
 from albert_batch.pipeline.cluster import (
     cluster_with,
@@ -59,8 +56,8 @@ class _Run:
     config: RunConfig
     plan: InputPlan
     models: dict[Task, ModelInfo]
-    units: tuple[WorkUnit, ...]
     destination: Destination
+    units: tuple[WorkUnit, ...] = ()  # cut once the earlier work to reuse is known (`albert_batch.pipeline.reuse`)
     started: float = field(default_factory=time.monotonic)
     retries_before: Counter[str] = field(default_factory=Counter)  # the driver's storage retries before the run
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -72,14 +69,12 @@ class _Run:
         """The partition's staging folder."""
         return self.destination.folder
 
+    reuse: dict[str, Any] | None = None  # what was reused of earlier work (`reuse.describe`)
+
     @functools.cached_property
     def key(self) -> staging.WorkKey:
-        """What the partition's results depend on (see `work_key`)."""
-        return work_key(self)
-
-    @property
-    def unit_rows(self) -> dict[int, int]:
-        return {u.index: u.rows for u in self.units}
+        """What the partition's results depend on (see `reuse.work_key`)."""
+        return reuse.work_key(self.config, self.plan, self.models)
 
     @property
     def tags(self) -> metrics.RunTags:
@@ -108,9 +103,7 @@ def run(config: RunConfig) -> RunSummary:
         infos = {task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
                  for task in config.tasks}
         destination = open_destination(config, plan.id_type, plan.kept)
-        job = _Run(config, plan, infos, plan.units(), destination, started=started, retries_before=retries_before)
-        log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
-                 len(job.units))
+        job = _Run(config, plan, infos, destination, started=started, retries_before=retries_before)
         started_ray = connect_ray(config.ray_address)
         interrupts.take_back()
         try:
@@ -128,8 +121,7 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     config = job.config
     with interrupts.deferred():  # an interrupted publication is finished whole, or the partition stays hidden
         job.destination.recover()
-    resumed = staging.prepare(job.folder, job.destination.table_dirs, job.key, config.run_id, job.unit_rows,
-                              fresh=config.fresh, published=job.destination.published_files)
+    resumed = _reuse(job)
     phase = job.lap("checks_s", job.started)
     todo = [u for u in job.units if u.index not in resumed.done]
     with interrupts.raised():  # model actors that need GPUs or custom resources are sized for their hosts
@@ -147,15 +139,14 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
         except Stopped as err:
             raise Stopped(f"{err}: nothing was published; {_kept(job)}", err.signum) from None
     phase = job.lap("process_s", phase)
-    done, _ = staging.done_units(job.folder, job.unit_rows)
+    done, _ = staging.done_units(job.folder, job.units)
     missing = [u.index for u in job.units if u.index not in done]
     if missing:
         raise PublishError(f"run {config.run_id}: units {missing[:10]} of {len(job.units)} are not all staged after "
                            "the stages finished; nothing was published")
-    pieces = [p for unit_pieces in done.values() for p in unit_pieces]
     figures = ledger.final_snapshot(job.ledger)
     with interrupts.deferred():
-        summary = _publish(job, WriteReport.of(pieces), sizing, resumed, figures)
+        summary = _publish(job, done, sizing, resumed, figures)
     publish_s = round(time.monotonic() - phase, 3)
     log.info("published run %s in %.1fs", config.run_id, publish_s)
     return dataclasses.replace(summary, timings={**summary.timings, "publish_s": publish_s})
@@ -164,34 +155,32 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
 def _kept(job: _Run) -> str:
     """What a stopped or failed run leaves for the next one, in words."""
     try:
-        done, _ = staging.done_units(job.folder, job.unit_rows)
+        done, _ = staging.done_units(job.folder, job.units)
     except AlbertBatchError:  # the store may be what failed
         return f"the work staged in {job.folder} is kept for the next run of partition {job.config.partition_path}"
     return (f"{len(done)} of {len(job.units)} units are staged in {job.folder}, and the next run of partition "
             f"{job.config.partition_path} resumes from them")
 
 
-def work_key(job: _Run) -> staging.WorkKey:
-    """What the partition's results depend on (see `staging.WorkKey`)."""
-    config = job.config
-
-    def digest(value: Any) -> str:
-        return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:32]
-
-    return staging.WorkKey(
-        input=job.plan.fingerprint(job.units),
-        models={task.value: digest([info.weights_sha256, info.labels, info.max_length])
-                for task, info in job.models.items()},
-        settings={"tasks": [t.value for t in config.tasks], "id_column": config.id_column,
-                  "text_column": config.text_column, "id_type": str(job.plan.id_type),
-                  "precision": _precision(config), "ner_window_overlap": config.resources.ner_window_overlap,
-                  "max_text_chars": config.max_text_chars, "keep_columns": list(config.keep_columns),
-                  "albert_batch": metadata.version("albert-batch")},
-    )
-
-
-def _precision(config: RunConfig) -> str:
-    return describe_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0)
+def _reuse(job: _Run) -> staging.Resumed:
+    """Find the partition's earlier work, cut the input around what of it can be reused, and make the staging
+    folder ready: staged work kept where it covers a unit, published work copied in (`albert_batch.pipeline.reuse`)."""
+    config, plan = job.config, job.plan
+    earlier = reuse.find(job.destination)
+    if not reuse.reusable(earlier, job.key, fresh=config.fresh):
+        earlier = None
+    unit_bytes = int(config.resources.unit_mib * 2**20) if config.resources.unit_mib else None
+    job.units = plan.units(unit_bytes, keep=earlier.units if earlier else ())
+    log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
+             len(job.units))
+    staging.prepare(job.folder, job.destination.table_dirs, job.key, config.run_id, job.units,
+                    keep=earlier is not None and earlier.where == "staged", files=reuse.input_files(plan.files),
+                    published=job.destination.published_files)
+    if earlier is not None and earlier.where == "published":
+        reuse.import_published(earlier, job.units, job.destination, config.run_id)
+    resumed = staging.resumed(job.folder, job.units)
+    job.reuse = reuse.describe(earlier, plan.files, job.units, resumed.done)
+    return resumed
 
 
 def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: Interrupts) -> None:
@@ -200,12 +189,12 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
     writer = StagingWriter(folder=job.folder, table_dirs=job.destination.table_dirs, run_id=config.run_id,
                            models={t: i.uri for t, i in job.models.items()}, id_type=job.plan.id_type,
                            partition_columns=job.destination.partition_columns, faults=faults, ledger=job.ledger,
-                           kept=job.plan.kept, run=job.tags)
+                           kept=job.plan.kept, unit_keys={u.index: u.key for u in units}, run=job.tags)
     limits = QueueLimits(rows=sizing.max_rows_ahead, bytes=QUEUE_BYTES)
     try:
         with (Monitor(folder=job.folder, unit_rows={u.index: u.rows for u in units}, total_rows=job.plan.num_rows,
                       actor_needs=actor_needs(config, sizing), wait_for_nodes_s=config.wait_for_nodes_s,
-                      interrupts=interrupts, ledger=job.ledger, units=len(job.units)),
+                      interrupts=interrupts, ledger=job.ledger, units=len(job.units), run_id=config.run_id),
               bounded_queues(limits, batch_rows=sizing.batch_size),
               WriteQueue(writer, {u.index: u.rows for u in units}, rows_per_file=sizing.rows_per_file,
                          flush_s=config.resources.flush_seconds) as writes):
@@ -320,9 +309,10 @@ def _staged_files(job: _Run, report: WriteReport) -> dict[str, dict[str, int]]:
     return files
 
 
-def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: staging.Resumed,
+def _publish(job: _Run, done: dict[int, list[staging.Piece]], sizing: StageSizing, resumed: staging.Resumed,
              figures: dict[str, Any]) -> RunSummary:
     config, plan = job.config, job.plan
+    report = WriteReport.of(p for unit in job.units for p in done[unit.index])
     _check_accounting(job, report)
     _check_error_budget(job, report)
     compacted = job.destination.compact(config.run_id, _staged_files(job, report))
@@ -333,7 +323,8 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
     driver_retries = Counter(storage.retries_made())
     driver_retries.subtract(job.retries_before)
     retries = dict(staging.retries_recorded(job.folder) + driver_retries)
-    units = {"total": len(job.units), "reused": len(resumed.done), "reused_from_runs": list(resumed.runs)}
+    units = {"total": len(job.units), "reused": len(resumed.done), "reused_from_runs": list(resumed.runs),
+             "earlier": job.reuse}
     processed = sum(u.rows for u in job.units if u.index not in resumed.done)
     cost = ledger.cost(figures, reserved(sizing), processed)
     if retries:
@@ -343,11 +334,11 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
         "partition": dict(config.partition),
         "tasks": [t.value for t in config.tasks],
         "input": {"location": plan.location.uri, "files": len(plan.files), "rows": plan.num_rows,
-                  "fingerprint": job.key.input},
+                  "fingerprint": plan.fingerprint(job.units)},
         "counts": {"input_rows": plan.num_rows, "accepted_rows": plan.num_rows - rejected, "rejected_rows": rejected,
                    **{f"{table}_rows": report.rows.get(table, 0) for table in files}},
         "models": {task.value: info.manifest_entry() for task, info in job.models.items()},
-        "precision": _precision(config),
+        "precision": reuse.precision(config),
         "kept_columns": plan.kept_types,
         "rejects_by_reason": dict(report.rejects),
         "label_counts": dict(report.labels),
@@ -371,30 +362,11 @@ def _publish(job: _Run, report: WriteReport, sizing: StageSizing, resumed: stagi
            "units": units, "cost": cost, "dedupe": shared["dedupe"]}
     quality, reports = partition_report(report.quality, output=config.output_uri, partition_path=config.partition_path,
                                         run=run, input_rows=plan.num_rows, rejects_by_reason=dict(report.rejects))
+    reports[reuse.WORK_RECORD] = reuse.work_record(config.run_id, job.key, reuse.input_files(plan.files), job.units,
+                                                   done, {table: found.placed for table, found in compacted.items()})
     job.destination.publish(config.run_id, manifests, reports,
                             merged={table: found.merged for table, found in compacted.items()})
-    return RunSummary(
-        run_id=config.run_id,
-        output=job.destination.uri,
-        partitions=job.destination.partition_uris(list(files)),
-        input_rows=plan.num_rows,
-        accepted_rows=plan.num_rows - rejected,
-        rejected_rows=rejected,
-        rejects_by_reason=dict(report.rejects),
-        label_counts=dict(report.labels),
-        sample_entities=report.samples,
-        seconds=seconds,
-        precision=shared["precision"],
-        models=shared["models"],
-        stages=shared["stages"],
-        units=units,
-        storage_retries=retries,
-        timings=dict(job.timings),
-        report=job.destination.report_uri(tables_for(config.tasks)[0], REPORT),
-        shifted=quality.shifted,
-        tokens=shared["tokens"],
-        forward=shared["forward"],
-        dedupe=shared["dedupe"],
-        cost=cost,
-    )
+    return RunSummary.of(shared, output=job.destination.uri, partitions=job.destination.partition_uris(list(files)),
+                         sample_entities=report.samples, seconds=seconds, shifted=quality.shifted,
+                         report=job.destination.report_uri(tables_for(config.tasks)[0], REPORT))
 

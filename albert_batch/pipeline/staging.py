@@ -8,16 +8,17 @@ the next run of a stopped one reuse its work.
         _retries/<id>.json                       storage retries a read or write task made
         _COMMIT.json                             the point of no return of publishing (`pipeline.publish`)
 
-A unit of work (`pipeline.inputs.WorkUnit`) reaches the writer in pieces: a write task gathers rows of
+A unit of work (`pipeline.units.WorkUnit`) reaches the writer in pieces: a write task gathers rows of
 one or more units and writes each unit's rows as files of their own, then records the piece, last, so a
 piece's record never names a file that is not all there. A unit is done when its recorded pieces cover
 each of its rows exactly once (`cover`); a piece that repeats rows (a retried write task whose first
 attempt got as far as its record) is never used, nor is a file that no record names (one that got no
 further), so nothing is published twice or half.
 
-A run of a partition whose staging folder holds another run's work, for the same input files, models and
-result-affecting settings (`WorkKey`), keeps the done units and redoes the rest (`prepare`). Anything else
-starts afresh, and the log says why.
+A piece counts for every unit of work with the same key (`albert_batch.pipeline.units`): a run of a partition
+whose staging folder holds another run's work, for the same models and result-affecting settings
+(`WorkKey`), keeps the done units whose files are unchanged and redoes the rest (`prepare`); what it reuses,
+and why not the rest, is decided and logged by `albert_batch.pipeline.reuse`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from albert_batch import storage
@@ -52,17 +53,19 @@ def partition_folder(output: Location, partition_path: str) -> Location:
 
 @dataclass(frozen=True)
 class WorkKey:
-    """What a partition's results depend on: staged work is reused only by a run with the same key."""
+    """What a partition's results depend on besides their input rows: staged or published work is reused
+    only by a run with the same key, and only for units of work with the same `units.WorkUnit.key`."""
 
-    input: str  # a digest of the input files (names, sizes, versions) and how they are cut into units
     models: dict[str, str]  # task -> a digest of the model's weights, labels and length
     settings: dict[str, Any]  # the settings that change results (tasks, columns, precision, ...)
 
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> WorkKey:
+        return cls(models=dict(record.get("models", {})), settings=dict(record.get("settings", {})))
+
     def changes_from(self, earlier: WorkKey) -> list[str]:
-        """Why work staged under ``earlier`` cannot be reused by a run with this key, in words."""
+        """Why work done under ``earlier`` cannot be reused by a run with this key, in words."""
         reasons = []
-        if self.input != earlier.input:
-            reasons.append("the input files changed (their names, sizes or versions)")
         for task in sorted(set(self.models) | set(earlier.models)):
             if self.models.get(task) != earlier.models.get(task):
                 reasons.append(f"the {task} model changed")
@@ -72,12 +75,27 @@ class WorkKey:
         return reasons
 
 
+class Unit(Protocol):
+    """A unit of work as staging knows it (`albert_batch.pipeline.units.WorkUnit`)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def rows(self) -> int: ...
+
+    def as_record(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Piece:
     """Rows of one unit that one write task wrote: ``ranges`` of row numbers in the unit, ``files`` per table,
     and the counts the run summary needs."""
 
-    unit: int
+    unit: int  # the unit's index in the run that staged the piece
     name: str
     run_id: str
     ranges: list[list[int]]  # [start, stop) pairs
@@ -87,6 +105,7 @@ class Piece:
     errors: dict[str, int] = field(default_factory=dict)  # processing errors' details -> rows
     samples: list[dict[str, Any]] = field(default_factory=list)
     quality: dict[str, Any] = field(default_factory=dict)  # `albert_batch.quality.sketch.Sketch` of its rows
+    key: str = ""  # the unit's key: the piece counts for any later unit with the same key
 
     @property
     def row_count(self) -> int:
@@ -134,20 +153,20 @@ def cover(rows: int, pieces: Sequence[Piece]) -> list[Piece] | None:
     return chosen if sum(stop - start for start, stop in taken) == rows else None
 
 
-def done_units(folder: Location, unit_rows: dict[int, int],
+def done_units(folder: Location, units: Sequence[Unit],
                cache: dict[str, Piece] | None = None) -> tuple[dict[int, list[Piece]], list[Piece]]:
-    """The done units among ``unit_rows`` (unit -> rows) with the pieces that cover them, and every recorded
-    piece that is not used (of units not done, or repeating rows)."""
-    by_unit: dict[int, list[Piece]] = {}
+    """The done ``units`` (by index) with the pieces that cover them, whichever run staged them for a unit
+    with the same key, and every recorded piece that is not used (of units not done, or repeating rows)."""
+    by_key: dict[str, list[Piece]] = {}
     for piece in read_pieces(folder, cache):
-        by_unit.setdefault(piece.unit, []).append(piece)
-    done, unused = {}, []
-    for unit, pieces in by_unit.items():
-        chosen = cover(unit_rows[unit], pieces) if unit in unit_rows else None
+        by_key.setdefault(piece.key, []).append(piece)
+    done, used = {}, set()
+    for unit in units:
+        chosen = cover(unit.rows, by_key.get(unit.key, [])) if unit.key else None
         if chosen is not None:
-            done[unit] = chosen
-        unused.extend(p for p in pieces if chosen is None or p not in chosen)
-    done.update({unit: [] for unit, rows in unit_rows.items() if rows == 0})
+            done[unit.index] = chosen
+            used.update(id(p) for p in chosen)
+    unused = [p for pieces in by_key.values() for p in pieces if id(p) not in used]
     return done, unused
 
 
@@ -163,34 +182,30 @@ class Resumed:
         return [p for pieces in self.done.values() for p in pieces]
 
 
-def prepare(folder: Location, table_dirs: dict[str, Location], key: WorkKey, run_id: str,
-            unit_rows: dict[int, int], *, fresh: bool, published: Callable[[], set[Location]] = set) -> Resumed:
-    """Make ``folder`` ready for ``run_id``: keep the done units of earlier work with the same ``key`` (unless
-    ``fresh``), drop everything else, and record the run. Returns what is reused. ``table_dirs`` are where
-    each table's staged files are; ``published()`` names files of a published table, never dropped (asked
-    only when there is earlier work to drop from)."""
-    record = _read_record(folder)
-    resumed = Resumed(done={}, runs=())
-    if record is not None:
-        keep = published()
-        earlier = WorkKey(**record["key"])
-        reasons = ["a fresh start was asked for"] if fresh else key.changes_from(earlier)
-        if reasons:
-            log.warning("starting afresh: the work run %s staged for this partition cannot be reused, because %s",
-                        record["run_id"], "; ".join(reasons))
-            _drop(folder, table_dirs, read_pieces(folder), keep)
-            storage.delete_dir(folder)
+def prepare(folder: Location, table_dirs: dict[str, Location], key: WorkKey, run_id: str, units: Sequence[Unit],
+            *, keep: bool, files: dict[str, list[Any]], published: Callable[[], set[Location]] = set) -> None:
+    """Make ``folder`` ready for ``run_id``: keep the pieces of earlier staged work that cover ``units`` (if
+    ``keep``: the earlier run had the same `WorkKey`), drop everything else, and record the run, its key,
+    its units and its input ``files`` (path -> [size, version]). ``table_dirs`` are where each table's staged
+    files are; ``published()`` names files of a published table, never dropped (asked only when there is
+    earlier work to drop from)."""
+    if read_record(folder) is not None:
+        protected = published()
+        if keep:
+            _, unused = done_units(folder, units)
+            _drop(folder, table_dirs, unused, protected)
         else:
-            done, unused = done_units(folder, unit_rows)
-            _drop(folder, table_dirs, unused, keep)
-            runs = tuple(dict.fromkeys(p.run_id for pieces in done.values() for p in pieces))
-            resumed = Resumed(done=done, runs=runs)
-            log.info("resuming the work of run %s: %d of %d units are done and kept", record["run_id"],
-                     len(done), len(unit_rows))
+            _drop(folder, table_dirs, read_pieces(folder), protected)
+            storage.delete_dir(folder)
         storage.delete_dir(folder.child(RETRIES))  # counts are per run
-    storage.write_bytes(folder.child(RUN_RECORD),
-                        json.dumps({"run_id": run_id, "key": dataclasses.asdict(key)}, indent=2).encode())
-    return resumed
+    record = {"run_id": run_id, "key": dataclasses.asdict(key), "files": files, "units": [u.as_record() for u in units]}
+    storage.write_bytes(folder.child(RUN_RECORD), json.dumps(record).encode())
+
+
+def resumed(folder: Location, units: Sequence[Unit]) -> Resumed:
+    """The done ``units`` of the staged work in ``folder``, and the runs that did them."""
+    done, _ = done_units(folder, units)
+    return Resumed(done=done, runs=tuple(dict.fromkeys(p.run_id for pieces in done.values() for p in pieces)))
 
 
 def discard(folder: Location) -> None:
@@ -201,7 +216,8 @@ def discard(folder: Location) -> None:
         log.warning("could not remove the staging folder %s: %s", folder, err)
 
 
-def _read_record(folder: Location) -> dict[str, Any] | None:
+def read_record(folder: Location) -> dict[str, Any] | None:
+    """The run record of the staging folder, if a run has staged there."""
     try:
         return json.loads(storage.read_bytes(folder.child(RUN_RECORD)))
     except NotFound:

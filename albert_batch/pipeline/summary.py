@@ -23,7 +23,8 @@ class RunSummary:
     precision: str
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)  # the StageSizing the run used
-    units: dict[str, Any] = field(default_factory=dict)  # total, reused, and the runs whose work was reused
+    # total, reused, the runs whose work was reused, and what changed since the earlier work (`reuse.describe`)
+    units: dict[str, Any] = field(default_factory=dict)
     storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
     timings: dict[str, float] = field(default_factory=dict)  # seconds: checks_s, process_s, total_s, publish_s
     report: str = ""  # the partition's report (`albert_batch.quality`), in its first table
@@ -32,6 +33,17 @@ class RunSummary:
     forward: dict[str, dict[str, float]] = field(default_factory=dict)  # per task: passes, tokens, seconds
     dedupe: dict[str, Any] = field(default_factory=dict)  # rows whose text repeated another's, not run again
     cost: dict[str, Any] = field(default_factory=dict)  # what the run held (`albert_batch.pipeline.ledger.cost`)
+
+    @classmethod
+    def of(cls, shared: dict[str, Any], **figures: Any) -> RunSummary:
+        """The summary of a run whose manifests share ``shared``, and its other ``figures``."""
+        counts = shared["counts"]
+        return cls(run_id=shared["run_id"], input_rows=counts["input_rows"], accepted_rows=counts["accepted_rows"],
+                   rejected_rows=counts["rejected_rows"], rejects_by_reason=shared["rejects_by_reason"],
+                   label_counts=shared["label_counts"], precision=shared["precision"], models=shared["models"],
+                   stages=shared["stages"], units=shared["units"], storage_retries=shared["storage_retries"],
+                   timings=dict(shared["timings"]), tokens=shared["tokens"], forward=shared["forward"],
+                   dedupe=shared["dedupe"], cost=shared["cost"], **figures)
 
     @property
     def rows_per_second(self) -> float:

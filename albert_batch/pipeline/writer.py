@@ -63,8 +63,9 @@ class WriteReport:
 
     @classmethod
     def of(cls, pieces: Iterable[staging.Piece]) -> WriteReport:
+        """What ``pieces`` staged, their files in the order given."""
         total = cls()
-        for piece in sorted(pieces, key=lambda p: (p.unit, p.ranges)):
+        for piece in pieces:
             for table, name in piece.files.items():
                 total.files.setdefault(table, {})[name] = piece.rows.get(table, 0)
             total.rows.update(piece.rows)
@@ -95,6 +96,7 @@ class StagingWriter:
     id_type: pa.DataType
     partition_columns: dict[str, str | None] = field(default_factory=dict)
     kept: tuple[pa.Field, ...] = ()  # the input columns carried into every table (`InputPlan.kept`)
+    unit_keys: dict[int, str] = field(default_factory=dict)  # unit -> its key (`albert_batch.pipeline.units`)
     faults: dict[str, frozenset[object]] | None = None  # the test-only fault hook's rows (isolation.FAULTS_ENV)
     ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, told of each write
     run: metrics.RunTags | None = None  # the tags of the metrics a write records
@@ -136,7 +138,8 @@ class StagingWriter:
             storage.write_bytes(self.table_dirs[table_name].child(files[table_name]), data)
         return staging.Piece(unit=unit, name=name, run_id=self.run_id, ranges=_ranges(batch.column(ROW)),
                              files=files, rows=dict(report.rows), rejects=dict(report.rejects),
-                             errors=dict(report.errors), samples=report.samples, quality=report.quality.as_dict())
+                             errors=dict(report.errors), samples=report.samples, quality=report.quality.as_dict(),
+                             key=self.unit_keys.get(unit, ""))
 
     def encode(self, batch: pa.Table) -> tuple[WriteReport, dict[str, bytes]]:
         """The batch's tables as Parquet files' bytes (tables without rows have none), and its report."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from albert_batch.config import setting
 from albert_batch.contract import Task
 from albert_batch.errors import ConfigError
+from albert_batch.settings import setting
 from albert_batch.storage import Location
 from albert_batch.training.model_init import MAX_LENGTH, SIZES
 

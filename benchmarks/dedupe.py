@@ -3,11 +3,12 @@ saves one with them: ``albert-batch run`` with de-duplication (the default) and 
 turns (`benchmarks.turns`), on
 
 - the benchmark corpus (log-normal lengths; its generator repeats about 2% of its texts), and
-- the same rows where ``--repeated`` of them (30% by default) carry a copy of another row's text, as
-  templates, spam and retweets give; the repeats are spread over the whole corpus.
+- the same rows where ``--repeated`` of them (30% by default) carry a copy of the text of a row that keeps
+  its own, as templates, spam and retweets give; the repeats are spread over the whole corpus.
 
     python -m benchmarks.dedupe                        # 20,000 documents, tiny models, 3 runs each way
     python -m benchmarks.dedupe --docs 5000 --repeats 2
+    python -m benchmarks.dedupe --size base --docs 1024 --repeated 0.5 --corpora repeated --repeats 1
 
 Also the stages alone, in this process (`stage_alone`): a batch through the tokenizer and the model stage
 with and without it, what its bookkeeping costs per batch. Prints JSON: each way's processing seconds
@@ -37,14 +38,16 @@ WAYS = {"dedupe": ((), {}), "no_dedupe": (("--no-dedupe",), {})}
 
 
 def with_repeats(corpus: workload.Corpus, share: float, folder: Path) -> str:
-    """The corpus's rows with ``share`` of them given another row's text (chosen at random, seeded)."""
+    """The corpus's rows with ``share`` of them given the text of a row that keeps its own (chosen at random,
+    seeded), so that at least ``share`` of the rows repeat a text."""
     if not (folder / "part.parquet").exists():
         table = pq.read_table(corpus.folder, columns=["id", "text"])
         rng = np.random.default_rng(workload.SEED)
         texts = table.column("text").to_pylist()
         chosen = rng.choice(len(texts), size=int(len(texts) * share), replace=False)
+        sources = np.setdiff1d(np.arange(len(texts)), chosen)  # rows that keep their text: each copy repeats one
         for row in chosen:
-            texts[row] = texts[int(rng.integers(len(texts)))]
+            texts[row] = texts[int(rng.choice(sources))]
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"id": table.column("id"), "text": pa.array(texts, pa.string())}),
                        folder / "part.parquet")
@@ -99,16 +102,20 @@ def main() -> None:
     parser.add_argument("--repeated", type=float, default=0.3)
     parser.add_argument("--batch-rows", type=int, default=4096)
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--size", choices=["tiny", "base"], default="tiny")
+    parser.add_argument("--corpora", default="distinct,repeated", help="which corpora: distinct, repeated or both")
     parser.add_argument("--cache", default=str(ROOT / ".cache/bench"))
     args = parser.parse_args()
     cache = Path(args.cache)
-    models = workload.build_models(cache, "tiny")
+    models = workload.build_models(cache, args.size)
     corpus = workload.build_corpus(cache, args.docs, models)
-    repeated = with_repeats(corpus, args.repeated, cache / f"repeats-{args.docs}-{args.repeated}")
+    repeated = with_repeats(corpus, args.repeated, cache / f"copies-{args.docs}-{args.repeated}")
     with tempfile.TemporaryDirectory(prefix="dedupe-bench-") as work:
-        report = {"cpu": cpu_model(), "docs": args.docs, "stage": stage_alone(models, corpus, args.batch_rows, args.calls),
-                  "distinct": in_turns(models, corpus.folder, WAYS, args.repeats, Path(work) / "distinct"),
-                  "repeated": in_turns(models, repeated, WAYS, args.repeats, Path(work) / "repeated")}
+        folders = {"distinct": corpus.folder, "repeated": repeated}
+        report = {"cpu": cpu_model(), "docs": args.docs, "size": args.size,
+                  "stage": stage_alone(models, corpus, args.batch_rows, args.calls) if args.calls else None,
+                  **{name: in_turns(models, folders[name], WAYS, args.repeats, Path(work) / name)
+                     for name in args.corpora.split(",")}}
     print(json.dumps(report, indent=2))
 
 

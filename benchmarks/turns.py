@@ -34,7 +34,8 @@ def in_turns(models: workload.Models, corpus_folder: str, ways: Mapping[str, tup
             subprocess.run(command, env=environment, check=True, stdout=subprocess.DEVNULL)
             figures = json.loads(summary.read_text())
             runs[name].append({"process_s": figures["timings"]["process_s"], "seconds": round(figures["seconds"], 3),
-                               "dedupe": figures.get("dedupe")})
+                               "dedupe": figures.get("dedupe"),
+                               "forward_real_tokens": sum(f.get("real_tokens", 0) for f in figures.get("forward", {}).values())})
     medians = {name: statistics.median(r["process_s"] for r in found) for name, found in runs.items()}
     first = next(iter(medians.values()))
     return {"runs": runs, "process_s": medians,

@@ -16,8 +16,10 @@ what was reused and why the rest was not (`describe`).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import uuid
@@ -25,9 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from albert_batch import storage
 from albert_batch.config import RunConfig
@@ -44,6 +43,7 @@ from albert_batch.pipeline.writer import parquet_bytes
 log = logging.getLogger(__name__)
 
 WORK_RECORD = "_work.json"  # beside a published partition's reports: what `Earlier` is read from
+COPIES = 4  # published files read at a time when their rows are copied (each holds a slice's row groups)
 
 
 @dataclass(frozen=True)
@@ -150,14 +150,19 @@ def import_published(earlier: Earlier, units: Sequence[WorkUnit], destination: D
     def copy(item: tuple[tuple[str, str], list[tuple[int, int, str]]]) -> None:
         (table, file), slices = item
         source = destination.published_location(table, file)
-        found = pq.read_table(pa.BufferReader(storage.read_bytes(source)))
+        footer, _ = storage.parquet_footer(source)
+        starts = list(itertools.accumulate((footer.row_group(g).num_rows for g in range(footer.num_row_groups)),
+                                           initial=0))
         for first, rows, target in slices:
-            if first + rows > found.num_rows:
-                raise PublishError(f"published file {source} holds {found.num_rows} rows, fewer than the "
-                                   f"{first + rows} its work record names; run again with --fresh")
-            storage.write_bytes(destination.table_dirs[table].child(target), parquet_bytes(found.slice(first, rows)))
+            if first + rows > starts[-1]:
+                raise PublishError(f"published file {source} holds {starts[-1]} rows, fewer than the {first + rows} "
+                                   "its work record names; run the partition again with --fresh")
+            groups = range(bisect.bisect_right(starts, first) - 1, max(bisect.bisect_left(starts, first + rows), 1))
+            found = storage.read_row_groups(source, groups, footer.schema.to_arrow_schema().names)
+            found = found.slice(first - starts[groups.start], rows)
+            storage.write_bytes(destination.table_dirs[table].child(target), parquet_bytes(found))
 
-    storage.concurrently(copy, list(copies.items()))
+    storage.concurrently(copy, list(copies.items()), limit=COPIES)
     storage.concurrently(lambda piece: staging.write_piece(destination.folder, piece), records)
 
 

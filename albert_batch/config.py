@@ -241,7 +241,7 @@ class RunConfig:
     allow_pickle_weights: bool = setting(False, action="store_true",
                                          help="accept pytorch_model.bin weights (runs pickle: only for models you trust)")
     fresh: bool = setting(False, action="store_true",
-                          help="start afresh: do not reuse the work an earlier, stopped run of the partition staged")
+                          help="start afresh: reuse no earlier work on the partition (staged by a stopped run, or published)")
     no_dedupe: bool = setting(False, action="store_true", help="run every row's text through the model, repeats "
                               "too (default: identical texts are tokenized and run once, their results copied)")
     wait_for_nodes_s: float = setting(

@@ -219,7 +219,8 @@ def test_rows_that_fail_in_any_stage_are_rejected_and_a_resumed_run_keeps_the_sa
     # The default budget (1%: of 60 rows, four are more) would fail it too; with 10%, the next run reuses every
     # unit the failed run staged, rejects and all.
     summary = run(settings(corpus, output, tiny_models, max_error_rate=0.1, run_id="resumed"))
-    assert summary.units == {"total": 1, "reused": 1, "reused_from_runs": ["strict"]}
+    assert summary.units == {"total": 1, "reused": 1, "reused_from_runs": ["strict"], "earlier": {
+        "run_id": "strict", "where": "staged", "files": {"unchanged": 2, "new": 0, "changed": 0, "gone": 0}}}
     assert summary.rejects_by_reason == {"processing_error": 4, "invalid_utf8": 1}
     rejects = {r["id"]: (r["reason"], r["detail"], r["run_id"]) for r in read_published(output, REJECTS)}
     assert rejects == {

@@ -144,12 +144,12 @@ def test_a_rerun_replaces_its_partition_neighbours_stay_and_a_new_partition_key_
 
     # A table's own write.target-file-size-bytes sizes its files. At 1 byte, the staged files (a write per two
     # rows here) are published as they are; without it, they are merged into one, and the staged files merged
-    # into it leave the table's folder.
+    # into it leave the table's folder. (Fresh runs: a run of the same input would reuse the published rows.)
     small_writes = {"batch_size": 2, "rows_per_file": 2}
     with iceberg_table("daily", "classifications").transaction() as change:
         change.set_properties({iceberg.TARGET_FILE_SIZE: "1"})
     run(settings(again, output, tiny_models, tasks="classify", partition=["dt=2026-11-01"], run_id="small-files",
-                 resources=small_writes))
+                 resources=small_writes, fresh=True))
     files = iceberg.partition_files(iceberg_table("daily", "classifications"), {"dt": "2026-11-01"})
     assert len(files) >= 3 and sum(f.record_count for f in files) == 8, files
     folder = Path(iceberg_table("daily", "classifications").location().removeprefix("file://")) / "data" / "dt=2026-11-01"
@@ -157,7 +157,7 @@ def test_a_rerun_replaces_its_partition_neighbours_stay_and_a_new_partition_key_
     with iceberg_table("daily", "classifications").transaction() as change:
         change.remove_properties(iceberg.TARGET_FILE_SIZE)
     run(settings(again, output, tiny_models, tasks="classify", partition=["dt=2026-11-01"], run_id="merged",
-                 resources=small_writes))
+                 resources=small_writes, fresh=True))
     (merged,) = iceberg.partition_files(iceberg_table("daily", "classifications"), {"dt": "2026-11-01"})
     assert merged.record_count == 8
     assert set(folder.glob("*.parquet")) - before == {Path(merged.file_path.removeprefix("file://"))}

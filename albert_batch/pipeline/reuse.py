@@ -100,7 +100,7 @@ def find(destination: Destination) -> Earlier | None:
     try:
         record = staging.read_record(destination.folder)
         if record is not None:
-            return Earlier.of(record, "staged") if "units" in record else None
+            return Earlier.of(record, "staged")
         raw = destination.read_published(REJECTS, WORK_RECORD)
         if raw is None:
             return None
@@ -110,6 +110,8 @@ def find(destination: Destination) -> Earlier | None:
                     "reused", err)
         return None
     tables = {table for pieces in earlier.pieces.values() for piece in pieces for table in piece["published"]}
+    if not tables <= set(destination.table_dirs):  # other tasks: its key tells the run that it cannot reuse it
+        return earlier
     published = {table: destination.published_names(table) for table in tables}
     missing = [f"{table}/{file}" for pieces in earlier.pieces.values() for piece in pieces
                for table, (file, _) in piece["published"].items() if file not in published[table]]

@@ -152,7 +152,8 @@ def format_summary(summary: Any) -> str:
     if summary.shifted:
         lines.append(f"drift: {', '.join(summary.shifted)} shifted against the previous partition (see the report)")
     if summary.units.get("reused"):
-        earlier, files = summary.units.get("earlier") or {}, (summary.units.get("earlier") or {}).get("files", {})
+        earlier = summary.units.get("earlier") or {}
+        files = earlier.get("files", {})
         changes = ", ".join(f"{files[kind]} {kind}" for kind in ("new", "changed", "gone") if files.get(kind))
         lines.append(f"reused: {summary.units['reused']} of {summary.units['total']} units from run(s) "
                      f"{', '.join(summary.units['reused_from_runs'])} ({earlier.get('where', 'staged')} work)"

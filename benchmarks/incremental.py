@@ -46,15 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     models = workload.build_models(work, args.size)
-    table = pq.ParquetDataset(workload.build_corpus(work, args.docs, models).folder).read().select(["id", "text"])
+    base = workload.build_corpus(work, args.docs, models)
     with tempfile.TemporaryDirectory(prefix="incremental-", dir=work) as scratch:
         root = Path(scratch)
         corpus = root / "corpus"
-        corpus.mkdir()
-        per_file = -(-table.num_rows // args.files)
-        parts = [table.slice(start, per_file) for start in range(0, table.num_rows, per_file)]
-        for number, part in enumerate(parts):
-            pq.write_table(part, corpus / f"part-{number:03d}.parquet")
+        parts = workload.split_into_files(base, args.files, corpus)
 
         def timed(output: str, run_id: str) -> tuple[float, dict]:
             summary = root / f"{run_id}.json"
@@ -67,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return time.monotonic() - started, json.loads(summary.read_text())
 
         first_s, _ = timed("incremental", "first")
-        late = pa.table({"id": pc.add(parts[0].column("id"), pa.scalar(10 * table.num_rows, parts[0].column("id").type)),
+        late = pa.table({"id": pc.add(parts[0].column("id"), pa.scalar(10 * base.docs, parts[0].column("id").type)),
                          "text": pc.binary_join_element_wise(parts[0].column("text"), "(a late copy)", " ")})
         pq.write_table(late, corpus / f"part-{len(parts):03d}.parquet")
         rewritten = parts[1].take(list(reversed(range(parts[1].num_rows))))

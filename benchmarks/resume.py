@@ -4,7 +4,8 @@ again, against a clean run.
     python -m benchmarks.resume                       # 2,048 documents, base-shaped models, killed at 80%
     python -m benchmarks.resume --size tiny --docs 400 --kill-at 0.5 --tasks classify,ner
 
-The corpus is the benchmark's (`benchmarks.workload`), written as ``--units`` files, each a unit of work.
+The corpus is the benchmark's (`benchmarks.workload`), written as ``--units`` files (files smaller than a unit
+of work share one; the JSON gives the units the run planned).
 Each run is ``albert-batch run`` in a process of its own, with ``--batch-size`` rows per batch and
 nothing else set: the writer's settings (``--rows-per-file``, ``--flush-seconds``) are the defaults. The
 killed run gets SIGKILL (its whole process group) once ``--kill-at`` of the clean run's time has passed;
@@ -25,8 +26,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from albert_batch.pipeline.inputs import plan_input
 from albert_batch.pipeline.units import WorkUnit
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=2048)
     parser.add_argument("--size", choices=["tiny", "base"], default="base")
-    parser.add_argument("--units", type=int, default=8, help="input files, each a unit of work")
+    parser.add_argument("--units", type=int, default=8, help="input files (small ones share a unit of work)")
     parser.add_argument("--kill-at", type=float, default=0.8, help="share of the clean run's time when it is killed")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--tasks", default="classify")
@@ -94,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="resume-", dir=work) as scratch:
         root = Path(scratch)
         corpus = root / "corpus"
-        corpus.mkdir()
-        table = pq.ParquetDataset(base.folder).read()
-        rows_per_unit = -(-table.num_rows // args.units)
-        for unit, start in enumerate(range(0, table.num_rows, rows_per_unit)):
-            pq.write_table(table.slice(start, rows_per_unit), corpus / f"part-{unit:03d}.parquet")
+        workload.split_into_files(base, args.units, corpus)
         units = plan_input(Location.parse(str(corpus)), id_column="id", text_column="text").units()
 
         def argv(output: str, run_id: str) -> list[str]:

@@ -134,6 +134,18 @@ def build_corpus(root: Path, docs: int, models: Models, *, seed: int = SEED, fix
     return _save(folder, lengths, texts_file=str(texts_file), tokens_file=str(tokens_file))
 
 
+def split_into_files(corpus_: Corpus, files: int, folder: Path) -> list[pa.Table]:
+    """The corpus's rows as ``files`` files of about equal rows, ``part-NNN.parquet`` in ``folder`` (made
+    here), one row group each; returns each file's rows."""
+    table = pq.ParquetDataset(corpus_.folder).read()
+    per_file = -(-table.num_rows // files)
+    parts = [table.slice(start, per_file) for start in range(0, table.num_rows, per_file)]
+    folder.mkdir(parents=True)
+    for number, part in enumerate(parts):
+        pq.write_table(part, folder / f"part-{number:03d}.parquet")
+    return parts
+
+
 def real_token_counts(texts: list[str], tokenizer) -> np.ndarray:
     """Tokens per text as a classifier sees them: content tokens (at most 510) plus CLS and SEP."""
     ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]

@@ -24,7 +24,7 @@ from albert_batch.console import RAY_JOB_ENV, RunConsole, TerminalLine
 from albert_batch.errors import ConfigError
 from albert_batch.pipeline import progress
 from albert_batch.pipeline.ledger import start_counter
-from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, rows_staged
+from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, staged_by_unit
 from albert_batch.pipeline.staging import Piece
 from albert_batch.pipeline.summary import RunSummary
 from albert_batch.training.progress import Step, StepCounter, StepMonitor
@@ -84,7 +84,7 @@ def test_rows_staged_counts_each_row_of_the_run_s_units_once():
               Piece(unit=0, name="b", run_id="r", ranges=[[30, 60], [80, 90]]),  # a retry's, overlapping
               Piece(unit=1, name="c", run_id="r", ranges=[[0, 10]]),
               Piece(unit=7, name="d", run_id="r", ranges=[[0, 500]])]  # reused: not among the run's units
-    assert rows_staged(pieces, {0: 100, 1: 10}) == 60 + 10 + 10
+    assert staged_by_unit(pieces, {0: 100, 1: 10}) == {0: 60 + 10, 1: 10}
 
 
 def test_the_stages_report_each_finished_batch_its_forward_passes_and_their_own_lives_to_the_run_s_ledger(

@@ -75,13 +75,13 @@ class LocalRayHead(LocalRayNode):
     def add_node(self, *, log: Path, resources: Mapping[str, float] | None = None, num_cpus: float = 1,
                  timeout_s: float = 120) -> LocalRayNode:
         """Start a worker node that joins this head, with custom ``resources``; return once it has joined."""
-        temp_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
         before = {n["node_id"] for n in self._alive_nodes()}
-        args = [f"--address={self.gcs_address}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-                "--node-ip-address=127.0.0.1", *node_ports()]
-        if resources:
-            args.append(f"--resources={json.dumps(dict(resources))}")
-        for attempt in range(STARTS):
+        for attempt in range(STARTS):  # each try on its own folder and ports: a failed one's are torn down
+            temp_dir = Path(tempfile.mkdtemp(prefix="rn-", dir="/tmp"))
+            args = [f"--address={self.gcs_address}", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+                    "--node-ip-address=127.0.0.1", *node_ports()]
+            if resources:
+                args.append(f"--resources={json.dumps(dict(resources))}")
             node = LocalRayNode(_ray_start(args, self.token, log, self.env), log, temp_dir)
             try:
                 _wait(lambda: any(n["node_id"] not in before for n in self._alive_nodes()), node, log, timeout_s,

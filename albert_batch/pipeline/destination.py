@@ -175,11 +175,7 @@ class IcebergTables(Destination):
         repaired by the next run of the partition, which commits all three again."""
 
     def published_files(self) -> set[Location]:
-        published = set()
-        for table in self.tables.values():
-            for task in table.refresh().scan(row_filter=iceberg.partition_filter(self.partition_columns)).plan_files():
-                published.add(Location.parse(task.file.file_path))
-        return published
+        return {Location.parse(path) for table in self.tables for path in self._published_paths(table)}
 
     def target_file_bytes(self, table: str) -> int:
         """The table's ``write.target-file-size-bytes`` where it sets one, else the run's setting."""
@@ -215,8 +211,12 @@ class IcebergTables(Destination):
             return None
 
     def published_names(self, table: str) -> set[str]:
+        return {path.rsplit("/", 1)[-1] for path in self._published_paths(table)}
+
+    def _published_paths(self, table: str) -> list[str]:
+        """The data files of ``table``'s partition, as the table's current snapshot holds them."""
         scan = self.tables[table].refresh().scan(row_filter=iceberg.partition_filter(self.partition_columns))
-        return {task.file.file_path.rsplit("/", 1)[-1] for task in scan.plan_files()}
+        return [task.file.file_path for task in scan.plan_files()]
 
     def published_location(self, table: str, name: str) -> Location:
         return self.table_dirs[table].child(name)

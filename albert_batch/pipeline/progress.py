@@ -40,15 +40,9 @@ def interval_s() -> float:
     return seconds
 
 
-def rows_staged(pieces: Iterable[Piece], unit_rows: Mapping[int, int]) -> int:
-    """Rows of the units in ``unit_rows`` (unit -> rows) that ``pieces`` hold, each row counted once (a
-    retried write task's pieces repeat rows)."""
-    return sum(staged_by_unit(pieces, unit_rows).values())
-
-
 def staged_by_unit(pieces: Iterable[Piece], unit_rows: Mapping[int, int]) -> dict[int, int]:
-    """Each unit's rows that ``pieces`` hold, each row counted once; a unit is all staged when they are
-    its ``unit_rows``."""
+    """Each unit's rows (of the units in ``unit_rows``, unit -> rows) that ``pieces`` hold, each row counted
+    once (a retried write task's pieces repeat rows); a unit is all staged when they are its ``unit_rows``."""
     ranges: dict[int, list[list[int]]] = {}
     for piece in pieces:
         if piece.unit in unit_rows:

@@ -138,6 +138,7 @@ def import_published(earlier: Earlier, units: Sequence[WorkUnit], destination: D
     pieces of ``run_id``: each piece's rows of each table, sliced from the published file they landed in."""
     copies: dict[tuple[str, str], list[tuple[int, int, str]]] = {}  # (table, published file) -> slices
     records = []
+    recorded = {f.name for f in dataclasses.fields(staging.Piece)}
     for unit in units:
         for piece in earlier.pieces.get(unit.key, []):
             name = uuid.uuid4().hex[:12]
@@ -145,7 +146,7 @@ def import_published(earlier: Earlier, units: Sequence[WorkUnit], destination: D
             for table, (file, first) in piece["published"].items():
                 files[table] = f"part-{run_id}-{staging.record_name(unit.index, name)}.parquet"
                 copies.setdefault((table, file), []).append((first, piece["rows"][table], files[table]))
-            fields = {k: v for k, v in piece.items() if k in {f.name for f in dataclasses.fields(staging.Piece)}}
+            fields = {k: v for k, v in piece.items() if k in recorded}
             records.append(staging.Piece(**{**fields, "unit": unit.index, "name": name, "files": files,
                                             "key": unit.key}))
 

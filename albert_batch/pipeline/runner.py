@@ -63,13 +63,12 @@ class _Run:
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     timings: dict[str, float] = field(default_factory=dict)
     ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, while it processes
+    reuse: dict[str, Any] | None = None  # what was reused of earlier work (`reuse.describe`)
 
     @property
     def folder(self) -> storage.Location:
         """The partition's staging folder."""
         return self.destination.folder
-
-    reuse: dict[str, Any] | None = None  # what was reused of earlier work (`reuse.describe`)
 
     @functools.cached_property
     def key(self) -> staging.WorkKey:
@@ -173,12 +172,13 @@ def _reuse(job: _Run) -> staging.Resumed:
     job.units = plan.units(unit_bytes, keep=earlier.units if earlier else ())
     log.info("input %s: %d rows in %d files, %d units of work", plan.location, plan.num_rows, len(plan.files),
              len(job.units))
+    pieces: dict[str, staging.Piece] = {}  # the piece records read, so that each is read once
     staging.prepare(job.folder, job.destination.table_dirs, job.key, config.run_id, job.units,
                     keep=earlier is not None and earlier.where == "staged", files=reuse.input_files(plan.files),
-                    published=job.destination.published_files)
+                    published=job.destination.published_files, cache=pieces)
     if earlier is not None and earlier.where == "published":
         reuse.import_published(earlier, job.units, job.destination, config.run_id)
-    resumed = staging.resumed(job.folder, job.units)
+    resumed = staging.resumed(job.folder, job.units, cache=pieces)
     job.reuse = reuse.describe(earlier, plan.files, job.units, resumed.done)
     return resumed
 

@@ -183,16 +183,17 @@ class Resumed:
 
 
 def prepare(folder: Location, table_dirs: dict[str, Location], key: WorkKey, run_id: str, units: Sequence[Unit],
-            *, keep: bool, files: dict[str, list[Any]], published: Callable[[], set[Location]] = set) -> None:
+            *, keep: bool, files: dict[str, list[Any]], published: Callable[[], set[Location]] = set,
+            cache: dict[str, Piece] | None = None) -> None:
     """Make ``folder`` ready for ``run_id``: keep the pieces of earlier staged work that cover ``units`` (if
     ``keep``: the earlier run had the same `WorkKey`), drop everything else, and record the run, its key,
     its units and its input ``files`` (path -> [size, version]). ``table_dirs`` are where each table's staged
     files are; ``published()`` names files of a published table, never dropped (asked only when there is
-    earlier work to drop from)."""
+    earlier work to drop from). ``cache``: as `read_pieces`'s."""
     if read_record(folder) is not None:
         protected = published()
         if keep:
-            _, unused = done_units(folder, units)
+            _, unused = done_units(folder, units, cache)
             _drop(folder, table_dirs, unused, protected)
         else:
             _drop(folder, table_dirs, read_pieces(folder), protected)
@@ -202,9 +203,10 @@ def prepare(folder: Location, table_dirs: dict[str, Location], key: WorkKey, run
     storage.write_bytes(folder.child(RUN_RECORD), json.dumps(record).encode())
 
 
-def resumed(folder: Location, units: Sequence[Unit]) -> Resumed:
-    """The done ``units`` of the staged work in ``folder``, and the runs that did them."""
-    done, _ = done_units(folder, units)
+def resumed(folder: Location, units: Sequence[Unit], cache: dict[str, Piece] | None = None) -> Resumed:
+    """The done ``units`` of the staged work in ``folder``, and the runs that did them (``cache``: as
+    `read_pieces`'s)."""
+    done, _ = done_units(folder, units, cache)
     return Resumed(done=done, runs=tuple(dict.fromkeys(p.run_id for pieces in done.values() for p in pieces)))
 
 

@@ -33,13 +33,15 @@ def test_importing_load_predictor_imports_neither_ray_nor_torch():
     assert result.stdout.strip() == "[]"
 
 
-def test_predicting_starts_no_ray(tiny_models):
+def test_predicting_starts_no_ray_and_imports_no_transformers(tiny_models):
+    """A predictor (as each model actor loads it) runs the models without transformers, whose import would
+    cost a new process seconds."""
     code = ("import sys\n"
             "from albert_batch import load_predictor\n"
             f"label = load_predictor('classify', {tiny_models['classifier']!r})('Anna flew to Berlin.')['label']\n"
-            "print(label in {'negative', 'neutral', 'positive'}, 'ray' in sys.modules)\n")
+            "print(label in {'negative', 'neutral', 'positive'}, 'ray' in sys.modules, 'transformers' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert result.stdout.strip() == "True False"
+    assert result.stdout.strip() == "True False False"
 
 
 def test_results_equal_what_the_batch_job_publishes(tricky_run, local):

@@ -167,13 +167,16 @@ def test_bf16_models_run_the_fused_gelu_and_fp32_models_keep_hugging_faces(tiny_
     import torch
     from transformers.activations import NewGELUActivation
 
+    from albert_batch.inference.albert import NewGELU
+
     info = models.inspect(tiny_models["classifier"], Task.CLASSIFY)
     fp32 = build_predictor(info, precision=Precision.FP32)
     bf16 = build_predictor(info, precision=Precision.BF16)
-    assert any(isinstance(m, NewGELUActivation) for m in fp32.model.modules())
-    assert not any(isinstance(m, NewGELUActivation) for m in bf16.model.modules())
+    assert any(isinstance(m, NewGELU) for m in fp32.model.modules())
+    assert not any(isinstance(m, NewGELU) for m in bf16.model.modules())
     x = torch.linspace(-8, 8, 10_001)
-    assert torch.allclose(torch.nn.GELU(approximate="tanh")(x), NewGELUActivation()(x), atol=1e-6), "the same formula"
+    assert torch.equal(NewGELU()(x), NewGELUActivation()(x)), "Hugging Face's formula, op for op"
+    assert torch.allclose(torch.nn.GELU(approximate="tanh")(x), NewGELU()(x), atol=1e-6), "the same formula"
 
 
 def test_cpu_passes_side_by_side_give_the_results_of_one_pass_at_a_time(tiny_models):

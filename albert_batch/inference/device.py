@@ -104,6 +104,10 @@ def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# The op-by-op tanh GELUs: transformers' two, and `albert_batch.inference.albert.NewGELU`.
+TANH_GELUS = frozenset({"NewGELUActivation", "FastGELUActivation", "NewGELU"})
+
+
 def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     """Swap transformers' tanh-approximation GELU (ALBERT's ``gelu_new``), written as six elementwise
     torch ops, for torch's fused kernel of the same formula; return how many modules were swapped.
@@ -111,14 +115,14 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     In bf16 each of those ops is a pass over the feed-forward layer's largest tensor, rounded to bf16 in
     between; the fused kernel makes one pass and computes in float32 inside: faster, and no further from
     fp32 (BENCHMARKS.md, "What makes it fast"). For bf16 and int8 models, not fp32 ones: their results must
-    match Hugging Face's pipelines, which use the op-by-op formula."""
+    match Hugging Face's pipelines, which use the op-by-op formula. Takes transformers' models (benchmarks
+    compare with them) and `albert_batch.inference.albert`'s, and imports neither."""
     import torch
-    from transformers.activations import FastGELUActivation, NewGELUActivation
 
     swapped = 0
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, (NewGELUActivation, FastGELUActivation)):
+            if type(child).__name__ in TANH_GELUS:
                 setattr(parent, name, torch.nn.GELU(approximate="tanh"))
                 swapped += 1
     return swapped

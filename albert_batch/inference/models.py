@@ -27,7 +27,9 @@ from albert_batch.storage import Location
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
+
+    from albert_batch.inference.albert import AlbertForInference
 
 log = logging.getLogger(__name__)
 
@@ -236,17 +238,16 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(info: ModelInfo, *, dtype: torch.dtype, device: torch.device, allow_pickle_weights: bool = False) -> PreTrainedModel:
-    from transformers import AlbertForSequenceClassification, AlbertForTokenClassification
+def load_model(info: ModelInfo, *, dtype: torch.dtype, device: torch.device,
+               allow_pickle_weights: bool = False) -> AlbertForInference:
+    """The model for ``info``'s task, in eval mode, in ``dtype`` on ``device`` (`albert_batch.inference.albert`:
+    transformers' computation without importing transformers)."""
+    from albert_batch.inference import albert
 
-    cls = AlbertForSequenceClassification if info.task is Task.CLASSIFY else AlbertForTokenClassification
     try:
-        model = cls.from_pretrained(
-            info.local_dir,
-            dtype=dtype,
-            use_safetensors=None if allow_pickle_weights else True,
-            trust_remote_code=False,
-        )
-    except Exception as err:  # from_pretrained raises OSError, ValueError, RuntimeError, ... for bad folders
+        model = albert.load(Path(info.local_dir), info.task, dtype=dtype, allow_pickle_weights=allow_pickle_weights)
+    except ModelLoadError as err:
         raise ModelLoadError(f"cannot load model {info.uri}: {err}") from err
-    return model.to(device).eval()
+    except Exception as err:  # a truncated or foreign weight file: safetensors and torch raise their own types
+        raise ModelLoadError(f"cannot load model {info.uri}: {type(err).__name__}: {err}") from err
+    return model.to(device)

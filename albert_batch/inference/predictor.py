@@ -10,6 +10,7 @@ produced. Logits become float32 numpy exactly once, in `Predictor.forward`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ import pyarrow as pa
 
 from albert_batch.config import Precision
 from albert_batch.contract import RejectReason, Task
+from albert_batch.errors import ModelLoadError
 from albert_batch.inference import models
 from albert_batch.inference.device import (
     fuse_tanh_gelu,
@@ -74,6 +76,24 @@ class Encoder:
 
             return cls(Tokenizer.from_file(str(path)))
         return cls(models.load_tokenizer(info).backend_tokenizer)
+
+    def special_ids(self, info: ModelInfo) -> tuple[int, int, int]:
+        """The ids of the tokens that open and close a sequence and pad it, as the model's tokenizer names them
+        (``tokenizer_config.json``; ALBERT's own names where it names none). No padding token: 0."""
+        try:
+            named = json.loads((Path(info.local_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            named = {}
+        ids = []
+        for role, default in (("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("pad_token", "<pad>")):
+            token = named.get(role) or default
+            token = token.get("content", default) if isinstance(token, dict) else token
+            ids.append(self.backend.token_to_id(str(token)))
+        cls_id, sep_id, pad_id = ids
+        if cls_id is None or sep_id is None:
+            raise ModelLoadError(f"model {info.uri}: its tokenizer has no id for the sequence tokens "
+                                 f"{named.get('cls_token', '[CLS]')!r} and {named.get('sep_token', '[SEP]')!r}")
+        return cls_id, sep_id, pad_id or 0
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids only; skips computing offsets."""
@@ -251,8 +271,7 @@ class Predictor(ABC):
         if load_model:
             import torch
 
-            tokenizer = models.load_tokenizer(info)  # knows which tokens are CLS, SEP and padding
-            self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id or 0
+            self.cls_id, self.sep_id, self.pad_id = self.encoder.special_ids(info)
             self.device = resolve_device(use_gpu)
             self.dtype = resolve_dtype(precision, self.device)
             self.model = models.load_model(
@@ -305,7 +324,7 @@ class Predictor(ABC):
             start = time.perf_counter()
             with torch.inference_mode():  # per thread
                 # ALBERT's token_type_ids default to zeros, as the tokenizer would give for one segment.
-                logits = self._to_host(self.model(**self._padded(sequences, lengths, rows)).logits)
+                logits = self._to_host(self.model(**self._padded(sequences, lengths, rows)))
             return logits, time.perf_counter() - start
 
         if self.device.type == "cuda" or self._pass_pool is None:

@@ -38,6 +38,8 @@ class Ledger:
         self.tasks: dict[str, list[float]] = {}  # stage -> [tasks, seconds]
         self.forward: dict[str, Counter[str]] = {}  # task -> FORWARD_FIELDS
         self.busy_s = 0.0  # model actors' seconds in forward passes
+        self.models_loaded_at: float | None = None  # when a model actor first had its models loaded (epoch seconds)
+        self.first_batch_at: float | None = None  # when a model actor first finished a batch (epoch seconds)
 
     def read(self, rows: int, seconds: float) -> None:
         self.rows["read"] += rows
@@ -55,9 +57,14 @@ class Ledger:
     def alive(self, worker: str, stage: str, started: float, now: float) -> None:
         self.actors[worker, stage] = (started, now)
 
+    def loaded(self, at: float) -> None:
+        self.models_loaded_at = at if self.models_loaded_at is None else min(self.models_loaded_at, at)
+
     def modelled(self, rows: int, forward: Mapping[str, Mapping[str, float]], busy_s: float,
-                 repeats: Mapping[str, int] | None = None) -> None:
+                 repeats: Mapping[str, int] | None = None, at: float | None = None) -> None:
         self.rows["modelled"] += rows
+        if at is not None and (self.first_batch_at is None or at < self.first_batch_at):
+            self.first_batch_at = at
         self.rows.update(repeats or {})
         self.busy_s += busy_s
         for task, figures in forward.items():
@@ -73,6 +80,9 @@ class Ledger:
         return {"rows": dict(self.rows), "actors": actors, "tasks": {k: list(v) for k, v in self.tasks.items()},
                 "model_spans": spans,
                 "forward": {task: dict(figures) for task, figures in self.forward.items()}, "busy_s": self.busy_s,
+                "started_at": {stage: min(started for (_, kind), (started, _) in self.actors.items() if kind == stage)
+                               for stage in {kind for _, kind in self.actors}},
+                "models_loaded_at": self.models_loaded_at, "first_batch_at": self.first_batch_at,
                 "alive": Counter(stage for (_, stage), (_, seen) in self.actors.items()
                                  if time.time() - seen < 3 * HEARTBEAT_S)}
 
@@ -165,6 +175,16 @@ def over_time(spans: list[list[float]]) -> dict[str, Any]:
             timeline.append([round(at - first, 1), alive])
     living = [count for _, count in timeline[:-1]] or [timeline[0][1]]
     return {"min": min(living), "max": max(living), "over_time": timeline}
+
+
+def start_up(snapshot: Mapping[str, Any], since: float) -> dict[str, float]:
+    """When, in seconds after ``since`` (the run's call, epoch seconds), the first tokenizer and model actors
+    started, a model actor had loaded its models, and the model stage finished its first batch; each that
+    happened."""
+    started = snapshot.get("started_at", {})
+    moments = {"tokenizer_actor_s": started.get(TOKENIZE), "model_actor_s": started.get(MODEL),
+               "models_loaded_s": snapshot.get("models_loaded_at"), "first_batch_s": snapshot.get("first_batch_at")}
+    return {name: round(at - since, 3) for name, at in moments.items() if at is not None}
 
 
 def dedupe_figures(snapshot: Mapping[str, Any], *, enabled: bool) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def run(config: RunConfig) -> RunSummary:
     a failed run publishes nothing it did not finish, and the next run of its partition reuses the work it
     staged. Called from the main thread, SIGTERM and SIGINT stop it with `Stopped` within seconds, whatever
     it is doing (a publication it has committed to is finished first)."""
-    started, retries_before = time.monotonic(), Counter(storage.retries_made())
+    started, started_at, retries_before = time.monotonic(), dt.datetime.now(dt.UTC), Counter(storage.retries_made())
     with Interrupts() as interrupts, interrupts.raised():
         if warning := slow_precision(config.precision, use_gpu=config.resources.num_gpus_per_actor > 0):
             log.warning("%s (judged by this machine's CPU; each model actor warns for its own)", warning)
@@ -102,8 +102,11 @@ def run(config: RunConfig) -> RunSummary:
         infos = {task: models.inspect(config.model_for(task), task, allow_pickle_weights=config.allow_pickle_weights)
                  for task in config.tasks}
         destination = open_destination(config, plan.id_type, plan.kept)
-        job = _Run(config, plan, infos, destination, started=started, retries_before=retries_before)
+        job = _Run(config, plan, infos, destination, started=started, started_at=started_at,
+                   retries_before=retries_before)
+        phase = job.lap("checks_s", started)
         started_ray = connect_ray(config.ray_address)
+        job.lap("ray_s", phase)
         interrupts.take_back()
         try:
             return _run(job, interrupts)
@@ -117,11 +120,11 @@ def run(config: RunConfig) -> RunSummary:
 def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     import ray
 
-    config = job.config
+    config, phase = job.config, time.monotonic()
     with interrupts.deferred():  # an interrupted publication is finished whole, or the partition stays hidden
         job.destination.recover()
     resumed = _reuse(job)
-    phase = job.lap("checks_s", job.started)
+    phase = job.lap("reuse_s", phase)
     todo = [u for u in job.units if u.index not in resumed.done]
     with interrupts.raised():  # model actors that need GPUs or custom resources are sized for their hosts
         host = find_host(model_needs(config), config.wait_for_nodes_s) if todo else None
@@ -144,6 +147,9 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
         raise PublishError(f"run {config.run_id}: units {missing[:10]} of {len(job.units)} are not all staged after "
                            "the stages finished; nothing was published")
     figures = ledger.final_snapshot(job.ledger)
+    if start_up := ledger.start_up(figures, job.started_at.timestamp()):
+        job.timings.update(start_up)
+        log.info("start-up, seconds after the run's call: %s", ", ".join(f"{k[:-2]} {v:.1f}" for k, v in start_up.items()))
     with interrupts.deferred():
         summary = _publish(job, done, sizing, resumed, figures)
     publish_s = round(time.monotonic() - phase, 3)

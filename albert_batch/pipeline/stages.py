@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -130,14 +131,18 @@ class TokenizeStage:
         return pa.table(columns)
 
 
-def _load_predictors(omp_threads: int, *args: Any, **kwargs: Any) -> dict[Task, Predictor]:
-    """`load_predictors` in a model actor: torch on ``omp_threads`` threads, no progress bars."""
+def _load_predictors(omp_threads: int, ledger: Any, *args: Any, **kwargs: Any) -> dict[Task, Predictor]:
+    """`load_predictors` in a model actor: torch on ``omp_threads`` threads, no progress bars; tells the
+    ``ledger`` when they are loaded."""
     import torch
     from transformers.utils import logging as transformers_logging
 
     torch.set_num_threads(omp_threads)
     transformers_logging.disable_progress_bar()  # a bar per weight file per actor says nothing in a batch job
-    return load_predictors(*args, **kwargs)
+    predictors = load_predictors(*args, **kwargs)
+    if ledger is not None:
+        ledger.loaded.remote(time.time())
+    return predictors
 
 
 class ModelStage:
@@ -185,6 +190,7 @@ class ModelStage:
         self._loading = loader.submit(
             _load_predictors,
             omp_threads,
+            ledger,
             model_uris,
             weights_sha256,
             precision=precision,
@@ -256,7 +262,7 @@ class ModelStage:
         repeats = {"accepted_rows": self._rows, "rows_run": self._computed}
         self._rows = self._computed = 0
         if self.ledger is not None:
-            self.ledger.modelled.remote(rows, forward, busy_s, repeats)
+            self.ledger.modelled.remote(rows, forward, busy_s, repeats, time.time())
 
     def predict(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows

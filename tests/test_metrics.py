@@ -151,6 +151,13 @@ def test_a_run_s_metrics_scraped_while_it_runs_and_after_equal_its_summary_and_t
                 shown = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in names}
                 assert ours <= shown, f"metrics the dashboard does not show: {sorted(ours - shown)}"
 
+        # Its start-up, step by step: each milestone after the one before, all within the run.
+        timings = summary["timings"]
+        milestones = [timings[name] for name in ("tokenizer_actor_s", "model_actor_s", "models_loaded_s",
+                                                  "first_forward_s", "first_batch_s", "total_s")]
+        laps = timings["checks_s"] + timings["ray_s"] + timings["reuse_s"]
+        assert 0 < laps <= timings["tokenizer_actor_s"] and milestones == sorted(milestones), timings
+
         cost = summary["cost"]
         for name, stage in (("model_actors", "ModelStage"), ("tokenizer_actors", "TokenizeStage")):
             actors = [a for a in run_actors(head) if stage in a["class_name"]]

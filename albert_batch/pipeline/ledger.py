@@ -39,6 +39,7 @@ class Ledger:
         self.forward: dict[str, Counter[str]] = {}  # task -> FORWARD_FIELDS
         self.busy_s = 0.0  # model actors' seconds in forward passes
         self.models_loaded_at: float | None = None  # when a model actor first had its models loaded (epoch seconds)
+        self.first_forward_at: float | None = None  # when a model actor first began a batch's work (epoch seconds)
         self.first_batch_at: float | None = None  # when a model actor first finished a batch (epoch seconds)
 
     def read(self, rows: int, seconds: float) -> None:
@@ -61,10 +62,14 @@ class Ledger:
         self.models_loaded_at = at if self.models_loaded_at is None else min(self.models_loaded_at, at)
 
     def modelled(self, rows: int, forward: Mapping[str, Mapping[str, float]], busy_s: float,
-                 repeats: Mapping[str, int] | None = None, at: float | None = None) -> None:
+                 repeats: Mapping[str, int] | None = None, span: tuple[float, float] | None = None) -> None:
+        """A model actor's batch of ``rows``: its forward passes, busy seconds, repeats, and when its work
+        began and ended (``span``, epoch seconds)."""
         self.rows["modelled"] += rows
-        if at is not None and (self.first_batch_at is None or at < self.first_batch_at):
-            self.first_batch_at = at
+        if span is not None:
+            began, ended = span
+            self.first_forward_at = began if self.first_forward_at is None else min(self.first_forward_at, began)
+            self.first_batch_at = ended if self.first_batch_at is None else min(self.first_batch_at, ended)
         self.rows.update(repeats or {})
         self.busy_s += busy_s
         for task, figures in forward.items():
@@ -82,7 +87,8 @@ class Ledger:
                 "forward": {task: dict(figures) for task, figures in self.forward.items()}, "busy_s": self.busy_s,
                 "started_at": {stage: min(started for (_, kind), (started, _) in self.actors.items() if kind == stage)
                                for stage in {kind for _, kind in self.actors}},
-                "models_loaded_at": self.models_loaded_at, "first_batch_at": self.first_batch_at,
+                "models_loaded_at": self.models_loaded_at, "first_forward_at": self.first_forward_at,
+                "first_batch_at": self.first_batch_at,
                 "alive": Counter(stage for (_, stage), (_, seen) in self.actors.items()
                                  if time.time() - seen < 3 * HEARTBEAT_S)}
 
@@ -179,11 +185,12 @@ def over_time(spans: list[list[float]]) -> dict[str, Any]:
 
 def start_up(snapshot: Mapping[str, Any], since: float) -> dict[str, float]:
     """When, in seconds after ``since`` (the run's call, epoch seconds), the first tokenizer and model actors
-    started, a model actor had loaded its models, and the model stage finished its first batch; each that
-    happened."""
+    started, a model actor had loaded its models, and the model stage began and finished its first batch's
+    forward work; each that happened."""
     started = snapshot.get("started_at", {})
     moments = {"tokenizer_actor_s": started.get(TOKENIZE), "model_actor_s": started.get(MODEL),
-               "models_loaded_s": snapshot.get("models_loaded_at"), "first_batch_s": snapshot.get("first_batch_at")}
+               "models_loaded_s": snapshot.get("models_loaded_at"), "first_forward_s": snapshot.get("first_forward_at"),
+               "first_batch_s": snapshot.get("first_batch_at")}
     return {name: round(at - since, 3) for name, at in moments.items() if at is not None}
 
 

@@ -131,18 +131,18 @@ class TokenizeStage:
         return pa.table(columns)
 
 
-def _load_predictors(omp_threads: int, ledger: Any, *args: Any, **kwargs: Any) -> dict[Task, Predictor]:
-    """`load_predictors` in a model actor: torch on ``omp_threads`` threads, no progress bars; tells the
-    ``ledger`` when they are loaded."""
+def _load_predictors(omp_threads: int, ledger: Any, *args: Any,
+                     **kwargs: Any) -> tuple[dict[Task, Predictor], float]:
+    """`load_predictors` in a model actor, torch on ``omp_threads`` threads; and when they were loaded (epoch
+    seconds), which the ``ledger`` hears too."""
     import torch
-    from transformers.utils import logging as transformers_logging
 
     torch.set_num_threads(omp_threads)
-    transformers_logging.disable_progress_bar()  # a bar per weight file per actor says nothing in a batch job
     predictors = load_predictors(*args, **kwargs)
+    loaded_at = time.time()
     if ledger is not None:
-        ledger.loaded.remote(time.time())
-    return predictors
+        ledger.loaded.remote(loaded_at)
+    return predictors, loaded_at
 
 
 class ModelStage:
@@ -183,7 +183,7 @@ class ModelStage:
         # CPU; the environment sets every thread's default, where torch.set_num_threads reaches only this one.
         omp_threads = torch_threads if use_gpu else 1
         os.environ["OMP_NUM_THREADS"] = str(omp_threads)
-        # The models load on a thread of their own (importing torch and transformers alone takes seconds), so
+        # The models load on a thread of their own (importing torch alone takes a second), so
         # the actor counts as started at once and Ray Data reads and tokenizes the first batch meanwhile; the
         # first call waits for the load and raises its error (BENCHMARKS.md, "Start-up on the AVX2 machine").
         loader = ThreadPoolExecutor(1, thread_name_prefix="load-models")
@@ -206,12 +206,13 @@ class ModelStage:
     def predictors(self) -> dict[Task, Predictor]:
         """Each task's predictor, once loaded: waits for the load, and raises its error (a ModelLoadError for
         a model that changed since the run checked it)."""
-        return self._loading.result()
+        return self._loading.result()[0]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        arrived = time.time()
         output = isolated(self.predict, batch, stage="model")
         heap.return_freed_heap_pages()
-        self._report(batch.num_rows)
+        self._report(batch.num_rows, began=max(arrived, self._loading.result()[1]))
         return output
 
     def _to_run(self, texts: list[str]) -> tuple[list[bytes] | None, list[int] | None]:
@@ -245,9 +246,9 @@ class ModelStage:
             self.cache.put(key, results)
         return rows  # type: ignore[return-value]
 
-    def _report(self, rows: int) -> None:
+    def _report(self, rows: int, began: float) -> None:
         """The batch's forward passes, to the metrics and (not awaited: reporting must never slow the stage)
-        to the ledger."""
+        to the ledger, with when its work ``began`` (its arrival, or the models' load if that was later)."""
         forward, busy_s = {}, 0.0
         for task, predictor in self.predictors.items():
             stats = predictor.take_forward_stats()
@@ -262,7 +263,7 @@ class ModelStage:
         repeats = {"accepted_rows": self._rows, "rows_run": self._computed}
         self._rows = self._computed = 0
         if self.ledger is not None:
-            self.ledger.modelled.remote(rows, forward, busy_s, repeats, time.time())
+            self.ledger.modelled.remote(rows, forward, busy_s, repeats, (began, time.time()))
 
     def predict(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows

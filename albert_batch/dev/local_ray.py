@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,9 +27,33 @@ from typing import Any
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on (on any address), for a server that binds it a moment later. It is drawn
+    at random from below the kernel's ephemeral range (``ip_local_port_range``), from which the kernel hands
+    out ports to every outgoing connection and every server binding port 0: a port found free there can be
+    taken by anyone before its server binds it (a Ray head's client server, which binds seconds after the
+    head starts, lost its port so while other clusters started beside it). Random: callers in other
+    processes rarely draw the same one."""
+    low = _ephemeral_low()
+    draw = random.SystemRandom()  # not the seedable global generator: processes seeded alike would collide
+    for _ in range(100):
+        port = draw.randrange(OWN_PORTS_FROM, low) if low > OWN_PORTS_FROM + 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError(f"no free port between {OWN_PORTS_FROM} and {low}")
+
+
+OWN_PORTS_FROM = 10_000  # below: well-known and registered services' ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0  # unknown: take what the kernel gives for port 0
 
 
 def node_ports() -> list[str]:

@@ -148,15 +148,18 @@ class AlbertModel(nn.Module):
         self.encoder = AlbertEncoder(config)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # No padding: no mask, as transformers passes none then (and the attention kernel is the same one).
-        mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :].bool()
-        return self.encoder(self.embeddings(input_ids), mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        # No padding: no mask, as transformers passes none then (and the attention kernel is the same one). A
+        # mask on a GPU is taken as it is: reading it back would wait for the device.
+        if attention_mask is None or (attention_mask.device.type == "cpu" and bool(attention_mask.all())):
+            return self.encoder(self.embeddings(input_ids), None)
+        return self.encoder(self.embeddings(input_ids), attention_mask[:, None, None, :].bool())
 
 
 class AlbertForInference(nn.Module):
     """ALBERT with a task's head: ``forward(input_ids, attention_mask)`` returns the logits, one row per text
-    (classification: the pooled first token through the classifier) or per token (NER)."""
+    (classification: the pooled first token through the classifier) or per token (NER). No mask: no row
+    is padded."""
 
     def __init__(self, config: AlbertConfig, task: Task) -> None:
         super().__init__()
@@ -164,7 +167,7 @@ class AlbertForInference(nn.Module):
         self.albert = AlbertModel(config, pooler=task is Task.CLASSIFY)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.albert(input_ids, attention_mask)
         if self.task is Task.NER:
             return self.classifier(hidden)

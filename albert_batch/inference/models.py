@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -236,6 +237,25 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"model {info.uri}: a fast (tokenizers-backed) tokenizer is needed for offsets")
     tokenizer.model_max_length = info.max_length
     return tokenizer
+
+
+def special_token_ids(info: ModelInfo, token_to_id: Callable[[str], int | None]) -> tuple[int, int, int]:
+    """The ids of the tokens that open and close a sequence and pad it, as the model's tokenizer names them
+    (``tokenizer_config.json``; ALBERT's own names where it names none), through ``token_to_id`` (the Rust
+    tokenizer's). No padding token: 0."""
+    try:
+        named = json.loads((Path(info.local_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        named = {}
+    ids = []
+    for role, default in (("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("pad_token", "<pad>")):
+        token = named.get(role) or default
+        ids.append(token_to_id(str(token.get("content", default) if isinstance(token, dict) else token)))
+    cls_id, sep_id, pad_id = ids
+    if cls_id is None or sep_id is None:
+        raise ModelLoadError(f"model {info.uri}: its tokenizer has no id for the sequence tokens "
+                             f"{named.get('cls_token', '[CLS]')!r} and {named.get('sep_token', '[SEP]')!r}")
+    return cls_id, sep_id, pad_id or 0
 
 
 def load_model(info: ModelInfo, *, dtype: torch.dtype, device: torch.device,

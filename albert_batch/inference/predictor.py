@@ -10,7 +10,6 @@ produced. Logits become float32 numpy exactly once, in `Predictor.forward`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -25,7 +24,6 @@ import pyarrow as pa
 
 from albert_batch.config import Precision
 from albert_batch.contract import RejectReason, Task
-from albert_batch.errors import ModelLoadError
 from albert_batch.inference import models
 from albert_batch.inference.device import (
     fuse_tanh_gelu,
@@ -76,24 +74,6 @@ class Encoder:
 
             return cls(Tokenizer.from_file(str(path)))
         return cls(models.load_tokenizer(info).backend_tokenizer)
-
-    def special_ids(self, info: ModelInfo) -> tuple[int, int, int]:
-        """The ids of the tokens that open and close a sequence and pad it, as the model's tokenizer names them
-        (``tokenizer_config.json``; ALBERT's own names where it names none). No padding token: 0."""
-        try:
-            named = json.loads((Path(info.local_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            named = {}
-        ids = []
-        for role, default in (("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("pad_token", "<pad>")):
-            token = named.get(role) or default
-            token = token.get("content", default) if isinstance(token, dict) else token
-            ids.append(self.backend.token_to_id(str(token)))
-        cls_id, sep_id, pad_id = ids
-        if cls_id is None or sep_id is None:
-            raise ModelLoadError(f"model {info.uri}: its tokenizer has no id for the sequence tokens "
-                                 f"{named.get('cls_token', '[CLS]')!r} and {named.get('sep_token', '[SEP]')!r}")
-        return cls_id, sep_id, pad_id or 0
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids only; skips computing offsets."""
@@ -271,7 +251,7 @@ class Predictor(ABC):
         if load_model:
             import torch
 
-            self.cls_id, self.sep_id, self.pad_id = self.encoder.special_ids(info)
+            self.cls_id, self.sep_id, self.pad_id = models.special_token_ids(info, self.encoder.backend.token_to_id)
             self.device = resolve_device(use_gpu)
             self.dtype = resolve_dtype(precision, self.device)
             self.model = models.load_model(
@@ -357,14 +337,18 @@ class Predictor(ABC):
         stats, self.forward_stats = self.forward_stats, ForwardStats()
         return stats
 
-    def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def _padded(self, sequences: Sequence[np.ndarray], lengths: np.ndarray,
+                rows: np.ndarray) -> dict[str, torch.Tensor | None]:
+        """The pass's input ids, padded to its longest row, and its attention mask; no mask when no row is
+        padded (decided here, on the host: the model need not read a device's mask back to know)."""
         width = int(lengths[rows].max())
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
             ids[i, : lengths[r]] = sequences[r]
             mask[i, : lengths[r]] = 1
-        return {"input_ids": self._to_device(ids), "attention_mask": self._to_device(mask)}
+        padded = int(lengths[rows].min()) < width
+        return {"input_ids": self._to_device(ids), "attention_mask": self._to_device(mask) if padded else None}
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         import torch

@@ -175,9 +175,12 @@ class AlbertForInference(nn.Module):
         return self.classifier(torch.tanh(self.albert.pooler(hidden[:, 0])))
 
 
-def load(folder: Path, task: Task, *, dtype: torch.dtype, allow_pickle_weights: bool = False) -> AlbertForInference:
-    """The model in ``folder`` (``config.json`` and its weights, as `albert_batch.inference.models.inspect`
-    checked them) for ``task``, in eval mode, in ``dtype``."""
+def load(folder: Path, task: Task, files: list[Path], *, dtype: torch.dtype) -> AlbertForInference:
+    """The model in ``folder`` (``config.json``, as `albert_batch.inference.models.inspect` checked it, and the
+    weight ``files``: safetensors, or pickles the caller allowed; a sharded model's shards) for ``task``, in
+    eval mode, in ``dtype``."""
+    from safetensors.torch import load_file
+
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ModelLoadError(f"model {folder}: position_embedding_type {config['position_embedding_type']!r} is not "
@@ -185,7 +188,10 @@ def load(folder: Path, task: Task, *, dtype: torch.dtype, allow_pickle_weights: 
     if (act := config.get("hidden_act", "gelu_new")) not in ACTIVATIONS:
         raise ModelLoadError(f"model {folder}: hidden_act {act!r} is not one of {', '.join(ACTIVATIONS)}")
     model = AlbertForInference(AlbertConfig.of(config), task)
-    weights = _weights(folder, allow_pickle_weights)
+    weights: dict[str, torch.Tensor] = {}
+    for path in files:
+        weights.update(load_file(path) if path.suffix == ".safetensors"
+                       else torch.load(path, map_location="cpu", weights_only=True))
     wanted = set(model.state_dict())
     missing = sorted(wanted - set(weights))
     if missing:
@@ -193,22 +199,3 @@ def load(folder: Path, task: Task, *, dtype: torch.dtype, allow_pickle_weights: 
                              f"e.g. {', '.join(missing[:3])}")
     model.load_state_dict({name: weights[name] for name in wanted}, assign=True)
     return model.to(dtype).eval()
-
-
-def _weights(folder: Path, allow_pickle_weights: bool) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if (folder / "model.safetensors").is_file():
-        return load_file(folder / "model.safetensors")
-    for index, reader in (("model.safetensors.index.json", load_file),
-                          ("pytorch_model.bin.index.json", _load_pickle if allow_pickle_weights else None)):
-        if reader is not None and (folder / index).is_file():
-            shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
-            return {name: tensor for shard in shards for name, tensor in reader(folder / shard).items()}
-    if allow_pickle_weights and (folder / "pytorch_model.bin").is_file():
-        return _load_pickle(folder / "pytorch_model.bin")
-    raise ModelLoadError(f"model {folder} has no weights this run may load")
-
-
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)

@@ -164,19 +164,7 @@ def inspect(uri: str, task: Task, *, allow_pickle_weights: bool = False, hash_we
     if not id2label:
         raise ModelLoadError(f"model {uri} has no id2label in config.json; the {task.value} task needs its label names")
     labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
-    weights = [folder / n for n in SAFETENSORS_FILES if (folder / n).is_file()]
-    pickles = [folder / n for n in PICKLE_FILES if (folder / n).is_file()]
-    if not weights:
-        if pickles and not allow_pickle_weights:
-            raise ModelLoadError(
-                f"model {uri} has only pickle weights ({pickles[0].name}); convert them to model.safetensors, "
-                "or opt in with allow_pickle_weights if you trust the source"
-            )
-        if not pickles:
-            raise ModelLoadError(
-                f"model {uri} has no weights: expected model.safetensors (or pytorch_model.bin, with allow_pickle_weights)"
-            )
-        weights = pickles
+    weights = _weight_paths(uri, folder, allow_pickle_weights)
     if not any((folder / n).is_file() for n in TOKENIZER_FILES):
         raise ModelLoadError(f"model {uri} has no tokenizer files: expected {' or '.join(TOKENIZER_FILES)}")
     max_length = min(int(config.get("max_position_embeddings", 512)), _tokenizer_max_length(folder))
@@ -191,11 +179,36 @@ def inspect(uri: str, task: Task, *, allow_pickle_weights: bool = False, hash_we
     )
 
 
-def _tokenizer_max_length(folder: Path) -> int:
+def _weight_paths(uri: str, folder: Path, allow_pickle_weights: bool) -> list[Path]:
+    """The model's weight files as its folder names them (safetensors, a file or an index; else pickles, where
+    allowed); ModelLoadError naming the gap when there are none it may load."""
+    weights = [folder / n for n in SAFETENSORS_FILES if (folder / n).is_file()]
+    if weights:
+        return weights
+    pickles = [folder / n for n in PICKLE_FILES if (folder / n).is_file()]
+    if pickles and not allow_pickle_weights:
+        raise ModelLoadError(
+            f"model {uri} has only pickle weights ({pickles[0].name}); convert them to model.safetensors, "
+            "or opt in with allow_pickle_weights if you trust the source"
+        )
+    if not pickles:
+        raise ModelLoadError(
+            f"model {uri} has no weights: expected model.safetensors (or pytorch_model.bin, with allow_pickle_weights)"
+        )
+    return pickles
+
+
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    """``tokenizer_config.json``, or nothing where it is missing or unreadable."""
     try:
-        value = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
+        found = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        value = None
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _tokenizer_max_length(folder: Path) -> int:
+    value = _tokenizer_config(folder).get("model_max_length")
     return int(value) if isinstance(value, (int, float)) and 0 < value < 1_000_000 else 1_000_000
 
 
@@ -243,10 +256,7 @@ def special_token_ids(info: ModelInfo, token_to_id: Callable[[str], int | None])
     """The ids of the tokens that open and close a sequence and pad it, as the model's tokenizer names them
     (``tokenizer_config.json``; ALBERT's own names where it names none), through ``token_to_id`` (the Rust
     tokenizer's). No padding token: 0."""
-    try:
-        named = json.loads((Path(info.local_dir) / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        named = {}
+    named = _tokenizer_config(Path(info.local_dir))
     ids = []
     for role, default in (("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("pad_token", "<pad>")):
         token = named.get(role) or default
@@ -264,8 +274,10 @@ def load_model(info: ModelInfo, *, dtype: torch.dtype, device: torch.device,
     transformers' computation without importing transformers)."""
     from albert_batch.inference import albert
 
+    folder = Path(info.local_dir)
+    files = _weight_files(info.uri, _weight_paths(info.uri, folder, allow_pickle_weights))
     try:
-        model = albert.load(Path(info.local_dir), info.task, dtype=dtype, allow_pickle_weights=allow_pickle_weights)
+        model = albert.load(folder, info.task, files, dtype=dtype)
     except ModelLoadError as err:
         raise ModelLoadError(f"cannot load model {info.uri}: {err}") from err
     except Exception as err:  # a truncated or foreign weight file: safetensors and torch raise their own types

@@ -11,8 +11,17 @@ import pytest
 
 from albert_batch.contract import Task
 from albert_batch.errors import ModelLoadError
-from albert_batch.inference import albert
+from albert_batch.inference import models
 from albert_batch.inference.device import fuse_tanh_gelu, quantize_linear_int8
+
+
+def load(folder, task: Task, dtype):
+    """The model as a run's model actor loads it (`models.load_model`, which builds `albert_batch.inference.albert`'s)."""
+    import torch
+
+    return models.load_model(models.inspect(str(folder), task, hash_weights=False), dtype=dtype,
+                             device=torch.device("cpu"))
+
 
 HEADS = {Task.CLASSIFY: ("classifier", "AlbertForSequenceClassification"),
          Task.NER: ("ner", "AlbertForTokenClassification")}
@@ -38,7 +47,7 @@ def test_logits_equal_transformers_to_the_bit(tiny_models, task, precision):
     folder, head = HEADS[task]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     theirs = getattr(transformers, head).from_pretrained(tiny_models[folder], dtype=dtype).eval()
-    ours = albert.load(albert.Path(tiny_models[folder]), task, dtype=dtype)
+    ours = load(tiny_models[folder], task, dtype)
     for model in (theirs, ours):
         if precision == "int8":
             quantize_linear_int8(model)
@@ -62,9 +71,40 @@ def test_a_checkpoint_it_cannot_run_is_refused_with_the_reason(tiny_models, tmp_
     weights = load_file(folder / "model.safetensors")
     save_file({k: v for k, v in weights.items() if not k.startswith("albert.pooler")}, folder / "model.safetensors")
     with pytest.raises(ModelLoadError, match=r"lack 2 tensor\(s\) the classify head needs, e.g. albert.pooler.bias"):
-        albert.load(folder, Task.CLASSIFY, dtype=torch.float32)
+        load(folder, Task.CLASSIFY, torch.float32)
 
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "swish"}))
     with pytest.raises(ModelLoadError, match="hidden_act 'swish' is not one of gelu_new, gelu"):
-        albert.load(folder, Task.CLASSIFY, dtype=torch.float32)
+        load(folder, Task.CLASSIFY, torch.float32)
+
+
+def test_sharded_and_opted_in_pickle_weights_give_the_same_model(tiny_models, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    source = tiny_models["classifier"]
+    weights = load_file(f"{source}/model.safetensors")
+    sharded, pickled = tmp_path / "sharded", tmp_path / "pickled"
+    for folder in (sharded, pickled):
+        shutil.copytree(source, folder)
+        (folder / "model.safetensors").unlink()
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, held in shards.items():
+        save_file({name: weights[name] for name in held}, sharded / shard)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {name: shard for shard, held in shards.items() for name in held}}))
+    torch.save(weights, pickled / "pytorch_model.bin")
+
+    want = load(source, Task.CLASSIFY, torch.float32)
+    got = {"sharded": load(sharded, Task.CLASSIFY, torch.float32),
+           "pickled": models.load_model(models.inspect(str(pickled), Task.CLASSIFY, allow_pickle_weights=True,
+                                                       hash_weights=False),
+                                        dtype=torch.float32, device=torch.device("cpu"), allow_pickle_weights=True)}
+    ids, mask = batch(want.config.vocab_size)
+    with torch.inference_mode():
+        for name, model in got.items():
+            assert torch.equal(model(ids, mask), want(ids, mask)), name
+    with pytest.raises(ModelLoadError, match="only pickle weights"):
+        load(pickled, Task.CLASSIFY, torch.float32)

@@ -8,9 +8,8 @@ Each run is the CLI in a process of its own, as a user or a scheduler starts it,
 earlier work to reuse). The steps come from the run's manifest (`timings`: the laps of its checks, Ray's
 start and the reuse check; and, in seconds after the run's call, when the first tokenizer and model actors
 started, when a model actor had its models loaded, and when the model stage began and finished its first
-batch's forward work);
-the time from the command's start to the run's call (the interpreter, imports and settings) is the
-manifest's ``started_at`` less the moment the command was started. Prints each run's steps and their
+batch's forward work); the time from the command's start to the run's call (the interpreter, imports and
+settings) is the manifest's ``started_at`` less the moment the command was started. Prints each run's steps and their
 medians, in seconds after the command's start, as JSON.
 """
 

@@ -92,6 +92,8 @@ def compute_dtype(details: dict[str, Any]) -> str:
     """Whose ceiling a measurement is held against: bf16's for runs that multiply in bf16, else fp32's (int8
     runs too: there is no int8 ceiling, and theirs may exceed 100%)."""
     used = str(details.get("precision") or details.get("dtype") or "")
+    if used.startswith("auto ("):  # "auto (bf16: this CPU has AMX)": the dtype auto chose, not the reason
+        used = used.removeprefix("auto (").split(":")[0]
     return "bf16" if "bf16" in used or "bfloat16" in used else "fp32"
 
 

@@ -139,9 +139,9 @@ def contender_params(contender: str, task: str, models: workload.Models, corpus:
 
 def auto_dtype() -> str:
     """The dtype ``--precision auto`` multiplies in on this CPU: the hand loops run in it."""
-    from albert_batch.inference.device import cpu_has_amx
+    from albert_batch.inference.device import cpu_has_native_bf16
 
-    return "bfloat16" if cpu_has_amx() else "float32"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def agreement_precisions() -> list[str]:

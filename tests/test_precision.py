@@ -177,3 +177,18 @@ def test_cpu_features_come_from_the_cpu_s_flags(monkeypatch):
     monkeypatch.setattr(device, "cpu_flags", lambda: AVX2_ONLY | {"avx512f"})
     assert device.cpu_features() == {"amx_bf16": False, "avx512f": True, "avx512_bf16": False, "avx2": True}
     assert not device.cpu_has_amx() and not device.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize(("flags", "dtype", "described"), [
+    (AVX2_ONLY, "float32", "auto (fp32: this CPU lacks AMX and AVX-512-BF16)"),
+    (AVX2_ONLY | {"avx512f", "avx512_bf16"}, "bfloat16", "auto (bf16: this CPU has AVX-512-BF16)"),
+    (AVX2_ONLY | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "bfloat16", "auto (bf16: this CPU has AMX)"),
+])
+def test_auto_multiplies_in_bf16_on_cpus_with_bf16_instructions_and_says_why(monkeypatch, flags, dtype, described):
+    import torch
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    assert device.resolve_dtype(Precision.AUTO, torch.device("cpu")) == getattr(torch, dtype)
+    assert device.describe_precision(Precision.AUTO, use_gpu=False) == described
+    for fixed, want in ((Precision.FP32, torch.float32), (Precision.BF16, torch.bfloat16), (Precision.INT8, torch.float32)):
+        assert device.resolve_dtype(fixed, torch.device("cpu")) == want, "a named precision is not the CPU's choice"

@@ -59,23 +59,28 @@ def _check_answers(address: str) -> None:
 
 
 def start_embedded_ray(**init_args: Any) -> None:
-    """``ray.init`` of a local Ray for this process alone, listening only on free ports. ray.init has no
-    setting for its dashboard agent's HTTP port, and the fixed default (52365) would keep a ``ray start``
-    head started later on this machine from taking job submissions; port 0 lets the agent pick a free one.
-    (Ray 2.60.x; ``pyproject.toml`` pins it, and a test checks the port.)"""
+    """``ray.init`` of a local Ray for this process alone, listening only on free ports, with no more
+    processes than one run needs. ray.init has no setting for its dashboard agent's HTTP port, and the fixed
+    default (52365) would keep a ``ray start`` head started later on this machine from taking job
+    submissions; port 0 lets the agent pick a free one. A single-node Ray with no node provider has nothing
+    for an autoscaler to do, so its monitor is not started; nor, where no worker's output is sent to the
+    driver (``log_to_driver=False``), the log monitor that would send it (each costs a Python process's
+    start and polls while the run lasts). (Ray 2.60.x; ``pyproject.toml`` pins it, and a test checks the
+    port.)"""
     import ray
     from ray._private import parameter
 
     ray_params = parameter.RayParams
+    settings = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True, **init_args}
+    lean = {"dashboard_agent_listen_port": 0, "no_monitor": True, "include_log_monitor": settings["log_to_driver"]}
 
-    class FreePorts(ray_params):  # type: ignore[misc, valid-type]
+    class Embedded(ray_params):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("dashboard_agent_listen_port", 0)
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **{**lean, **kwargs})
 
-    parameter.RayParams = FreePorts
+    parameter.RayParams = Embedded
     try:
-        ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True, **init_args})
+        ray.init(**settings)
     finally:
         parameter.RayParams = ray_params
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,13 +119,13 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     work = output.child(WORK_DIR)
     settings = workspace.run_settings(config, labels=list(labels))
     resuming = workspace.start(output, work, REPORT, settings)
-    local = Path(tempfile.mkdtemp(prefix="albert-finetune-"))
     started_ray = connect_ray(config.ray_address)
     try:
         if resuming:
             log.info("resuming fine-tuning from the checkpoints in %s", work)
-        else:
-            workspace.upload_base(prepare_base(config, labels, train.texts, local / "base"), work)
+        else:  # built in a scratch folder that lives only until the upload: a driver killed later leaves none
+            with tempfile.TemporaryDirectory(prefix="albert-finetune-") as local:
+                workspace.upload_base(prepare_base(config, labels, train.texts, Path(local) / "base"), work)
             workspace.record_settings(work, settings)
         counter = start_counter(StepCounter)
         lr = learning_rate(config)
@@ -147,7 +146,6 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         return FinetuneResult(output=config.output, labels=labels, best_epoch=best_metrics["epoch"],
                               best_metrics=report["best_metrics"], epochs=history, seconds=report["seconds"])
     finally:
-        shutil.rmtree(local, ignore_errors=True)
         if started_ray:
             ray.shutdown()
 

@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import logging
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -72,22 +71,24 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         raise InputError(f"corpus {corpus} is empty: its Parquet files hold no rows")
     settings_json = workspace.run_settings(config)
     resuming = workspace.start(output, work, REPORT, settings_json)
-    local = Path(tempfile.mkdtemp(prefix="albert-pretrain-"))
     started_ray = connect_ray(config.ray_address)
     try:
         from transformers import AutoTokenizer
 
         from albert_batch.training.pretrain_loop import EVALUATIONS, mask_held_out
 
-        if resuming:
-            log.info("resuming pretraining from the checkpoints in %s", work)
-            base_uri = work.child(workspace.BASE).uri
-            base = Path(models.resolve(base_uri)[0])
-        else:
-            base = prepare_base(config, plan, local / "base")
-            base_uri = workspace.upload_base(base, work)
-            workspace.record_settings(work, settings_json)
-        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        # The starting model is built in a local scratch folder that lives only until it is uploaded and its
+        # tokenizer read, so that a driver killed while training (the long part) leaves nothing behind here.
+        with tempfile.TemporaryDirectory(prefix="albert-pretrain-") as local:
+            if resuming:
+                log.info("resuming pretraining from the checkpoints in %s", work)
+                base_uri = work.child(workspace.BASE).uri
+                base = Path(models.resolve(base_uri)[0])
+            else:
+                base = prepare_base(config, plan, Path(local) / "base")
+                base_uri = workspace.upload_base(base, work)
+                workspace.record_settings(work, settings_json)
+            tokenizer = AutoTokenizer.from_pretrained(str(base))
         settings = ExampleSettings.of(config, tokenizer, held_out_buckets(plan.num_rows))
         log.info("reading the corpus once to count its examples (%d rows in %d files)", plan.num_rows, len(plan.files))
         data = count_corpus(config, plan, settings)
@@ -120,7 +121,6 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
         log.info("wrote the pretrained model to %s", output)
         return PretrainResult(output=config.output, data=data, evaluations=evaluations, seconds=seconds)
     finally:
-        shutil.rmtree(local, ignore_errors=True)
         if started_ray:
             ray.shutdown()
 

@@ -104,8 +104,11 @@ def test_the_ceiling_counts_albert_base_s_matrix_work_per_token(tmp_path):
     assert flops == 2 * (12 * (4 * 768**2 + 2 * 768 * 3072 + 2 * 44 * 768) + 128 * 768)
     assert 170e6 < flops < 175e6
     ceilings = {"tokens_per_s": {"fp32": 800.0, "bf16": 4000.0}}
-    assert machine.share(600.0, machine.compute_dtype({"precision": "auto (fp32: this CPU lacks AMX)"}), ceilings) == 0.75
+    fp32_auto = "auto (fp32: this CPU lacks AMX and AVX-512-BF16)"  # the reason names bf16: the dtype decides
+    assert machine.share(600.0, machine.compute_dtype({"precision": fp32_auto}), ceilings) == 0.75
+    assert machine.compute_dtype({"precision": "auto (fp32: no bf16 instructions)"}) == "fp32"
     assert machine.compute_dtype({"precision": "auto (bf16: this CPU has AMX)"}) == "bf16"
+    assert machine.compute_dtype({"precision": "auto (bf16: this CPU has AVX-512-BF16)"}) == "bf16"
     assert machine.compute_dtype({"dtype": "bfloat16"}) == "bf16"
     assert machine.compute_dtype({"precision": "int8"}) == "fp32", "int8 is held against fp32's ceiling"
     assert machine.share(600.0, "fp32", None) is None
@@ -119,7 +122,7 @@ def test_a_matrix_product_s_rate_is_measured_in_gflops():
 def test_each_albert_batch_precision_gets_its_own_ratios_and_share_of_the_ceiling():
     batches = [[0.0, 1, 100], [1.0, 1, 400], [2.0, 1, 400]]
     rows = report.ratios([measurement("hf_default", 300.0),
-                          measurement("albert_batch", 600.0, batches=batches, precision="auto (fp32: this CPU lacks AMX)"),
+                          measurement("albert_batch", 600.0, batches=batches, precision="auto (fp32: this CPU lacks AMX and AVX-512-BF16)"),
                           measurement("albert_batch[int8]", 900.0, precision="int8")],
                          {"tokens_per_s": {"fp32": 800.0, "bf16": 4.0}})
     assert [(r["contender"], r["vs_hf_default"]) for r in rows] == [("albert_batch", 2.0), ("albert_batch[int8]", 3.0)]

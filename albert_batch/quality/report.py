@@ -1,19 +1,19 @@
-"""``_report.html``: one self-contained page per published partition (plots are inline PNGs drawn with
-matplotlib, no scripts, no network), readable at a glance at the top and detailed below."""
+"""``_report.html``: one self-contained page per published partition (its charts inline SVG, no scripts, no
+network), readable at a glance at the top and detailed below."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
-import io
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from albert_batch.quality import charts
+from albert_batch.quality.charts import Series
 from albert_batch.quality.figures import DRIFT_CHECKS, QualityFigures
 
-CURRENT, PREVIOUS = "#3b6fb6", "#b9c4d4"
+CURRENT, PREVIOUS = charts.PALETTE[0], "#b9c4d4"
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:70rem;
@@ -26,7 +26,7 @@ padding:.7rem 1rem;min-width:9rem} .tile b{display:block;font-size:1.4rem} .tile
 table{border-collapse:collapse;margin:.6rem 0} td,th{padding:.25rem .8rem;border-bottom:1px solid #eef;
 text-align:left;font-size:.92rem} th{color:#5a6475;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .flag{font-weight:700;color:#b3261e} .quiet{color:#2e7d32} .plots{display:flex;flex-wrap:wrap;gap:1rem}
-.plots img{max-width:100%;border:1px solid #eef;border-radius:6px} code{font-size:.85rem}
+.plots svg{max-width:100%;height:auto;border:1px solid #eef;border-radius:6px} code{font-size:.85rem}
 """
 
 
@@ -137,32 +137,27 @@ def _classification(c: dict[str, Any], before: dict[str, Any] | None) -> str:
     labels = sorted(set(c["label_shares"]) | set((before or {}).get("label_shares", {})))
     shares = _bars("Label distribution", labels, c["label_shares"], (before or {}).get("label_shares"), "share of rows")
     bins = c["score_bins"]
-    centres = [(i + 0.5) / bins for i in range(bins)]
-    fig, ax = _figure()
-    for label, counts in c["score_histograms"].items():
-        total = sum(counts) or 1
-        ax.step(centres, [n / total for n in counts], where="mid", label=label)
-    ax.axvline(c["low_confidence_below"], color="#999", linestyle=":", linewidth=1)
-    ax.set(title="Score distribution per label", xlabel="score", ylabel="share of the label's rows", xlim=(0, 1))
-    ax.legend(fontsize=8)
+    per_label = [Series(label, [n / (sum(counts) or 1) for n in counts], charts.PALETTE[number % len(charts.PALETTE)])
+                 for number, (label, counts) in enumerate(c["score_histograms"].items())]
+    scores = charts.lines("Score distribution per label", [(i + 0.5) / bins for i in range(bins)], per_label,
+                          xlabel="score", ylabel="share of the label's rows", xlim=(0.0, 1.0), steps=True,
+                          mark_x=c["low_confidence_below"], legend=True)
     rows = [[label, f"{c['labels'].get(label, 0):,}", f"{c['label_shares'].get(label, 0):.2%}"]
             for label in sorted(c["labels"])]
     return ("<h2>Classification</h2>"
             f"<p>Mean score {c['mean_score']:.3f}; {c['low_confidence_share']:.2%} of rows scored below "
             f"{c['low_confidence_below']} (low confidence); {c['truncated_share']:.2%} were truncated to the "
             "model's length.</p>"
-            f"<div class=plots>{shares}{_img(fig)}</div>" + _table(["label", "rows", "share"], rows, numeric={1, 2}))
+            f"<div class=plots>{shares}{scores}</div>" + _table(["label", "rows", "share"], rows, numeric={1, 2}))
 
 
 def _entities(e: dict[str, Any], before: dict[str, Any] | None) -> str:
     types = sorted(set(e["type_shares"]) | set((before or {}).get("type_shares", {})))
     shares = _bars("Entities per type", types, e["type_shares"], (before or {}).get("type_shares"), "share of entities")
     per_doc = e["per_document"]
-    fig, ax = _figure()
-    ticks = [str(i) for i in range(len(per_doc) - 1)] + [f"{len(per_doc) - 1}+"]
-    ax.bar(range(len(per_doc)), per_doc, color=CURRENT)
-    ax.set_xticks(range(len(per_doc)), ticks, fontsize=7)
-    ax.set(title="Entities per document", xlabel="entities", ylabel="documents")
+    counts = [str(i) for i in range(len(per_doc) - 1)] + [f"{len(per_doc) - 1}+"]
+    per_document = charts.bars("Entities per document", counts, [Series("documents", per_doc, CURRENT)],
+                               xlabel="entities", ylabel="documents")
     tops = "".join(
         f"<div><h3>{_e(label)}</h3>" + _table(["text", "count"], [[text, f"{n:,}"] for text, n in texts],
                                                 numeric={1}) + "</div>"
@@ -170,61 +165,34 @@ def _entities(e: dict[str, Any], before: dict[str, Any] | None) -> str:
     return ("<h2>Named entities</h2>"
             f"<p>{e['entities']:,} entities, {e['mean_per_document']:.2f} per document; "
             f"{e['documents_without_entities_share']:.2%} of documents have none.</p>"
-            f"<div class=plots>{shares}{_img(fig)}</div>"
+            f"<div class=plots>{shares}{per_document}</div>"
             f"<h3>Most frequent entity texts per type</h3><div class=plots>{tops}</div>")
 
 
 def _lengths_and_throughput(f: QualityFigures) -> str:
     edges, counts = f.tokens["edges"], f.tokens["counts"]
-    fig, ax = _figure()
     names = [f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)] + [f"{edges[-1]}+"]
-    ax.bar(range(len(counts)), counts, color=CURRENT)
-    ax.set_xticks(range(len(counts)), names, rotation=60, fontsize=7)
-    ax.set(title="Text length", xlabel="tokens", ylabel="documents")
-    lengths = _img(fig)
+    lengths = charts.bars("Text length", names, [Series("documents", counts, CURRENT)], xlabel="tokens",
+                          ylabel="documents", rotate=True)
     t = f.throughput
-    fig, ax = _figure()
+    minutes, rates, since = [], [], ""
     if t["rows"]:
-        start = dt.datetime.fromisoformat(t["start"])
         minutes = [(i * t["bucket_s"]) / 60 for i in range(len(t["rows"]))]
-        ax.plot(minutes, [n / t["bucket_s"] for n in t["rows"]], color=CURRENT, marker=".")
-        ax.set(xlabel=f"minutes after {start:%Y-%m-%d %H:%M:%S} UTC")
-    ax.set(title="Throughput (rows written, by processing time)", ylabel="rows/s")
-    ax.set_ylim(bottom=0)
+        rates = [n / t["bucket_s"] for n in t["rows"]]
+        since = f"minutes after {dt.datetime.fromisoformat(t['start']):%Y-%m-%d %H:%M:%S} UTC"
+    throughput = charts.lines("Throughput (rows written, by processing time)", minutes,
+                              [Series("rows/s", rates, CURRENT)], xlabel=since, ylabel="rows/s", points=True)
     return (f"<h2>Text length and throughput</h2><p>Mean length {f.tokens['mean']:.1f} tokens.</p>"
-            f"<div class=plots>{lengths}{_img(fig)}</div>")
+            f"<div class=plots>{lengths}{throughput}</div>")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def _figure() -> tuple[Any, Any]:
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    fig = Figure(figsize=(5.2, 3.2), dpi=100, layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _img(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    title = fig.axes[0].get_title() if fig.axes else "plot"
-    return f'<img alt="{_e(title)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
 def _bars(title: str, names: Sequence[str], current: dict[str, float], previous: dict[str, float] | None,
           ylabel: str) -> str:
-    fig, ax = _figure()
-    width = 0.4 if previous is not None else 0.7
-    xs = list(range(len(names)))
+    series = [Series("this partition", [current.get(n, 0.0) for n in names], CURRENT)]
     if previous is not None:
-        ax.bar([x - width / 2 for x in xs], [previous.get(n, 0.0) for n in names], width, color=PREVIOUS,
-               label="compared with")
-    ax.bar([x + (width / 2 if previous is not None else 0) for x in xs], [current.get(n, 0.0) for n in names], width,
-           color=CURRENT, label="this partition")
-    ax.set_xticks(xs, names, rotation=30 if len(names) > 4 else 0, fontsize=8)
-    ax.set(title=title, ylabel=ylabel)
-    if previous is not None:
-        ax.legend(fontsize=8)
-    return _img(fig)
+        series.insert(0, Series("compared with", [previous.get(n, 0.0) for n in names], PREVIOUS))
+    return charts.bars(title, names, series, ylabel=ylabel, rotate=len(names) > 4, legend=previous is not None)
 
 
 def _tile(value: str, label: str, kind: str = "") -> str:

@@ -71,7 +71,7 @@ def stage_alone(models: workload.Models, corpus: workload.Corpus, batch_rows: in
                 predictor.forward_stats.pass_seconds = [0.01] * 20
                 predictor.forward_stats.real_tokens, predictor.forward_stats.padding_tokens = 40_000, 4_000
             started = time.perf_counter()
-            stage._report(batch.num_rows)
+            stage._report(batch.num_rows, began=time.time())
             metrics.count("albert_batch_rows_processed", batch.num_rows, task="classify")
             recording.append(time.perf_counter() - started)
         on, off = statistics.median(seconds["on"]), statistics.median(seconds["off"])

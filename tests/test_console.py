@@ -23,11 +23,10 @@ from albert_batch.cli import format_summary
 from albert_batch.console import RAY_JOB_ENV, RunConsole, TerminalLine
 from albert_batch.errors import ConfigError
 from albert_batch.pipeline import progress
-from albert_batch.pipeline.ledger import start_counter
 from albert_batch.pipeline.progress import INTERVAL_ENV, Progress, interval_s, staged_by_unit
 from albert_batch.pipeline.staging import Piece
 from albert_batch.pipeline.summary import RunSummary
-from albert_batch.training.progress import Step, StepCounter, StepMonitor
+from albert_batch.training.progress import Step, StepMonitor, start_step_counter
 from albert_batch.training.progress import line as training_line
 from support import TRICKY_TEXTS, write_corpus
 
@@ -63,7 +62,7 @@ def test_training_progress_counts_its_rate_from_the_first_step_it_saw_and_again_
                                                                                                  ray_cluster):
     """A run resumed from a checkpoint does not count the steps before it in its rate; a worker group
     restarted from an earlier checkpoint reports lower steps, and the rate starts again from there."""
-    counter = start_counter(StepCounter)
+    counter = start_step_counter()
     monitor = StepMonitor(counter)
     with caplog.at_level(logging.DEBUG, logger=progress.log.name):
         monitor._log(logging.INFO, 5.0)  # nothing reported yet: no line
@@ -90,7 +89,6 @@ def test_rows_staged_counts_each_row_of_the_run_s_units_once():
 def test_the_stages_report_each_finished_batch_its_forward_passes_and_their_own_lives_to_the_run_s_ledger(
         tiny_models, ray_cluster, monkeypatch):
     import pyarrow as pa
-    import ray
     import torch
 
     from albert_batch.config import Precision
@@ -116,13 +114,52 @@ def test_the_stages_report_each_finished_batch_its_forward_passes_and_their_own_
             model(tokenized)
     finally:
         torch.set_num_threads(threads)
-    figures = ray.get(ledger.snapshot.remote())
+    figures = ledger.snapshot()
     assert figures["rows"]["modelled"] == 5  # rejected rows too: they are done
     forward = figures["forward"]["classify"]
     assert forward["passes"] >= 2 and forward["seconds"] > 0 and figures["busy_s"] > 0
     assert forward["real_tokens"] == tokens + 2 * 4, "each accepted text and its two special tokens"
     assert forward["padding_tokens"] >= 0
     assert {stage: count for stage, (count, _) in figures["actors"].items()} == {"model": 1, "tokenize": 1}
+
+
+def test_a_run_s_figures_sum_every_worker_s_reports_outlive_a_killed_worker_and_go_when_the_run_ends(ray_cluster):
+    """Each worker process stores its own tallies under the run's prefix of the cluster's key-value store; the
+    driver sums them. What a killed actor reported stays counted; when the run ends its keys are deleted,
+    and an actor still beating stops and leaves none behind."""
+    import ray
+
+    from albert_batch.pipeline import ledger as ledger_module
+
+    ledger = ledger_module.start_ledger()
+
+    @ray.remote(num_cpus=0)
+    def read(rows: int) -> None:
+        ledger.read(rows, 0.25)
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class ModelLike:
+        def __init__(self) -> None:
+            ledger_module.heartbeat(ledger, ledger_module.MODEL)
+
+        def batch(self, rows: int) -> None:
+            ledger.modelled(rows, {"classify": {"passes": 1, "real_tokens": 7}}, 0.5, span=(100.0, 101.0))
+
+    ray.get([read.remote(rows) for rows in (3, 4, 5)])
+    actor = ModelLike.remote()
+    ray.get(actor.batch.remote(6))
+    ray.kill(actor)
+    figures = ledger.snapshot()
+    assert figures["rows"] == {"read": 12, "modelled": 6}
+    assert figures["tasks"]["read"] == [3, 0.75] and figures["forward"]["classify"] == {"passes": 1, "real_tokens": 7}
+    assert figures["actors"]["model"][0] == 1 and figures["first_batch_at"] == 101.0
+
+    beating = ModelLike.remote()
+    ray.get(beating.batch.remote(1))
+    ledger.close()
+    time.sleep(2.5 * ledger_module.HEARTBEAT_S)  # a beat after the run ended finds its key gone, and stops
+    assert ledger.snapshot()["rows"] == {} and ledger_module.final_snapshot(ledger)["actors"] == {}
+    ray.kill(beating)
 
 
 def test_the_progress_interval_can_be_set_and_a_bad_one_is_refused(monkeypatch):

@@ -40,7 +40,6 @@ def close(got: Any, want: Any) -> bool:
 
 def test_a_model_actor_runs_each_distinct_text_once_and_gives_every_row_the_results_of_a_full_run(
         tiny_models, ray_cluster, monkeypatch):
-    import ray
     import torch
 
     from albert_batch.pipeline.ledger import start_ledger
@@ -63,7 +62,7 @@ def test_a_model_actor_runs_each_distinct_text_once_and_gives_every_row_the_resu
                 assert close(got.column(name).to_pylist(), want.column(name).to_pylist()), name
     finally:
         torch.set_num_threads(threads)
-    rows = ray.get(ledger.snapshot.remote())["rows"]
+    rows = ledger.snapshot()["rows"]
     # 7 accepted rows (the blank one is rejected), 3 distinct texts: the second batch's Lisbon comes from the cache.
     assert (rows["accepted_rows"], rows["rows_run"]) == (7, 3)
 

@@ -31,6 +31,7 @@ from albert_batch.errors import AlbertBatchError, InputError, NotFound
 from albert_batch.pipeline import staging
 from albert_batch.pipeline.columns import ROW, UNIT, kept_column
 from albert_batch.pipeline.isolation import DETAIL, REASON
+from albert_batch.pipeline.ledger import RunLedger
 from albert_batch.pipeline.units import InputFile, WorkUnit, pack
 from albert_batch.storage import Location
 
@@ -204,7 +205,7 @@ class InputColumns(Protocol):
 
 
 def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, rows_per_block: int,
-               retries_to: Location | None = None, ledger: Any = None,
+               retries_to: Location | None = None, ledger: RunLedger | None = None,
                run: metrics.RunTags | None = None) -> ray.data.Dataset:
     """The ``id`` and ``text`` columns of ``units``, with each row's unit and its row number in the unit and
     the columns the run carries (``plan.kept``), as a Ray dataset in blocks of at most ``rows_per_block`` rows.
@@ -216,7 +217,7 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
     The read runs one task at a time, a unit per task. A read task runs to its end once started, whatever
     the stages after it can take, so reading more at once would let a large corpus's text wait in memory
     (BENCHMARKS.md, "Memory"); one task decodes Parquet text far faster than any model stage consumes it.
-    Each unit read is told to ``ledger`` (the run's `albert_batch.pipeline.ledger.Ledger`) and the metrics,
+    Each unit read is told to ``ledger`` (the run's `albert_batch.pipeline.ledger.RunLedger`) and the metrics,
     tagged with ``run``."""
     import ray.data
 
@@ -236,7 +237,7 @@ def read_input(config: InputColumns, plan: InputPlan, units: list[WorkUnit], *, 
 
 
 def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: str, id_type: pa.DataType,
-                retries_to: Location | None, ledger: Any = None, run: metrics.RunTags | None = None,
+                retries_to: Location | None, ledger: RunLedger | None = None, run: metrics.RunTags | None = None,
                 kept: Sequence[pa.Field] = ()) -> Iterator[pa.Table]:
     """Each unit of ``batch`` (one row per unit) as ``id``, ``text``, its unit and each row's number in it,
     and the ``kept`` columns; a unit's files are read `READ_THREADS` at a time."""
@@ -254,7 +255,7 @@ def _read_units(batch: pa.Table, *, scheme: str, id_column: str, text_column: st
             yield rows
             if ledger is not None:  # the task's time for this unit, its output handed on
                 now = time.perf_counter()
-                ledger.read.remote(rows.num_rows, now - since)
+                ledger.read(rows.num_rows, now - since)
                 since = now
 
 

@@ -2,9 +2,13 @@
 and staged (the progress line, the rows waiting between stages), each stage actor's lifetime and each read
 and write task's time (what the run cost), and the forward passes (tokens, padding, seconds).
 
-One `Ledger` actor per run, holding no CPU, on the driver's node. Workers report to it without waiting for
-an answer, so reporting never slows them. Like metrics, it counts work done: a batch that Ray runs again
-(its actor died) counts again; the summary's row counts come from the staged pieces, each row once.
+A run's `RunLedger` is a key prefix in the Ray cluster's own key-value store (the GCS's, on the head): each
+worker process keeps its own tallies for the run (a `Ledger`) and, as they change, stores them whole under
+its own key; the driver sums every key of the prefix when it looks, and deletes them when the run ends. So a
+run starts no process of its own for its figures, a worker's report is one small write that no other worker
+waits on, and what a worker reported outlives it (its node lost, its process killed). Like metrics, the
+tallies count work done: a batch that Ray runs again (its actor died) counts again; the summary's row counts
+come from the staged pieces, each row once.
 
 A stage actor's lifetime runs from the start of its constructor to its last heartbeat (every
 `HEARTBEAT_S`), so it is short by less than that; what it held is that time times the CPUs and GPUs it
@@ -14,10 +18,13 @@ reserved. A task's time is measured around its work.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,9 @@ MODEL, TOKENIZE, READ, WRITE = "model", "tokenize", "read", "write"
 # The summary's names for the stages' workers, in the order it lists them.
 WORKERS = {MODEL: "model_actors", TOKENIZE: "tokenizer_actors", READ: "read_tasks", WRITE: "write_tasks"}
 FORWARD_FIELDS = ("passes", "real_tokens", "padding_tokens", "seconds")
+NAMESPACE_KEY = b"albert_batch"  # the key-value store's namespace of the runs' tallies
+STORE_TIMEOUT_S = 10  # a report waits at most this long for the store (then the next one carries it)
+KEPT_RUNS = 4  # runs whose tallies a worker process holds at most (a pooled worker serves run after run)
 
 
 class Ledger:
@@ -75,6 +85,21 @@ class Ledger:
         for task, figures in forward.items():
             self.forward.setdefault(task, Counter()).update(figures)
 
+    def merge(self, other: Ledger) -> None:
+        """Add ``other``'s tallies (another worker's) to these."""
+        self.rows.update(other.rows)
+        self.actors.update(other.actors)
+        for stage, (count, seconds) in other.tasks.items():
+            tally = self.tasks.setdefault(stage, [0, 0.0])
+            tally[0] += count
+            tally[1] += seconds
+        for task, figures in other.forward.items():
+            self.forward.setdefault(task, Counter()).update(figures)
+        self.busy_s += other.busy_s
+        for name in ("models_loaded_at", "first_forward_at", "first_batch_at"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(self, name, theirs if mine is None else mine if theirs is None else min(mine, theirs))
+
     def snapshot(self) -> dict[str, Any]:
         actors: dict[str, list[float]] = {}
         for (_, stage), (started, seen) in self.actors.items():
@@ -93,45 +118,120 @@ class Ledger:
                                  if time.time() - seen < 3 * HEARTBEAT_S)}
 
 
-def start_ledger() -> Any:
-    """The run's `Ledger` actor: no CPU, on the driver's node."""
-    return start_counter(Ledger)
+@dataclass(frozen=True)
+class RunLedger:
+    """A run's figures in the cluster's key-value store (see the module's doc): what its workers report
+    through, and what its driver reads. Holds only its key prefix, so it travels to every worker as is."""
 
+    prefix: str
 
-def start_counter(counter: type) -> Any:
-    """A ``counter`` actor (a `Ledger`, or training's `StepCounter`) that holds no CPU, on the driver's node;
-    started again elsewhere if that node is lost (counting afresh from then)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    def read(self, rows: int, seconds: float) -> None:
+        self._report(lambda tally: tally.read(rows, seconds))
 
-    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0, scheduling_strategy=strategy, max_restarts=-1)(counter).remote()
+    def staged(self, rows: int, seconds: float) -> None:
+        self._report(lambda tally: tally.staged(rows, seconds))
 
+    def alive(self, worker: str, stage: str, started: float, now: float) -> bool:
+        """Report that ``worker`` lives; False once the run has ended (its driver deleted its figures)."""
+        return self._report(lambda tally: tally.alive(worker, stage, started, now), beat=True)
 
-def final_snapshot(ledger: Any) -> dict[str, Any]:
-    """The ``ledger``'s figures once the stages are done (none: empty ones). A ledger that cannot answer
-    (lost with its node, and not back in a minute) costs the run its figures, never its results."""
-    if ledger is not None:
-        import ray
+    def loaded(self, at: float) -> None:
+        self._report(lambda tally: tally.loaded(at))
 
+    def modelled(self, rows: int, forward: Mapping[str, Mapping[str, float]], busy_s: float,
+                 repeats: Mapping[str, int] | None = None, span: tuple[float, float] | None = None) -> None:
+        self._report(lambda tally: tally.modelled(rows, forward, busy_s, repeats, span))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every worker's tallies, summed (`Ledger.snapshot`)."""
+        store = _store()
+        keys = store.internal_kv_keys(self.prefix.encode(), NAMESPACE_KEY, timeout=STORE_TIMEOUT_S)
+        total = Ledger()
+        if keys:
+            for blob in store.internal_kv_multi_get(keys, NAMESPACE_KEY, timeout=STORE_TIMEOUT_S).values():
+                total.merge(pickle.loads(blob))
+        return total.snapshot()
+
+    def close(self) -> None:
+        """Delete the run's figures (every worker's key); workers that report later are told the run ended.
+        Never raises: a cluster that cannot be reached (lost with its head) has nothing left to delete."""
         try:
-            return ray.get(ledger.snapshot.remote(), timeout=60)
-        except Exception as err:  # RayError, GetTimeoutError: the figures are lost, the rows are staged
-            log.warning("the run's ledger did not answer (%s): its cost, forward and repeat figures are missing", err)
+            _store().internal_kv_del(self.prefix.encode(), True, NAMESPACE_KEY, timeout=STORE_TIMEOUT_S)
+        except Exception as err:
+            log.debug("cannot delete the run's tallies: %s", err)
+
+    def _report(self, update: Callable[[Ledger], None], *, beat: bool = False) -> bool:
+        """Apply ``update`` to this process's tallies for the run and store them under its key. Never raises:
+        a report that cannot be stored is carried by the next one. A heartbeat (``beat``) that finds its key
+        gone, after this process had stored it, finds the run ended: it removes the key it just made again."""
+        with _LOCK:
+            tally = _TALLIES.get(self.prefix)
+            if tally is None:
+                tally = _TALLIES[self.prefix] = Ledger()
+                while len(_TALLIES) > KEPT_RUNS:
+                    oldest = next(iter(_TALLIES))
+                    del _TALLIES[oldest]
+                    _STORED.discard(oldest)
+            update(tally)
+            key = f"{self.prefix}{_worker_id()}".encode()
+            try:
+                added = _store().internal_kv_put(key, pickle.dumps(tally), True, NAMESPACE_KEY, timeout=STORE_TIMEOUT_S)
+                if beat and added and self.prefix in _STORED:
+                    _store().internal_kv_del(key, False, NAMESPACE_KEY, timeout=STORE_TIMEOUT_S)
+                    return False
+            except Exception as err:  # the GCS did not answer in time: the figures wait for the next report
+                log.debug("cannot store the run's tallies: %s", err)
+                return True
+            _STORED.add(self.prefix)
+            return True
+
+
+_LOCK = threading.Lock()
+_TALLIES: dict[str, Ledger] = {}  # this process's tallies, by run prefix
+_STORED: set[str] = set()  # run prefixes this process has stored its tallies under
+
+
+def _store() -> Any:
+    """The cluster's key-value store (the GCS's), through this process's Ray connection."""
+    from ray.experimental import internal_kv
+
+    return internal_kv.internal_kv_get_gcs_client()
+
+
+def _worker_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_worker_id()
+
+
+def start_ledger() -> RunLedger:
+    """A new run's `RunLedger`."""
+    return RunLedger(f"ledger/{uuid.uuid4().hex}/")
+
+
+def final_snapshot(ledger: RunLedger | None) -> dict[str, Any]:
+    """The ``ledger``'s figures once the stages are done (none: empty ones). A store that cannot answer costs
+    the run its figures, never its results."""
+    if ledger is not None:
+        try:
+            return ledger.snapshot()
+        except Exception as err:  # the GCS did not answer: the figures are lost, the rows are staged
+            log.warning("the run's figures could not be read (%s): its cost, forward and repeat figures are missing",
+                        err)
     return Ledger().snapshot()
 
 
-def heartbeat(ledger: Any, stage: str) -> None:
+def heartbeat(ledger: RunLedger | None, stage: str) -> None:
     """From a stage actor's constructor: tell ``ledger`` that this actor lives, now and, from a thread, every
-    `HEARTBEAT_S` until its process ends (no ledger: nothing). A stage called in a driver (a test, a
-    benchmark) beats once: a driver's thread would outlive the Ray it reports through."""
+    `HEARTBEAT_S` until the run ends or its process does (no ledger: nothing). A stage called in a driver (a
+    test, a benchmark) beats once: a driver's thread would outlive the Ray it reports through."""
     if ledger is None:
         return
     import ray
 
     context = ray.get_runtime_context()
     worker, started = context.get_worker_id(), time.time()
-    ledger.alive.remote(worker, stage, started, started)
+    ledger.alive(worker, stage, started, started)
     if context.get_actor_id() is None:
         return
 
@@ -139,7 +239,8 @@ def heartbeat(ledger: Any, stage: str) -> None:
         while True:
             time.sleep(HEARTBEAT_S)
             try:
-                ledger.alive.remote(worker, stage, started, time.time())
+                if not ledger.alive(worker, stage, started, time.time()):
+                    return
             except Exception:  # Ray is shutting down in this process: nobody is left to tell
                 return
 

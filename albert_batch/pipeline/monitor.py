@@ -22,6 +22,7 @@ from albert_batch import metrics
 from albert_batch.errors import NodeLost
 from albert_batch.pipeline import ledger, progress, staging
 from albert_batch.pipeline.interrupts import Interrupts
+from albert_batch.pipeline.ledger import RunLedger
 from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,11 @@ POLL_S = 2.0
 class Monitor(threading.Thread):
     def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
                  actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts,
-                 ledger: Any = None, units: int | None = None, run_id: str | None = None) -> None:
+                 ledger: RunLedger | None = None, units: int | None = None, run_id: str | None = None) -> None:
         """``unit_rows`` (unit -> rows) are the units this run (``run_id``) processes, of ``units`` units and
         ``total_rows`` input rows (the others are reused, with pieces of earlier runs that may name other units
         by the same numbers); built as the processing starts, which the rate counts from.
-        ``ledger`` is the run's `albert_batch.pipeline.ledger.Ledger`."""
+        ``ledger`` is the run's `albert_batch.pipeline.ledger.RunLedger`."""
         super().__init__(name="albert-batch-monitor", daemon=True)
         self.folder = folder
         self.run_id = run_id
@@ -106,9 +107,7 @@ class Monitor(threading.Thread):
         return all(total.get(name, 0.0) >= amount - 1e-9 for name, amount in self.actor_needs.items())
 
     def _figures(self) -> dict[str, Any]:
-        import ray
-
-        return ray.get(self.ledger.snapshot.remote(), timeout=10) if self.ledger is not None else {"rows": {}}
+        return self.ledger.snapshot() if self.ledger is not None else {"rows": {}}
 
     def _set_gauges(self) -> None:
         rows = (figures := self._figures())["rows"]

@@ -1,7 +1,7 @@
 """A run's progress as a person reads it: rows done of the total, rows per second and the time left.
 
 It is counted from the pipeline's own counters, not from Ray's metrics, so it reads the same on any
-cluster: the rows the model stage has finished (the run's `albert_batch.pipeline.ledger.Ledger`, which every
+cluster: the rows the model stage has finished (the run's `albert_batch.pipeline.ledger.RunLedger`, which every
 model actor reports each batch to) or, when further, the rows the writer has staged (the staging folder's piece records, which also
 count a resumed run's reused rows as done, though not in its rate). It advances a batch at a time.
 

@@ -62,7 +62,7 @@ class _Run:
     retries_before: Counter[str] = field(default_factory=Counter)  # the driver's storage retries before the run
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     timings: dict[str, float] = field(default_factory=dict)
-    ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, while it processes
+    ledger: ledger.RunLedger | None = None  # where the run's workers report to, while it processes
     reuse: dict[str, Any] | None = None  # what was reused of earlier work (`reuse.describe`)
 
     @property
@@ -111,6 +111,8 @@ def run(config: RunConfig) -> RunSummary:
         try:
             return _run(job, interrupts)
         finally:
+            if job.ledger is not None:
+                job.ledger.close()
             if started_ray:
                 import ray
 

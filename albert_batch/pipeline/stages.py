@@ -35,6 +35,7 @@ from albert_batch.pipeline import heap
 from albert_batch.pipeline import ledger as ledger_module
 from albert_batch.pipeline.columns import KEPT, POSITION, TOKENS, from_list_array, task_column, to_list_array
 from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, details, isolated
+from albert_batch.pipeline.ledger import RunLedger
 
 
 def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None], earlier: list[str | None] | None = None,
@@ -81,9 +82,9 @@ class TokenizeStage:
     core of the node, taking them from the model."""
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False,
-                 max_text_chars: int | None = None, dedupe: bool = True, ledger: Any = None,
+                 max_text_chars: int | None = None, dedupe: bool = True, ledger: RunLedger | None = None,
                  run: metrics.RunTags | None = None, faults: dict[str, frozenset[object]] | None = None):
-        """``ledger``: the run's `albert_batch.pipeline.ledger.Ledger`, told that this actor lives; ``run``: the
+        """``ledger``: the run's `albert_batch.pipeline.ledger.RunLedger`, told that this actor lives; ``run``: the
         tags of the metrics it records; ``faults``: the test-only fault hook's rows
         (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
         ledger_module.heartbeat(ledger, ledger_module.TOKENIZE)
@@ -131,7 +132,7 @@ class TokenizeStage:
         return pa.table(columns)
 
 
-def _load_predictors(omp_threads: int, ledger: Any, *args: Any,
+def _load_predictors(omp_threads: int, ledger: RunLedger | None, *args: Any,
                      **kwargs: Any) -> tuple[dict[Task, Predictor], float]:
     """`load_predictors` in a model actor, torch on ``omp_threads`` threads; and when they were loaded (epoch
     seconds), which the ``ledger`` hears too."""
@@ -141,7 +142,7 @@ def _load_predictors(omp_threads: int, ledger: Any, *args: Any,
     predictors = load_predictors(*args, **kwargs)
     loaded_at = time.time()
     if ledger is not None:
-        ledger.loaded.remote(loaded_at)
+        ledger.loaded(loaded_at)
     return predictors, loaded_at
 
 
@@ -160,11 +161,11 @@ class ModelStage:
         window_overlap: int,
         allow_pickle_weights: bool = False,
         dedupe: bool = True,
-        ledger: Any = None,
+        ledger: RunLedger | None = None,
         run: metrics.RunTags | None = None,
         faults: dict[str, frozenset[object]] | None = None,
     ):
-        """``ledger``, the run's `albert_batch.pipeline.ledger.Ledger`, hears that this actor lives and of every
+        """``ledger``, the run's `albert_batch.pipeline.ledger.RunLedger`, hears that this actor lives and of every
         finished batch and its forward passes; ``run``: the tags of the metrics it records; ``faults``: the
         test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
         ledger_module.heartbeat(ledger, ledger_module.MODEL)
@@ -263,7 +264,7 @@ class ModelStage:
         repeats = {"accepted_rows": self._rows, "rows_run": self._computed}
         self._rows = self._computed = 0
         if self.ledger is not None:
-            self.ledger.modelled.remote(rows, forward, busy_s, repeats, (began, time.time()))
+            self.ledger.modelled(rows, forward, busy_s, repeats, (began, time.time()))
 
     def predict(self, batch: pa.Table) -> pa.Table:
         size = batch.num_rows

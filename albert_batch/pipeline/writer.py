@@ -37,6 +37,7 @@ from albert_batch.contract import CLASSIFICATIONS, ENTITIES, REJECTS, TASK_OUTPU
 from albert_batch.pipeline import heap, staging
 from albert_batch.pipeline.columns import ROW, TOKENS, UNIT, kept_column, task_column
 from albert_batch.pipeline.isolation import REASON, check_faults, details, is_data_error, reject_failing
+from albert_batch.pipeline.ledger import RunLedger
 from albert_batch.quality.sketch import Sketch
 from albert_batch.storage import Location
 
@@ -98,7 +99,7 @@ class StagingWriter:
     kept: tuple[pa.Field, ...] = ()  # the input columns carried into every table (`InputPlan.kept`)
     unit_keys: dict[int, str] = field(default_factory=dict)  # unit -> its key (`albert_batch.pipeline.units`)
     faults: dict[str, frozenset[object]] | None = None  # the test-only fault hook's rows (isolation.FAULTS_ENV)
-    ledger: Any = None  # the run's `albert_batch.pipeline.ledger.Ledger`, told of each write
+    ledger: RunLedger | None = None  # the run's `albert_batch.pipeline.ledger.RunLedger`, told of each write
     run: metrics.RunTags | None = None  # the tags of the metrics a write records
 
     def write(self, blocks: Sequence[pa.Table]) -> int:
@@ -116,7 +117,7 @@ class StagingWriter:
                     staging.write_piece(self.folder, piece)
                     _count_staged(piece)
                 if self.ledger is not None:
-                    self.ledger.staged.remote(batch.num_rows, time.perf_counter() - started)
+                    self.ledger.staged(batch.num_rows, time.perf_counter() - started)
                 return batch.num_rows
         finally:
             heap.return_freed_heap_pages()  # a file's worth of buffers, freed

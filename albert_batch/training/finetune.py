@@ -28,14 +28,13 @@ from albert_batch.contract import Task
 from albert_batch.errors import AlbertBatchError, ModelLoadError
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
-from albert_batch.pipeline.ledger import start_counter
 from albert_batch.storage import Location
 from albert_batch.training import workspace
 from albert_batch.training.config import FinetuneConfig
 from albert_batch.training.data import LabelledData, encode, label_names, read_labelled
 from albert_batch.training.loop import TrainLoop, train_loop
 from albert_batch.training.pretrain import REPORT as PRETRAINING_REPORT
-from albert_batch.training.progress import StepCounter, StepMonitor
+from albert_batch.training.progress import StepMonitor, start_step_counter
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             with tempfile.TemporaryDirectory(prefix="albert-finetune-") as local:
                 workspace.upload_base(prepare_base(config, labels, train.texts, Path(local) / "base"), work)
             workspace.record_settings(work, settings)
-        counter = start_counter(StepCounter)
+        counter = start_step_counter()
         lr = learning_rate(config)
         trainer = _trainer(config, labels, train, evaluation, work, counter, lr)
         log.info("fine-tuning on %d Ray Train worker(s): %d training texts, %d eval texts; checkpoints in %s",

@@ -29,7 +29,6 @@ from albert_batch.errors import AlbertBatchError, InputError, ModelLoadError
 from albert_batch.inference import models
 from albert_batch.pipeline.cluster import connect_ray, package_versions
 from albert_batch.pipeline.inputs import InputPlan, plan_input, read_input
-from albert_batch.pipeline.ledger import start_counter
 from albert_batch.storage import Location
 from albert_batch.training import sop, workspace
 from albert_batch.training.config import PretrainConfig
@@ -41,7 +40,7 @@ from albert_batch.training.pretrain_data import (
     count_corpus,
     held_out_buckets,
 )
-from albert_batch.training.progress import StepCounter, StepMonitor
+from albert_batch.training.progress import StepMonitor, start_step_counter
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
                         special_ids=frozenset(tokenizer.all_special_ids), probability=config.mlm_probability)
         held_out = mask_held_out(corpus_examples(config, plan, settings, side="held_out").take_all(), masker,
                                  config.seed)
-        counter = start_counter(StepCounter)
+        counter = start_step_counter()
         trainer = _trainer(config, plan, settings, data, work, base_uri, held_out, masker,
                            pad_id=tokenizer.pad_token_id or 0, counter=counter)
         log.info("pretraining on %d Ray Train worker(s); checkpoints in %s", config.num_workers, work)

@@ -46,6 +46,16 @@ class StepCounter:
         return self.last
 
 
+def start_step_counter() -> Any:
+    """The training run's `StepCounter` actor: it holds no CPU, on the driver's node; started again elsewhere
+    if that node is lost (counting afresh from then)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, scheduling_strategy=strategy, max_restarts=-1)(StepCounter).remote()
+
+
 def report_step(counter: Any, step: Step) -> None:
     """Send ``step`` to ``counter`` without waiting (no counter: nothing)."""
     if counter is not None:

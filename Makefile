@@ -56,11 +56,11 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m mkdocs serve
 
-# The suite runs two tests at a time (pytest-xdist; a worker that runs out of tests takes some of the other's):
-# most of a test's time is spent waiting for Ray processes, runs and servers, not computing.
+# The suite runs two test files at a time (pytest-xdist): each worker takes the next whole file, so that a file's
+# module fixtures start once, the longest first (tests/durations.json), so that the last to finish are quick.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit -q

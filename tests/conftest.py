@@ -5,6 +5,8 @@ built on the fly, and one run's published output that several tests read. Helper
 from __future__ import annotations
 
 import atexit
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -43,18 +45,41 @@ os.makedirs(f"{ICEBERG_HOME}/warehouse")
 HEAVY_FIXTURES = frozenset({"ray_cluster", "tiny_models", "s3"})
 
 
+# Each test file's seconds in a full `make test` (`pytest --record-durations` rewrites them). `make test` hands
+# whole files to its two workers (`--dist loadfile`, so a file's module fixtures start once), in the order
+# collected: the longest first, so that the last to finish are quick ones. A file not listed counts as longest.
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each test file's seconds in this session to {DURATIONS.name} (files not run keep theirs)")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    weight: dict[str, int] = {}
     for item in items:
         needs_more = any(item.get_closest_marker(name) for name in ("slow", "gpu", "docker"))
-        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
-        if not heavy and not needs_more:
+        if not needs_more and not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.unit)
-        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + (
-            30 if needs_more else 1 if heavy else 0)
-    # The heaviest files first (`make test` runs tests side by side, each worker taking from the front of its
-    # share), so that the last to finish are the quick ones; within a file, the tests keep their order.
-    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
+    seconds = json.loads(DURATIONS.read_text())
+    items.sort(key=lambda item: -seconds.get(_file(item.nodeid), math.inf))  # stable: a file's tests keep their order
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+_recorded: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _recorded[_file(report.nodeid)] = _recorded.get(_file(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
+        seconds = {**json.loads(DURATIONS.read_text()), **{name: round(s, 1) for name, s in _recorded.items()}}
+        DURATIONS.write_text(json.dumps(dict(sorted(seconds.items(), key=lambda kv: -kv[1])), indent=0) + "\n")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -60,7 +60,7 @@ docs: $(STAMP)
 # module fixtures start once, the longest first (tests/durations.json), so that the last to finish are quick.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 unit: $(STAMP)
 	$(PY) -m pytest -m unit -q

@@ -248,8 +248,9 @@ class ModelStage:
         return rows  # type: ignore[return-value]
 
     def _report(self, rows: int, began: float) -> None:
-        """The batch's forward passes, to the metrics and (not awaited: reporting must never slow the stage)
-        to the ledger, with when its work ``began`` (its arrival, or the models' load if that was later)."""
+        """The batch's forward passes, to the metrics and to the ledger (one small write, under a millisecond:
+        BENCHMARKS.md, "What the metrics cost"), with when its work ``began`` (its arrival, or the models' load if
+        that was later)."""
         forward, busy_s = {}, 0.0
         for task, predictor in self.predictors.items():
             stats = predictor.take_forward_stats()

@@ -17,7 +17,8 @@ from albert_batch.cli import main as cli_main
 from albert_batch.contract import ENTITY_TYPE
 from albert_batch.errors import ConfigError, ExitCode
 from albert_batch.pipeline.validate import validate_partition
-from albert_batch.quality import QUALITY, REPORT, QualityFigures, QualityGate, Sketch
+from albert_batch.quality import QUALITY, REPORT, QualityFigures, QualityGate, Sketch, charts
+from albert_batch.quality.charts import Series
 from albert_batch.quality.figures import figures, total_variation
 from albert_batch.quality.report import render
 from support import TRICKY_TEXTS, write_corpus
@@ -113,7 +114,7 @@ def test_a_quality_gate_breaches_on_its_limits_or_else_on_the_drift_flags():
         QualityGate(max_reject_rate="high")
 
 
-def charts(page: str) -> dict[str, ET.Element]:
+def page_charts(page: str) -> dict[str, ET.Element]:
     """The page's inline charts by title, each parsed as XML: a malformed one raises here."""
     found = {}
     for svg in re.findall(r"<svg\b.*?</svg>", page, re.S):
@@ -134,7 +135,7 @@ def test_the_report_is_one_offline_page_with_every_section_and_valid_plots():
     for section in SECTIONS:
         assert f">{section}" in page, section
     assert "<script" not in page and "http://" not in page and "https://" not in page  # opens offline
-    plots = charts(page)
+    plots = page_charts(page)
     assert set(plots) == {"Label distribution", "Score distribution per label", "Entities per type",
                           "Entities per document", "Text length", "Throughput (rows written, by processing time)"}
     assert all(float(chart.get("width")) > 300 for chart in plots.values())
@@ -143,6 +144,14 @@ def test_the_report_is_one_offline_page_with_every_section_and_valid_plots():
     heights = bar_heights(plots["Label distribution"])
     assert heights == pytest.approx([share * heights[0] / shares[0] for share in shares], abs=0.2)
     assert sum(bar_heights(plots["Text length"])) > 0 and len(bar_heights(plots["Text length"])) == len(after.tokens["counts"])
+
+
+def test_a_chart_of_nothing_or_of_markup_is_still_well_formed_svg():
+    empty = [charts.bars("Entities per type", [], [Series("this partition", [], "#000")], ylabel="share"),
+             charts.lines("Throughput", [], [Series("rows/s", [], "#000")], ylabel="rows/s", points=True)]
+    assert all(not bar_heights(ET.fromstring(svg)) for svg in empty)
+    marked = ET.fromstring(charts.bars("<b>&", ["<x>"], [Series("<s>", [3.0], "#000")], ylabel='"q"', legend=True))
+    assert marked.findtext("title") == "<b>&" and {"<x>", "<s>", '"q"'} <= set(marked.itertext())
 
 
 def test_entity_texts_are_escaped_in_the_report():
@@ -193,7 +202,7 @@ def test_every_run_publishes_a_report_and_flags_a_partition_built_to_shift(tmp_p
     page = (out / "classifications/dt=2026-11-03" / REPORT).read_text()
     for section in SECTIONS:
         assert f">{section}" in page, section
-    assert "label_shift" in page and ">shifted<" in page and len(charts(page)) == 6
+    assert "label_shift" in page and ">shifted<" in page and len(page_charts(page)) == 6
 
     # On demand, against any published partition.
     target = tmp_path / "compare.html"

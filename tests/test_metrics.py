@@ -89,7 +89,9 @@ def test_a_run_s_metrics_scraped_while_it_runs_and_after_equal_its_summary_and_t
                       extra_args=["--num-cpus=2", f"--metrics-export-port={port}"],
                       env={"RAY_metrics_report_interval_ms": "1000"})
     try:
-        texts = [*TRICKY_TEXTS * 40, None, "   ", None]
+        # Distinct texts (none is run once for many rows), enough that the model stage is still at work for
+        # seconds after the read, whose counter is exported within a second of it: the scrape below sees it.
+        texts = [*(f"{text} (row {i})" for i, text in enumerate(TRICKY_TEXTS * 250)), None, "   ", None]
         (tmp_path / "input").mkdir()
         write_corpus(tmp_path / "input/part.parquet", list(range(len(texts))), texts)
         summary_file = tmp_path / "summary.json"

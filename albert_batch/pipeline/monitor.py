@@ -22,7 +22,6 @@ from albert_batch import metrics
 from albert_batch.errors import NodeLost
 from albert_batch.pipeline import ledger, progress, staging
 from albert_batch.pipeline.interrupts import Interrupts
-from albert_batch.pipeline.ledger import RunLedger
 from albert_batch.storage import Location
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ POLL_S = 2.0
 class Monitor(threading.Thread):
     def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
                  actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts,
-                 ledger: RunLedger | None = None, units: int | None = None, run_id: str | None = None) -> None:
+                 ledger: ledger.RunLedger | None = None, units: int | None = None, run_id: str | None = None) -> None:
         """``unit_rows`` (unit -> rows) are the units this run (``run_id``) processes, of ``units`` units and
         ``total_rows`` input rows (the others are reused, with pieces of earlier runs that may name other units
         by the same numbers); built as the processing starts, which the rate counts from.
@@ -62,8 +61,7 @@ class Monitor(threading.Thread):
         self.join(timeout=10)
         if exc_type is None:  # the stages are done: the last line and gauges say where they ended
             try:
-                self._set_gauges()
-                self._log_progress(logging.INFO)
+                self._log_progress(logging.INFO, self._set_gauges())
             except Exception as err:  # a failed look at the staging folder is the runner's to report
                 log.debug("monitor: %s", err)
 
@@ -91,12 +89,12 @@ class Monitor(threading.Thread):
                             f"{self.wait_for_nodes_s:.0f}s after the last one was lost; the staged work is kept, "
                             "and the next run of the partition resumes it"))
                         return
-                self._set_gauges()
+                figures = self._set_gauges()
                 if now >= next_progress:
                     next_progress = now + self.progress_s
-                    self._log_progress(logging.INFO)
+                    self._log_progress(logging.INFO, figures)
                 elif progress.log.isEnabledFor(logging.DEBUG):  # someone shows progress live
-                    self._log_progress(logging.DEBUG)
+                    self._log_progress(logging.DEBUG, figures)
             except Exception as err:  # watching must never break the run it watches
                 log.debug("monitor: %s", err)
 
@@ -109,7 +107,8 @@ class Monitor(threading.Thread):
     def _figures(self) -> dict[str, Any]:
         return self.ledger.snapshot() if self.ledger is not None else {"rows": {}}
 
-    def _set_gauges(self) -> None:
+    def _set_gauges(self) -> dict[str, Any]:
+        """The gauges, from one look at the ledger's figures, which it returns for the progress line."""
         rows = (figures := self._figures())["rows"]
         modelled, staged = min(rows.get("modelled", 0), rows.get("read", 0)), rows.get("staged", 0)
         metrics.set_gauge("albert_batch_rows_waiting", rows.get("read", 0) - modelled, stage="model")
@@ -118,9 +117,10 @@ class Monitor(threading.Thread):
             metrics.set_gauge("albert_batch_actors", figures.get("alive", {}).get(stage, 0), stage=stage)
         for state, units in (("planned", self.units), ("reused", self.units - len(self.unit_rows))):
             metrics.set_gauge("albert_batch_units", units, state=state)
+        return figures
 
-    def _log_progress(self, level: int) -> None:
-        """The progress line; and the units staged gauge, from the same look at the staging folder (a listing,
+    def _log_progress(self, level: int, figures: Mapping[str, Any]) -> None:
+        """The progress line, with the rows through the model from ``figures`` (the ledger's); and the units staged gauge, from the same look at the staging folder (a listing,
         so not at every poll)."""
         pieces = [p for p in staging.read_pieces(self.folder, self._pieces) if self.run_id in (None, p.run_id)]
         by_unit = progress.staged_by_unit(pieces, self.unit_rows)
@@ -128,7 +128,7 @@ class Monitor(threading.Thread):
         metrics.set_gauge("albert_batch_units", self.units - len(self.unit_rows) + units, state="staged")
         staged = done = sum(by_unit.values())
         if self.ledger is not None:
-            scored = self._figures()["rows"].get("modelled", 0)
+            scored = figures["rows"].get("modelled", 0)
             done = max(done, min(scored, sum(self.unit_rows.values())))
         reused = self.progress.reused_rows
         progress.log.log(level, self.progress.line(reused + done, time.monotonic(), staged_rows=reused + staged))

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -165,30 +165,36 @@ class RunLedger:
         a report that cannot be stored is carried by the next one. A heartbeat (``beat``) that finds its key
         gone, after this process had stored it, finds the run ended: it removes the key it just made again."""
         with _LOCK:
-            tally = _TALLIES.get(self.prefix)
-            if tally is None:
-                tally = _TALLIES[self.prefix] = Ledger()
-                while len(_TALLIES) > KEPT_RUNS:
-                    oldest = next(iter(_TALLIES))
-                    del _TALLIES[oldest]
-                    _STORED.discard(oldest)
-            update(tally)
+            held = _HELD.get(self.prefix)
+            if held is None:
+                held = _HELD[self.prefix] = _Held()
+                while len(_HELD) > KEPT_RUNS:
+                    del _HELD[next(iter(_HELD))]
+            update(held.tally)
             key = f"{self.prefix}{_worker_id()}".encode()
             try:
-                added = _store().internal_kv_put(key, pickle.dumps(tally), True, NAMESPACE_KEY, timeout=STORE_TIMEOUT_S)
-                if beat and added and self.prefix in _STORED:
+                added = _store().internal_kv_put(key, pickle.dumps(held.tally), True, NAMESPACE_KEY,
+                                                 timeout=STORE_TIMEOUT_S)
+                if beat and added and held.stored:
                     _store().internal_kv_del(key, False, NAMESPACE_KEY, timeout=STORE_TIMEOUT_S)
                     return False
             except Exception as err:  # the GCS did not answer in time: the figures wait for the next report
                 log.debug("cannot store the run's tallies: %s", err)
                 return True
-            _STORED.add(self.prefix)
+            held.stored = True
             return True
 
 
+@dataclass
+class _Held:
+    """This process's tallies for one run, and whether it has stored them yet."""
+
+    tally: Ledger = field(default_factory=Ledger)
+    stored: bool = False
+
+
 _LOCK = threading.Lock()
-_TALLIES: dict[str, Ledger] = {}  # this process's tallies, by run prefix
-_STORED: set[str] = set()  # run prefixes this process has stored its tallies under
+_HELD: dict[str, _Held] = {}  # by run prefix, the oldest first
 
 
 def _store() -> Any:

@@ -35,7 +35,6 @@ from albert_batch.pipeline import heap
 from albert_batch.pipeline import ledger as ledger_module
 from albert_batch.pipeline.columns import KEPT, POSITION, TOKENS, from_list_array, task_column, to_list_array
 from albert_batch.pipeline.isolation import DETAIL, REASON, check_faults, details, isolated
-from albert_batch.pipeline.ledger import RunLedger
 
 
 def reject_reasons(ids: pa.Array | pa.ChunkedArray, texts: list[str | None], earlier: list[str | None] | None = None,
@@ -82,8 +81,8 @@ class TokenizeStage:
     core of the node, taking them from the model."""
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False,
-                 max_text_chars: int | None = None, dedupe: bool = True, ledger: RunLedger | None = None,
-                 run: metrics.RunTags | None = None, faults: dict[str, frozenset[object]] | None = None):
+                 max_text_chars: int | None = None, dedupe: bool = True,
+                 ledger: ledger_module.RunLedger | None = None, run: metrics.RunTags | None = None, faults: dict[str, frozenset[object]] | None = None):
         """``ledger``: the run's `albert_batch.pipeline.ledger.RunLedger`, told that this actor lives; ``run``: the
         tags of the metrics it records; ``faults``: the test-only fault hook's rows
         (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
@@ -132,7 +131,7 @@ class TokenizeStage:
         return pa.table(columns)
 
 
-def _load_predictors(omp_threads: int, ledger: RunLedger | None, *args: Any,
+def _load_predictors(omp_threads: int, ledger: ledger_module.RunLedger | None, *args: Any,
                      **kwargs: Any) -> tuple[dict[Task, Predictor], float]:
     """`load_predictors` in a model actor, torch on ``omp_threads`` threads; and when they were loaded (epoch
     seconds), which the ``ledger`` hears too."""
@@ -161,7 +160,7 @@ class ModelStage:
         window_overlap: int,
         allow_pickle_weights: bool = False,
         dedupe: bool = True,
-        ledger: RunLedger | None = None,
+        ledger: ledger_module.RunLedger | None = None,
         run: metrics.RunTags | None = None,
         faults: dict[str, frozenset[object]] | None = None,
     ):

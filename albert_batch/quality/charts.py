@@ -5,6 +5,7 @@ in an HTML page, an ``<svg>`` needs no namespace declaration; the charts carry n
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from collections.abc import Sequence
@@ -85,7 +86,7 @@ class _Frame:
     top: float
     bottom: float  # pixels below the plotting area (ticks and the x axis's label)
 
-    @property
+    @functools.cached_property
     def y_high(self) -> float:
         return _ticks(0.0, self.top)[-1][0] if self.top > 0 else 1.0
 

@@ -145,6 +145,11 @@ def test_a_run_s_figures_sum_every_worker_s_reports_outlive_a_killed_worker_and_
         def batch(self, rows: int) -> None:
             ledger.modelled(rows, {"classify": {"passes": 1, "real_tokens": 7}}, 0.5, span=(100.0, 101.0))
 
+        def beating(self) -> bool:
+            import threading
+
+            return any(thread.name == "albert-batch-heartbeat" for thread in threading.enumerate())
+
     ray.get([read.remote(rows) for rows in (3, 4, 5)])
     actor = ModelLike.remote()
     ray.get(actor.batch.remote(6))
@@ -156,8 +161,12 @@ def test_a_run_s_figures_sum_every_worker_s_reports_outlive_a_killed_worker_and_
 
     beating = ModelLike.remote()
     ray.get(beating.batch.remote(1))
+    assert ray.get(beating.beating.remote())
     ledger.close()
-    time.sleep(2.5 * ledger_module.HEARTBEAT_S)  # a beat after the run ended finds its key gone, and stops
+    deadline = time.monotonic() + 120  # the next beat finds the run's keys gone: it deletes its own and stops
+    while ray.get(beating.beating.remote()):
+        assert time.monotonic() < deadline, "the heartbeat went on after the run ended"
+        time.sleep(0.2)
     assert ledger.snapshot()["rows"] == {} and ledger_module.final_snapshot(ledger)["actors"] == {}
     ray.kill(beating)
 

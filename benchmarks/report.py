@@ -99,12 +99,17 @@ def _ceilings(c: dict[str, Any]) -> list[str]:
     shape = "×".join(map(str, c["matmul_shape"]))
     return ["## The machine's ceiling", "",
             f"Matrix products ({shape} as (m×k)·(k×n)): one core's rate, timed by its CPU time, times "
-            f"{c['threads']} cores; and the tokens/s they allow the model at {c['mflops_per_token']:.0f} MFLOP per "
-            "token:", "",
-            "| dtype | GFLOP/s | ceiling tokens/s |", "| --- | ---: | ---: |",
-            *[f"| {d} | {c['gflops'][d]:.1f} | {c['tokens_per_s'][d]:,.0f} |" for d in DTYPES], "",
+            f"{c['threads']} cores, with the faster of torch's kernels; and the tokens/s they allow the model at "
+            f"{c['mflops_per_token']:.0f} MFLOP per token:", "",
+            "| dtype | GFLOP/s | per kernel | ceiling tokens/s |", "| --- | ---: | --- | ---: |",
+            *[f"| {d} | {c['gflops'][d]:.1f} | {_kernels(c.get('gflops_per_kernel', {}).get(d, {}))} | "
+              f"{c['tokens_per_s'][d]:,.0f} |" for d in DTYPES], "",
             "Shares below are of the ceiling of the dtype a contender multiplies in (bf16 where it runs bf16, fp32 "
             "otherwise, int8 included: an int8 run may pass 100%).", ""]
+
+
+def _kernels(rates: dict[str, float]) -> str:
+    return ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items()) or "–"
 
 
 def _loads(values: list[float]) -> str:

@@ -114,8 +114,9 @@ def test_the_ceiling_counts_albert_base_s_matrix_work_per_token(tmp_path):
     assert machine.share(600.0, "fp32", None) is None
 
 
-def test_a_matrix_product_s_rate_is_measured_in_gflops():
-    assert machine.matmul_gflops("fp32", seconds=0.05) > 1.0
+def test_a_matrix_product_s_rate_is_measured_in_gflops_for_each_kernel():
+    rates = machine.product_gflops("fp32", seconds=0.05)
+    assert rates["mm"] > 1.0 and set(rates) <= {"mm", "onednn_packed"} and min(rates.values()) > 1.0
     assert machine.cpu_class() in ("AMX", "AVX-512-BF16", "AVX-512", "AVX2", "older than AVX2")
 
 
@@ -132,6 +133,8 @@ def test_each_albert_batch_precision_gets_its_own_ratios_and_share_of_the_ceilin
                             "load_average_at_start": [0.5], "load_average_at_end": [0.7], "models": {"size": "base"},
                             "ceilings": {"matmul_shape": [256, 768, 3072], "threads": 2, "mflops_per_token": 172.4,
                                          "gflops": {"fp32": 150.0, "bf16": 0.8},
+                                         "gflops_per_kernel": {"fp32": {"mm": 130.0, "onednn_packed": 150.0}},
                                          "tokens_per_s": {"fp32": 870.0, "bf16": 4.6}},
                             "measurements": [], "ratios": rows, "agreement": []})
-    assert "AVX2 class" in text and "| fp32 | 150.0 | 870 |" in text and "| albert_batch[int8] | 3.00" in text
+    assert "AVX2 class" in text and "| fp32 | 150.0 | mm 130.0, onednn_packed 150.0 | 870 |" in text
+    assert "| bf16 | 0.8 | – | 5 |" in text and "| albert_batch[int8] | 3.00" in text

@@ -1,6 +1,7 @@
 """The model actors' ALBERT (`albert_batch.inference.albert`) computes what transformers' classes compute, to the
-bit, on every path a run takes: both heads, padded and unpadded batches, fp32, bf16 and int8; and a checkpoint
-it cannot run is refused with the reason."""
+bit, on every path a run takes: both heads, padded and unpadded batches, fp32, bf16 and int8, with the kernels
+each precision runs with on this CPU; bf16's oneDNN linear layers compute what torch's do; and a checkpoint it
+cannot run is refused with the reason."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import shutil
 
 import pytest
 
+from albert_batch.config import Precision
 from albert_batch.contract import Task
 from albert_batch.errors import ModelLoadError
-from albert_batch.inference import models
-from albert_batch.inference.device import fuse_tanh_gelu, quantize_linear_int8
+from albert_batch.inference import kernels, models
 
 
 def load(folder, task: Task, dtype):
@@ -48,11 +49,11 @@ def test_logits_equal_transformers_to_the_bit(tiny_models, task, precision):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     theirs = getattr(transformers, head).from_pretrained(tiny_models[folder], dtype=dtype).eval()
     ours = load(tiny_models[folder], task, dtype)
+    cpu = torch.device("cpu")
     for model in (theirs, ours):
-        if precision == "int8":
-            quantize_linear_int8(model)
-        if precision != "fp32":
-            assert fuse_tanh_gelu(model) == 1
+        kernels.prepare(model, precision=Precision(precision), dtype=dtype, device=cpu)
+    packed = sum(isinstance(module, kernels.PackedLinear) for module in ours.modules())
+    assert packed == (7 if precision == "bf16" and kernels.onednn_bf16() else 0)  # the encoder's, one shared layer
     ids, mask = batch(ours.config.vocab_size)
     for attention in (mask, torch.ones_like(mask)):  # with padding, and without (no mask at all)
         with torch.inference_mode():
@@ -108,3 +109,36 @@ def test_sharded_and_opted_in_pickle_weights_give_the_same_model(tiny_models, tm
             assert torch.equal(model(ids, mask), want(ids, mask)), name
     with pytest.raises(ModelLoadError, match="only pickle weights"):
         load(pickled, Task.CLASSIFY, torch.float32)
+
+
+def test_linear_layers_on_onednn_compute_what_torch_s_do(tiny_models):
+    """`kernels.pack_linears`: a packed layer gives torch's bf16 result to the bit; the feed-forward's GELU
+    inside its product differs from the GELU after it by bf16 rounding alone (one rounding fewer), and the
+    model's logits with every layer packed stay that close to the unpacked model's, with the same labels.
+    On a CPU without bf16 instructions (where `prepare` packs nothing, as asserted above), the same in fp32:
+    oneDNN's products run there too."""
+    import torch
+
+    dtype, exact = (torch.bfloat16, True) if kernels.onednn_bf16() else (torch.float32, False)
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 256).to(dtype)
+    x = torch.randn(3, 11, 64, generator=generator).to(dtype)
+    gelu = torch.nn.GELU(approximate="tanh")
+    with torch.inference_mode():
+        got, want = kernels.PackedLinear(linear)(x), linear(x)
+        assert torch.equal(got, want) if exact else torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        fused, apart = kernels.PackedLinear(linear, "gelu", "tanh")(x).float(), gelu(linear(x)).float()
+        assert fused.shape == (3, 11, 256) and torch.allclose(fused, apart, rtol=2**-7, atol=2**-7)
+
+    exact_model = load(tiny_models["classifier"], Task.CLASSIFY, torch.float32)
+    plain = load(tiny_models["classifier"], Task.CLASSIFY, dtype)
+    packed = load(tiny_models["classifier"], Task.CLASSIFY, dtype)
+    for model in (plain, packed):
+        assert kernels.fuse_tanh_gelu(model) == 1
+    assert kernels.pack_linears(packed) == 7
+    assert isinstance(packed.albert.encoder.albert_layer_groups[0].albert_layers[0].activation, torch.nn.Identity)
+    ids, mask = batch(plain.config.vocab_size)
+    with torch.inference_mode():
+        exact, want, got = (model(ids, mask).float() for model in (exact_model, plain, packed))
+    assert (got - exact).abs().max() <= 1.5 * (want - exact).abs().max() + 1e-6  # no further from fp32
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))

@@ -26,7 +26,7 @@ from albert_batch.errors import ModelLoadError
 
 class NewGELU(nn.Module):
     """transformers' ``gelu_new`` (ALBERT's default activation): the tanh approximation of GELU, written op by
-    op as transformers writes it, so that fp32 results are theirs. `albert_batch.inference.device.fuse_tanh_gelu`
+    op as transformers writes it, so that fp32 results are theirs. `albert_batch.inference.kernels.fuse_tanh_gelu`
     swaps it for torch's fused kernel of the same formula where exactness to the op is not the contract."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,9 @@
-"""Where and in which precision a model runs: the device, the dtype ``--precision`` resolves to on it,
-the CPU features that decide it, the int8 quantisation and the bf16 kernel fusion."""
+"""Where and in which precision a model runs: the device, the dtype ``--precision`` resolves to on it, and
+the CPU features that decide it. Which kernels the model then runs with is `albert_batch.inference.kernels`."""
 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import TYPE_CHECKING
 
 from albert_batch.config import Precision
@@ -90,45 +89,3 @@ def describe_precision(precision: Precision, *, use_gpu: bool) -> str:
     if cpu_has_native_bf16():
         return "auto (bf16: this CPU has AVX-512-BF16)"
     return "auto (fp32: this CPU lacks AMX and AVX-512-BF16)"
-
-
-def quantize_linear_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with the linear layers of its encoder in int8 (torch's dynamic quantisation: weights int8
-    per tensor, each pass's activations quantised on the fly), in place. The embeddings and the task head
-    stay fp32: they are a small share of the work, and the head decides the label.
-
-    torch marks this API and its quantised tensors deprecated in favour of torchao (not installed here); the
-    warnings say nothing a run's user can act on and are silenced. torch is locked (``requirements.lock``), and
-    the test suite runs this path, so a torch that drops it fails there first."""
-    import torch
-
-    encoder = model.get_submodule("albert.encoder.albert_layer_groups")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
-        torch.ao.quantization.quantize_dynamic(encoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    return model
-
-
-# The op-by-op tanh GELUs: transformers' two, and `albert_batch.inference.albert.NewGELU`.
-TANH_GELUS = frozenset({"NewGELUActivation", "FastGELUActivation", "NewGELU"})
-
-
-def fuse_tanh_gelu(model: torch.nn.Module) -> int:
-    """Swap transformers' tanh-approximation GELU (ALBERT's ``gelu_new``), written as six elementwise
-    torch ops, for torch's fused kernel of the same formula; return how many modules were swapped.
-
-    In bf16 each of those ops is a pass over the feed-forward layer's largest tensor, rounded to bf16 in
-    between; the fused kernel makes one pass and computes in float32 inside: faster, and no further from
-    fp32 (BENCHMARKS.md, "What makes it fast"). For bf16 and int8 models, not fp32 ones: their results must
-    match Hugging Face's pipelines, which use the op-by-op formula. Takes transformers' models (benchmarks
-    compare with them) and `albert_batch.inference.albert`'s, and imports neither."""
-    import torch
-
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child).__name__ in TANH_GELUS:
-                setattr(parent, name, torch.nn.GELU(approximate="tanh"))
-                swapped += 1
-    return swapped

@@ -25,13 +25,7 @@ import pyarrow as pa
 from albert_batch.config import Precision
 from albert_batch.contract import RejectReason, Task
 from albert_batch.inference import models
-from albert_batch.inference.device import (
-    fuse_tanh_gelu,
-    quantize_linear_int8,
-    resolve_device,
-    resolve_dtype,
-    slow_precision,
-)
+from albert_batch.inference.device import resolve_device, resolve_dtype, slow_precision
 from albert_batch.inference.models import ModelInfo
 
 if TYPE_CHECKING:
@@ -249,7 +243,7 @@ class Predictor(ABC):
         self.model = None
         self.forward_stats = ForwardStats()
         if load_model:
-            import torch
+            from albert_batch.inference import kernels
 
             self.cls_id, self.sep_id, self.pad_id = models.special_token_ids(info, self.encoder.backend.token_to_id)
             self.device = resolve_device(use_gpu)
@@ -257,10 +251,7 @@ class Predictor(ABC):
             self.model = models.load_model(
                 info, dtype=self.dtype, device=self.device, allow_pickle_weights=allow_pickle_weights
             )
-            if precision is Precision.INT8:
-                quantize_linear_int8(self.model)
-            if self.dtype != torch.float32 or precision is Precision.INT8:  # fp32 alone keeps Hugging Face's GELU
-                fuse_tanh_gelu(self.model)
+            kernels.prepare(self.model, precision=precision, dtype=self.dtype, device=self.device)
             if warning := slow_precision(precision, use_gpu=self.device.type == "cuda"):
                 log.warning("model %s: %s", info.uri, warning)
             self.config = self.model.config

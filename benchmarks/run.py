@@ -119,7 +119,6 @@ def contender_params(contender: str, task: str, models: workload.Models, corpus:
     model = models.classifier if task == "classify" else models.ner
     contender, _, precision = contender.partition("[")
     output = work / "outputs" / f"{contender}{precision and '-' + precision.rstrip(']')}-{task}-{corpus.docs}"
-    shutil.rmtree(output, ignore_errors=True)
     if contender in ("hf_default", "hf_batch32"):
         return "hf_pipeline", {"task": task, "model": model, "texts_file": corpus.texts_file,
                                "batch_size": 32 if contender == "hf_batch32" else None}
@@ -188,6 +187,8 @@ def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
             runs: dict[str, list[tuple[dict[str, Any], TreeUsage]]] = {contender: [] for contender in timed}
             for _ in range(args.repeat):
                 for contender, (name, params) in timed.items():
+                    if "output" in params:  # a fresh output: a run would reuse what the one before it published
+                        shutil.rmtree(params["output"], ignore_errors=True)
                     runs[contender].append(run_and_print(name, contender, task, corpus, params, log_file, ceilings))
             measurements += [measure(contender, task, corpus, done, log_file, ceilings)
                              for contender, done in runs.items()]

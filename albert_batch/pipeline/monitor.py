@@ -20,7 +20,8 @@ from typing import Any
 
 from albert_batch import metrics
 from albert_batch.errors import NodeLost
-from albert_batch.pipeline import ledger, progress, staging
+from albert_batch.pipeline import ledger as ledger_module
+from albert_batch.pipeline import progress, staging
 from albert_batch.pipeline.interrupts import Interrupts
 from albert_batch.storage import Location
 
@@ -32,7 +33,8 @@ POLL_S = 2.0
 class Monitor(threading.Thread):
     def __init__(self, *, folder: Location, unit_rows: Mapping[int, int], total_rows: int,
                  actor_needs: Mapping[str, float], wait_for_nodes_s: float, interrupts: Interrupts,
-                 ledger: ledger.RunLedger | None = None, units: int | None = None, run_id: str | None = None) -> None:
+                 ledger: ledger_module.RunLedger | None = None, units: int | None = None,
+                 run_id: str | None = None) -> None:
         """``unit_rows`` (unit -> rows) are the units this run (``run_id``) processes, of ``units`` units and
         ``total_rows`` input rows (the others are reused, with pieces of earlier runs that may name other units
         by the same numbers); built as the processing starts, which the rate counts from.
@@ -113,15 +115,15 @@ class Monitor(threading.Thread):
         modelled, staged = min(rows.get("modelled", 0), rows.get("read", 0)), rows.get("staged", 0)
         metrics.set_gauge("albert_batch_rows_waiting", rows.get("read", 0) - modelled, stage="model")
         metrics.set_gauge("albert_batch_rows_waiting", max(0, modelled - staged), stage="write")
-        for stage in (ledger.MODEL, ledger.TOKENIZE):
+        for stage in (ledger_module.MODEL, ledger_module.TOKENIZE):
             metrics.set_gauge("albert_batch_actors", figures.get("alive", {}).get(stage, 0), stage=stage)
         for state, units in (("planned", self.units), ("reused", self.units - len(self.unit_rows))):
             metrics.set_gauge("albert_batch_units", units, state=state)
         return figures
 
     def _log_progress(self, level: int, figures: Mapping[str, Any]) -> None:
-        """The progress line, with the rows through the model from ``figures`` (the ledger's); and the units staged gauge, from the same look at the staging folder (a listing,
-        so not at every poll)."""
+        """The progress line, with the rows through the model from ``figures`` (the ledger's); and the units
+        staged gauge, from the same look at the staging folder (a listing, so not at every poll)."""
         pieces = [p for p in staging.read_pieces(self.folder, self._pieces) if self.run_id in (None, p.run_id)]
         by_unit = progress.staged_by_unit(pieces, self.unit_rows)
         units = sum(1 for unit, rows in by_unit.items() if rows == self.unit_rows[unit])

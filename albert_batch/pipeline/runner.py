@@ -23,7 +23,8 @@ from albert_batch.errors import AlbertBatchError, ErrorBudgetExceeded, PublishEr
 from albert_batch.inference import models
 from albert_batch.inference.device import slow_precision
 from albert_batch.inference.models import ModelInfo
-from albert_batch.pipeline import ledger, reuse, staging
+from albert_batch.pipeline import ledger as ledger_module
+from albert_batch.pipeline import reuse, staging
 from albert_batch.pipeline.backpressure import QueueLimits, bounded_queues
 from albert_batch.pipeline.cluster import (
     cluster_with,
@@ -62,7 +63,7 @@ class _Run:
     retries_before: Counter[str] = field(default_factory=Counter)  # the driver's storage retries before the run
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     timings: dict[str, float] = field(default_factory=dict)
-    ledger: ledger.RunLedger | None = None  # where the run's workers report to, while it processes
+    ledger: ledger_module.RunLedger | None = None  # where the run's workers report to, while it processes
     reuse: dict[str, Any] | None = None  # what was reused of earlier work (`reuse.describe`)
 
     @property
@@ -134,7 +135,7 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     sizing = size_stages(config, cluster_with(host, model_needs(config)), node_cpus, host)
     metrics.bind(job.tags)
     if todo:
-        job.ledger = ledger.start_ledger()
+        job.ledger = ledger_module.start_ledger()
         log.info("stage sizing: %s", sizing)
         try:
             with interrupts.raised():
@@ -148,8 +149,8 @@ def _run(job: _Run, interrupts: Interrupts) -> RunSummary:
     if missing:
         raise PublishError(f"run {config.run_id}: units {missing[:10]} of {len(job.units)} are not all staged after "
                            "the stages finished; nothing was published")
-    figures = ledger.final_snapshot(job.ledger)
-    if start_up := ledger.start_up(figures, job.started_at.timestamp()):
+    figures = ledger_module.final_snapshot(job.ledger)
+    if start_up := ledger_module.start_up(figures, job.started_at.timestamp()):
         job.timings.update(start_up)
         log.info("start-up, seconds after the run's call: %s", ", ".join(f"{k[:-2]} {v:.1f}" for k, v in start_up.items()))
     with interrupts.deferred():
@@ -334,7 +335,7 @@ def _publish(job: _Run, done: dict[int, list[staging.Piece]], sizing: StageSizin
     units = {"total": len(job.units), "reused": len(resumed.done), "reused_from_runs": list(resumed.runs),
              "earlier": job.reuse}
     processed = sum(u.rows for u in job.units if u.index not in resumed.done)
-    cost = ledger.cost(figures, reserved(sizing), processed)
+    cost = ledger_module.cost(figures, reserved(sizing), processed)
     if retries:
         log.info("storage operations retried: %s", retries)
     shared: dict[str, Any] = {
@@ -357,8 +358,8 @@ def _publish(job: _Run, done: dict[int, list[staging.Piece]], sizing: StageSizin
         "units": units,
         "storage_retries": retries,
         "tokens": {"text": report.quality.tokens_sum},
-        "forward": ledger.forward_figures(figures),
-        "dedupe": ledger.dedupe_figures(figures, enabled=not config.no_dedupe),
+        "forward": ledger_module.forward_figures(figures),
+        "dedupe": ledger_module.dedupe_figures(figures, enabled=not config.no_dedupe),
         "cost": cost,
         "versions": package_versions(),
     }

@@ -82,7 +82,8 @@ class TokenizeStage:
 
     def __init__(self, *, model_uris: dict[Task, str], allow_pickle_weights: bool = False,
                  max_text_chars: int | None = None, dedupe: bool = True,
-                 ledger: ledger_module.RunLedger | None = None, run: metrics.RunTags | None = None, faults: dict[str, frozenset[object]] | None = None):
+                 ledger: ledger_module.RunLedger | None = None, run: metrics.RunTags | None = None,
+                 faults: dict[str, frozenset[object]] | None = None):
         """``ledger``: the run's `albert_batch.pipeline.ledger.RunLedger`, told that this actor lives; ``run``: the
         tags of the metrics it records; ``faults``: the test-only fault hook's rows
         (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""

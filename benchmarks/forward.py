@@ -29,7 +29,8 @@ import numpy as np
 from benchmarks import workload
 from benchmarks.machine import cpu_class, cpu_model, flops_per_token, product_gflops
 
-ROOT = Path(__file__).resolve().parent.parent
+# Models and corpora, where `benchmarks.run` caches them.
+WORK = Path(__file__).resolve().parent.parent / ".cache" / "bench"
 VARIANTS = ("fp32", "fp32 packed", "bf16 fused GELU", "bf16 packed")
 
 
@@ -56,17 +57,17 @@ def build(variant: str, folder: Path):
     return dtype, model
 
 
-def passes(folder: Path, docs: int) -> tuple[list, int]:
-    """The corpus's first ``docs`` documents as padded (ids, mask) passes of at most 2,048 tokens, and their
-    real tokens."""
+def passes(models: workload.Models, docs: int) -> tuple[list, int]:
+    """The 2,000-document corpus's first ``docs`` documents as padded (ids, mask) passes of at most 2,048
+    tokens, and their real tokens."""
     import torch
     from tokenizers import Tokenizer
 
     from albert_batch.inference.predictor import token_budget_batches
 
-    models = workload.build_models(ROOT / ".cache" / "bench", "base")
-    texts = workload.load_texts(workload.build_corpus(ROOT / ".cache" / "bench", 2000, models))[:docs]
-    rows = [encoding.ids for encoding in Tokenizer.from_file(str(folder / "tokenizer.json")).encode_batch(texts)]
+    texts = workload.load_texts(workload.build_corpus(WORK, 2000, models))[:docs]
+    tokenizer = Tokenizer.from_file(str(Path(models.classifier) / "tokenizer.json"))
+    rows = [encoding.ids for encoding in tokenizer.encode_batch(texts)]
     lengths = np.array([len(row) for row in rows])
     tensors = []
     for group in token_budget_batches(lengths, 2048):
@@ -107,15 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=600, help="documents of the 2,000-document corpus (default 600)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (bf16; about a minute)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over every variant, taking turns; the best counts")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds over every variant, taking turns; the best counts (default 3)")
     parser.add_argument("--profile", metavar="VARIANT", help="instead: one variant's CPU time by operator")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
-    folder = Path(workload.build_models(ROOT / ".cache" / "bench", "base").classifier)
-    tensors, real_tokens = passes(folder, args.docs)
+    models = workload.build_models(WORK, "base")
+    folder = Path(models.classifier)
+    tensors, real_tokens = passes(models, args.docs)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -96,11 +96,12 @@ def ceilings(model_dir: str, mean_tokens: float, *, seconds: float = 2.0) -> dic
     from albert_batch.inference.device import cpu_features
 
     flops = flops_per_token(model_dir, mean_tokens)
-    per_kernel = {dtype: {name: round(rate, 1) for name, rate in product_gflops(dtype, seconds=seconds).items()}
+    per_kernel = {dtype: {kernel: round(rate, 1) for kernel, rate in product_gflops(dtype, seconds=seconds).items()}
                   for dtype in DTYPES}
     gflops = {dtype: max(rates.values()) for dtype, rates in per_kernel.items()}
-    return {"cpu": cpu_model(), "cpu_class": cpu_class(), "features": cpu_features(), "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "matmul_shape": list(MATMUL_SHAPE), "gflops": gflops, "gflops_per_kernel": per_kernel,
+    return {"cpu": cpu_model(), "cpu_class": cpu_class(), "features": cpu_features(),
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "matmul_shape": list(MATMUL_SHAPE),
+            "gflops": gflops, "gflops_per_kernel": per_kernel,
             "mflops_per_token": round(flops / 1e6, 1),
             "tokens_per_s": {dtype: round(g * 1e9 / flops, 1) for dtype, g in gflops.items()}}
 

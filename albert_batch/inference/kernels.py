@@ -1,7 +1,9 @@
 """The kernels a loaded model runs with, by device and precision (`prepare`).
 
-- fp32 keeps transformers' ops: its results are Hugging Face's pipelines' to the bit.
-- bf16 and int8 run the feed-forward's tanh GELU as torch's one fused kernel (`fuse_tanh_gelu`).
+- ``--precision fp32`` keeps transformers' ops: its results are Hugging Face's pipelines' to the bit.
+- Every other precision runs the feed-forward's tanh GELU as torch's one fused kernel (`fuse_tanh_gelu`):
+  bf16, int8, and ``auto`` where it runs fp32 (CPUs without bf16 instructions), whose logits differ from
+  Hugging Face's by fp32 rounding alone (within 1e-5 of the logits' scale; 3e-7 at most on ALBERT-base, BENCHMARKS.md).
 - int8 quantises the encoder's linear layers (`quantize_linear_int8`).
 - bf16 on CPUs with bf16 instructions runs the encoder's linear layers as oneDNN products on weights laid out
   once at load, the tanh GELU inside the feed-forward's first product (`pack_linears`): what
@@ -26,7 +28,7 @@ def prepare(model: nn.Module, *, precision: Precision, dtype: torch.dtype, devic
     precision's contract, in place."""
     if precision is Precision.INT8:
         quantize_linear_int8(model)
-    if dtype != torch.float32 or precision is Precision.INT8:  # fp32 alone keeps Hugging Face's GELU
+    if precision is not Precision.FP32:  # `--precision fp32` alone keeps Hugging Face's GELU
         fuse_tanh_gelu(model)
     if device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16():
         pack_linears(model)
@@ -57,10 +59,10 @@ def fuse_tanh_gelu(model: nn.Module) -> int:
     """Swap transformers' tanh-approximation GELU (ALBERT's ``gelu_new``), written as six elementwise
     torch ops, for torch's fused kernel of the same formula; return how many modules were swapped.
 
-    In bf16 each of those ops is a pass over the feed-forward layer's largest tensor, rounded to bf16 in
-    between; the fused kernel makes one pass and computes in float32 inside: faster, and no further from
-    fp32. For bf16 and int8 models, not fp32 ones: their results must match Hugging Face's pipelines, which
-    use the op-by-op formula. Takes transformers' models (benchmarks compare with them) and
+    Each of those ops is a pass over the feed-forward layer's largest tensor (in bf16 rounded to bf16 in
+    between); the fused kernel makes one pass and computes in float32 inside: faster (the op-by-op GELU was
+    14% of an fp32 forward pass's CPU time on an AVX2 CPU), and no further from fp32. For every precision but
+    ``--precision fp32``, whose results must match Hugging Face's pipelines, which use the op-by-op formula. Takes transformers' models (benchmarks compare with them) and
     `albert_batch.inference.albert`'s, and imports neither."""
     swapped = 0
     for parent in list(model.modules()):

@@ -103,9 +103,9 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
               tuned: bool = False) -> dict[str, Any]:
     """(d) The best hand-written loop: pre-tokenized, sorted by length, batches capped at a token budget
     (padding included), torch on every core. It does no I/O and no postprocessing. ``tuned`` adds what
-    albert-batch's CPU model actors do on top: their kernels (`albert_batch.inference.kernels.prepare`: in bf16,
-    the fused GELU and oneDNN's linear layers), and one forward pass per core side by side, each on one thread,
-    instead of one pass on every core."""
+    albert-batch's CPU model actors do on top: the kernels ``auto`` runs with in ``dtype``
+    (`albert_batch.inference.kernels.prepare`: the fused GELU; in bf16 oneDNN's linear layers too), and one
+    forward pass per core side by side, each on one thread, instead of one pass on every core."""
     import torch
     from transformers import AlbertForSequenceClassification, AlbertForTokenClassification, AutoTokenizer
 
@@ -119,8 +119,7 @@ def hand_loop(task: str, model: str, texts_file: str, dtype: str, tokens_per_for
     net = cls.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
     threads = torch.get_num_threads()
     if tuned:
-        precision = Precision.FP32 if dtype == "float32" else Precision.BF16
-        kernels.prepare(net, precision=precision, dtype=getattr(torch, dtype), device=torch.device("cpu"))
+        kernels.prepare(net, precision=Precision.AUTO, dtype=getattr(torch, dtype), device=torch.device("cpu"))
     rows = tokenizer(texts, truncation=True, verbose=False)["input_ids"]
     batches = token_budget_batches(np.array([len(r) for r in rows]), tokens_per_forward)
     tensors = [_padded(rows, batch, tokenizer.pad_token_id) for batch in batches]

@@ -7,11 +7,13 @@ other work on the machine); the variants take turns for three rounds, and each o
     python -m benchmarks.forward --compile               # and torch.compile (about a minute to compile)
     python -m benchmarks.forward --profile "bf16 packed"   # where one variant's CPU time goes, by operator
 
-Variants: ``fp32`` (what ``--precision fp32`` runs: transformers' ops), ``fp32 packed`` (the fused GELU and
+Variants: ``fp32`` (what ``--precision fp32`` runs: transformers' ops), ``fp32 fused GELU`` (what ``auto`` runs
+on CPUs without bf16 instructions), ``fp32 packed`` (the fused GELU and
 `albert_batch.inference.kernels.pack_linears` in fp32: not what any precision runs), ``bf16 fused GELU`` (bf16
 as it ran before its linear layers moved to oneDNN), ``bf16 packed`` (what bf16 runs now on CPUs with bf16
 instructions: `kernels.prepare`), and with ``--compile`` ``bf16 compiled`` (``bf16 fused GELU`` through
-``torch.compile``: inductor, dynamic shapes, frozen weights). Each is printed with tokens per CPU-second (real
+``torch.compile``: inductor, dynamic shapes, frozen weights). The bf16 variants run only on CPUs with bf16
+instructions (elsewhere torch emulates bf16, ~80x slower). Each is printed with tokens per CPU-second (real
 tokens: padding excluded), its share of one core's ceiling in its dtype (`benchmarks.machine`), and its
 largest logit difference from ``fp32``.
 """

@@ -3,7 +3,8 @@
 - ``--precision fp32`` keeps transformers' ops: its results are Hugging Face's pipelines' to the bit.
 - Every other precision runs the feed-forward's tanh GELU as torch's one fused kernel (`fuse_tanh_gelu`):
   bf16, int8, and ``auto`` where it runs fp32 (CPUs without bf16 instructions), whose logits differ from
-  Hugging Face's by fp32 rounding alone (within 1e-5 of the logits' scale; 3e-7 at most on ALBERT-base, BENCHMARKS.md).
+  Hugging Face's by fp32 rounding alone (within 1e-5 of the logits' scale; 3e-7 at most on ALBERT-base,
+  BENCHMARKS.md).
 - int8 quantises the encoder's linear layers (`quantize_linear_int8`).
 - bf16 on CPUs with bf16 instructions runs the encoder's linear layers as oneDNN products on weights laid out
   once at load, the tanh GELU inside the feed-forward's first product (`pack_linears`): what

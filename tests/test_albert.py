@@ -151,7 +151,8 @@ def test_linear_layers_on_onednn_compute_what_torch_s_do(tiny_models):
 def test_auto_in_fp32_runs_the_fused_gelu_within_fp32_rounding_of_transformers(tiny_models, task):
     """Where ``auto`` runs fp32 (CPUs without bf16 instructions) the model takes torch's fused tanh GELU, not
     transformers' op-by-op one (`--precision fp32` keeps that, above): its logits differ from transformers'
-    by fp32 rounding alone (1e-5 of the logits' scale), with the same labels; nothing else changes (no oneDNN layers)."""
+    by fp32 rounding alone (1e-5 of the logits' scale), with the same labels; nothing else changes (no
+    oneDNN layers)."""
     import torch
     import transformers
 

@@ -62,9 +62,10 @@ def fuse_tanh_gelu(model: nn.Module) -> int:
 
     Each of those ops is a pass over the feed-forward layer's largest tensor (in bf16 rounded to bf16 in
     between); the fused kernel makes one pass and computes in float32 inside: faster (the op-by-op GELU was
-    14% of an fp32 forward pass's CPU time on an AVX2 CPU), and no further from fp32. For every precision but
-    ``--precision fp32``, whose results must match Hugging Face's pipelines, which use the op-by-op formula. Takes transformers' models (benchmarks compare with them) and
-    `albert_batch.inference.albert`'s, and imports neither."""
+    18% of an fp32 forward pass's CPU time on an AVX2 CPU), and no further from fp32. For every precision but
+    ``--precision fp32``, whose results must match Hugging Face's pipelines, which use the op-by-op formula.
+    Takes transformers' models (benchmarks compare with them) and `albert_batch.inference.albert`'s, and
+    imports neither."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in parent.named_children():

@@ -341,3 +341,19 @@ def test_an_embedded_ray_listens_only_on_free_ports(ray_cluster):
     takes a free one."""
     (node,) = ray_cluster.nodes()
     assert node["DashboardAgentListenPort"] not in (0, 52365)
+
+
+def test_an_embedded_ray_starts_only_the_processes_a_run_needs(ray_cluster):
+    """No autoscaler monitor (one node, nothing to scale), no log monitor (this session's Ray sends no worker
+    output to the driver), and no API server (with the dashboard off it would serve only usage statistics,
+    and Ray's start would wait for it); the GCS, the raylet and its agents — the dashboard agent serves the
+    metrics — run."""
+    import psutil
+    from ray._private import ray_constants
+
+    started = set(ray_cluster._private.worker._global_node.all_processes)
+    assert started == {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET}
+    commands = [" ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)]
+    assert not [command for command in commands if "dashboard.py" in command]
+    assert any(command.startswith("ray::DashboardAgent") for command in commands)
+    assert any(command.startswith("ray::RuntimeEnvAgent") for command in commands)

@@ -65,12 +65,15 @@ def start_embedded_ray(**init_args: Any) -> None:
     submissions; port 0 lets the agent pick a free one. A single-node Ray with no node provider has nothing
     for an autoscaler to do, so its monitor is not started; nor, where no worker's output is sent to the
     driver (``log_to_driver=False``), the log monitor that would send it (each costs a Python process's
-    start and polls while the run lasts). (Ray 2.60.x; ``pyproject.toml`` pins it, and a test checks the
-    port.)"""
+    start and polls while the run lasts). Nor its API server: without the dashboard (``include_dashboard``
+    False) Ray still starts that process, to serve nothing (no HTTP, no job or state API) but its usage
+    statistics, and ray.init waits for it before it starts the raylet: 1.5 s of a start-up on two cores
+    (BENCHMARKS.md, "Start-up"). Metrics are the dashboard agent's, which runs. (Ray 2.60.x;
+    ``pyproject.toml`` pins it, and tests check the port and the processes.)"""
     import ray
-    from ray._private import parameter
+    from ray._private import node, parameter
 
-    ray_params = parameter.RayParams
+    ray_params, start_api_server = parameter.RayParams, node.Node.start_api_server
     settings = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True, **init_args}
     lean = {"dashboard_agent_listen_port": 0, "no_monitor": True, "include_log_monitor": settings["log_to_driver"]}
 
@@ -78,11 +81,15 @@ def start_embedded_ray(**init_args: Any) -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**lean, **kwargs})
 
-    parameter.RayParams = Embedded
+    def no_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        if include_dashboard:  # asked for by the caller: Ray's own start
+            start_api_server(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+
+    parameter.RayParams, node.Node.start_api_server = Embedded, no_api_server
     try:
         ray.init(**settings)
     finally:
-        parameter.RayParams = ray_params
+        parameter.RayParams, node.Node.start_api_server = ray_params, start_api_server
 
 
 CAPACITY_POLL_S = 1.0

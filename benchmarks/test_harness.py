@@ -138,3 +138,29 @@ def test_each_albert_batch_precision_gets_its_own_ratios_and_share_of_the_ceilin
                             "measurements": [], "ratios": rows, "agreement": []})
     assert "AVX2 class" in text and "| fp32 | 150.0 | mm 130.0, onednn_packed 150.0 | 870 |" in text
     assert "| bf16 | 0.8 | – | 5 |" in text and "| albert_batch[int8] | 3.00" in text
+
+
+def test_start_up_processes_are_named_by_what_they_run():
+    from benchmarks.startup import process_name
+
+    assert process_name(["/v/bin/python", "-m", "albert_batch.cli", "run"]) == "albert_batch.cli"
+    assert process_name(["/v/bin/python3.11", "-u", "/v/ray/dashboard/agent.py", "--node-id=x"]) == "agent.py"
+    assert process_name(["ray::MapWorker(MapBatches(ModelStage))", "", ""]) == "ray::MapWorker(MapBatches(ModelStage))"
+    assert process_name(["/v/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=s"]) == "raylet"
+
+
+def test_start_up_cpu_is_counted_up_to_the_first_forward_pass():
+    from benchmarks.startup import Sampled, TreeTimeline
+
+    timeline = TreeTimeline(launched=100.0)
+    timeline.processes = {
+        (1, 100.0): Sampled({"albert_batch.cli"}, 0.0, [(1.0, 0.9), (5.0, 2.0), (9.0, 2.5)]),
+        (2, 106.0): Sampled({"ray::IDLE", "ray::MapWorker(Ma", "ray::MapWorker(MapBatches(ModelStage))"}, 6.0,
+                            [(7.0, 0.5), (8.0, 1.4), (12.0, 5.0)]),
+        (3, 109.5): Sampled({"ray::_StatsActor"}, 9.5, [(10.0, 0.4)]),
+    }
+    timeline.machine = [(1.0, 10.0, 20.0), (8.0, 17.0, 34.0), (12.0, 25.0, 42.0)]
+    found = timeline.by(8.0)
+    assert found["processes"] == [{"name": "albert_batch.cli", "seen": 0.0, "cpu_s": 2.0},
+                                  {"name": "ray::MapWorker(MapBatches(ModelStage))", "seen": 6.0, "cpu_s": 1.4}]
+    assert found["cores_busy"] == 0.5, "7 busy CPU-seconds of 14 between the first sample and the moment"

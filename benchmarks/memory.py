@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psutil
 
 GIB = 1024**3
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,24 +54,30 @@ def machine_memory_in_use() -> int:
     return memory.total - memory.available
 
 
+def read_tree(root: psutil.Process, read: Callable[[psutil.Process], T]) -> list[T]:
+    """``read`` of ``root`` and of each of its descendants, each process read in one go; processes that exit
+    meanwhile are skipped."""
+    try:
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    found = []
+    for process in processes:
+        try:
+            with process.oneshot():
+                found.append(read(process))
+        except psutil.Error:
+            continue
+    return found
+
+
 def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float, machine_baseline: int = 0,
                 memory_in_use: Callable[[], int] = machine_memory_in_use) -> None:
     """Add one sample of ``root`` and its descendants to ``usage``; processes that exit meanwhile are skipped
     (their CPU time counts up to their last sample). The machine-wide figure is ``memory_in_use()`` above
     ``machine_baseline``."""
     pss = rss = count = 0
-    try:
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return
-    for process in processes:
-        try:
-            with process.oneshot():
-                info = process.memory_full_info()
-                times = process.cpu_times()
-                key = (process.pid, process.create_time())
-        except psutil.Error:
-            continue
+    for info, times, key in read_tree(root, lambda p: (p.memory_full_info(), p.cpu_times(), (p.pid, p.create_time()))):
         pss += info.pss
         rss += info.rss
         count += 1

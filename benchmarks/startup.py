@@ -30,11 +30,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from benchmarks import workload
 from benchmarks.machine import cpu_class, cpu_model
+from benchmarks.memory import read_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITION = "dt=2026-12-06"
@@ -104,18 +106,11 @@ class TreeTimeline:
     machine: list[tuple[float, float, float]] = field(default_factory=list)  # (at, busy CPU-s, all CPU-s) so far
 
     def sample(self, root: psutil.Process, at: float) -> None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        for process in tree:
-            try:
-                with process.oneshot():
-                    key = (process.pid, process.create_time())
-                    times = process.cpu_times()
-                    name = process_name(process.cmdline() or [process.name()])
-            except psutil.Error:
-                continue
+        def read(process: psutil.Process) -> tuple[tuple[int, float], Any, str]:
+            return ((process.pid, process.create_time()), process.cpu_times(),
+                    process_name(process.cmdline() or [process.name()]))
+
+        for key, times, name in read_tree(root, read):
             sampled = self.processes.setdefault(key, Sampled(set(), round(at, 2)))
             sampled.names.add(name)
             sampled.samples.append((at, times.user + times.system))

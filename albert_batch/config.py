@@ -135,7 +135,8 @@ class ResourceConfig:
     num_cpus_per_actor: float | None = setting(None, metavar="X", type=float,
                                                help="CPUs per model actor (default: from cluster resources)")
     tokenizer_actors: int | None = setting(None, metavar="N", type=int,
-                                           help="tokenizer actors (default: from cluster resources)")
+                                           help="tokenizer actors; 0: the model actors tokenize their own batches "
+                                                "(default: 0 on CPUs, up to six per GPU)")
     batch_size: int | None = setting(None, metavar="ROWS", type=int, help="rows per model batch (default: 4096)")
     max_tokens_per_forward: int | None = setting(
         None, metavar="TOKENS", type=int, help="tokens per forward pass, padding included (default: 2048 on CPUs)")
@@ -175,8 +176,8 @@ class ResourceConfig:
                 object.__setattr__(self, f.name, number_type(value))
             except (TypeError, ValueError):
                 raise ConfigError(f"resources.{f.name} must be a number, not {value!r}") from None
-        if self.tokenizer_actors is not None and self.tokenizer_actors < 1:
-            raise ConfigError("resources.tokenizer_actors must be at least 1")
+        if self.tokenizer_actors is not None and self.tokenizer_actors < 0:
+            raise ConfigError("resources.tokenizer_actors must be 0 (the model actors tokenize) or more")
         if self.num_gpus_per_actor < 0 or (self.num_gpus_per_actor > 1 and self.num_gpus_per_actor % 1):
             raise ConfigError("resources.num_gpus_per_actor must be a fraction of one GPU (0 < x <= 1) or whole GPUs")
         if self.num_cpus_per_actor is not None and self.num_cpus_per_actor <= 0:

@@ -63,6 +63,7 @@ def test_each_task_needs_its_model():
         ({"text_column": "id"}, "must be different"),
         ({"resources": {"model_actors": 0}}, "model_actors must be a number N or a range"),
         ({"resources": {"batch_size": "many"}}, "batch_size must be a number"),
+        ({"resources": {"tokenizer_actors": -1}}, "tokenizer_actors must be 0"),
         ({"resources": {"gpus": 1}}, "unknown resources setting"),
     ],
 )

@@ -135,15 +135,15 @@ def published_rows(s3_client: Any, output: str, table: str) -> list[dict[str, An
 
 
 def test_killed_actors_and_a_killed_write_task_cost_time_not_rows(cluster, proxy, s3_client, tiny_models):
-    """SIGKILL, by pid, of the tokenizer actor, the model actor and a write task in the middle of its
-    upload: Ray restarts the actors and retries their tasks and the write; every row is published exactly
-    once, and no file of a write that died is published."""
+    """SIGKILL, by pid, of the tokenizer actor (a run laid out as on GPUs, with a tokenizer stage of its own),
+    the model actor and a write task in the middle of its upload: Ray restarts the actors and retries their
+    tasks and the write; every row is published exactly once, and no file of a write that died is published."""
     head, _ = cluster
     rows = 12_000  # 60 model batches: the model stage is still busy when its actor is killed
     write_corpus(s3_client, rows)
     slow_uploads(proxy, 0.3)
     output = "s3://results/killed-workers"
-    run = start_run(head, tiny_models, output, "kills")
+    run = start_run(head, tiny_models, output, "kills", "--tokenizer-actors", "1")
     killed: dict[str, int] = {}
 
     def kill(what: str, pid: int) -> None:

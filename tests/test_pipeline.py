@@ -208,7 +208,8 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
                                                                  caplog):
     """The tokenizer is many times faster than the model. Left to Ray Data, its features for most of the
     corpus would wait in the object store, so memory would grow with the corpus; each stage is held to a
-    spare batch per model actor (at least two) ahead of the next. The driver takes the model stage's output
+    spare batch per model actor (at least two) ahead of the next (here the tokenizer stage of a run laid out
+    as on GPUs, with tokenizer actors of its own). The driver takes the model stage's output
     as it comes, and a write task stages a file's rows (1,000 here) at a time; publishing merges the staged
     files into one."""
     (tmp_path / "input").mkdir()
@@ -226,7 +227,7 @@ def test_no_stage_runs_more_than_a_few_batches_ahead_of_the_next(tmp_path, tiny_
     monkeypatch.setattr(sizing, "ROWS_PER_FILE", 1000)
     monkeypatch.setattr(runner, "QUEUE_BYTES", 1)  # rows alone: this corpus's features are ~1 MB in all
     with caplog.at_level(logging.INFO, logger="albert_batch.pipeline.compact"):
-        summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200}))
+        summary = run(config(tmp_path, tiny_models, resources={"batch_size": 200, "tokenizer_actors": 1}))
 
     assert summary.accepted_rows == 6000 and len(read_published(tmp_path / "output", "classifications")) == 6000
     assert summary.stages["max_rows_ahead"] == 400  # two batches: one model actor on this cluster

@@ -38,24 +38,28 @@ def test_fractional_gpus_put_several_replicas_on_each_gpu():
 
 
 def test_settings_that_leave_no_cpu_for_io_tasks_are_refused_not_left_to_hang():
-    config = RunConfig(**BASE, resources={"num_cpus_per_actor": 1})
+    config = RunConfig(**BASE, resources={"num_cpus_per_actor": 1, "tokenizer_actors": 1})
     with pytest.raises(ConfigError, match="read and write tasks need"):
         size_stages(config, {"CPU": 2})
     assert size_stages(config, {"CPU": 4}).cpus_per_model_actor == 1
+    assert size_stages(RunConfig(**BASE, resources={"num_cpus_per_actor": 1}), {"CPU": 2}).cpus_per_model_actor == 1
 
 
 def test_explicit_settings_win():
     config = RunConfig(**BASE, resources={"model_actors": 3, "tokenizer_actors": 2, "num_cpus_per_actor": 2})
     sizing = size_stages(config, {"CPU": 64})
     assert (sizing.model_actors, sizing.tokenizer_actors, sizing.cpus_per_model_actor) == (3, 2, 2)
+    on_gpus = RunConfig(**BASE, resources={"num_gpus_per_actor": 1, "tokenizer_actors": 0})
+    assert size_stages(on_gpus, {"CPU": 8, "GPU": 1}).tokenizer_actors == 0, "0: the model actors tokenize"
 
 
 @pytest.mark.parametrize("cpus", [2, 16, 64])
-def test_one_tokenizer_actor_feeds_many_cpu_model_cores(cpus):
-    """The Rust tokenizer outpaces a CPU model by hundreds of times: more tokenizer actors would only hold
-    CPUs and memory. Torch runs on every core the model actors share."""
+def test_cpu_model_actors_tokenize_their_own_batches(cpus):
+    """The Rust tokenizer outpaces a CPU model by hundreds of times: tokenizer actors would only hold CPUs
+    and memory, and their processes would start before the first forward pass. Torch runs on every core the
+    model actors share."""
     sizing = size_stages(RunConfig(**BASE), {"CPU": cpus})
-    assert sizing.tokenizer_actors == 1
+    assert (sizing.tokenizer_actors, sizing.cpus_per_tokenizer_actor) == (0, 0)
     assert sizing.torch_threads == cpus // sizing.model_actors
     assert (sizing.batch_size, sizing.max_tokens_per_forward) == (4096, 2048), "big batches pad less"
 
@@ -139,7 +143,10 @@ def test_a_fixed_count_is_its_own_minimum_and_maximum():
 
 
 def test_a_host_that_is_the_whole_cluster_leaves_its_tokenizer_and_io_tasks_room():
-    config = RunConfig(**BASE, resources={"model_actor_resources": ["slot=1"]})
+    config = RunConfig(**BASE, resources={"model_actor_resources": ["slot=1"], "tokenizer_actors": 1})
     sizing = size_stages(config, {"CPU": 2, "slot": 1}, node_cpus=2, host={"CPU": 2.0, "slot": 1.0})
     reserved = sizing.model_actors * sizing.cpus_per_model_actor + sizing.tokenizer_actors * sizing.cpus_per_tokenizer_actor
     assert sizing.cpus_per_model_actor == 0.75 and reserved <= 1 + 1e-9
+    alone = size_stages(RunConfig(**BASE, resources={"model_actor_resources": ["slot=1"]}), {"CPU": 2, "slot": 1},
+                        node_cpus=2, host={"CPU": 2.0, "slot": 1.0})
+    assert (alone.tokenizer_actors, alone.cpus_per_model_actor) == (0, 1.0), "model actors that tokenize: the CPU but one"

@@ -221,24 +221,24 @@ def _process(job: _Run, sizing: StageSizing, units: list[WorkUnit], interrupts: 
 def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: WriteQueue,
             faults: dict[str, frozenset[object]]) -> None:
     """Read -> tokenize -> model, streamed through Ray Data, into the write queue; returns once every row
-    is staged."""
+    is staged. Without tokenizer actors (CPU runs: `albert_batch.pipeline.sizing`) the model actors tokenize."""
     import ray.data
 
     config = job.config
     model_uris = {task: info.uri for task, info in job.models.items()}
     ds = read_input(config, job.plan, units, rows_per_block=sizing.batch_size, retries_to=job.folder,
                     ledger=job.ledger, run=job.tags)
-    ds = ds.map_batches(
-        TokenizeStage,
-        fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights,
-                               "max_text_chars": config.max_text_chars, "dedupe": not config.no_dedupe,
-                               "ledger": job.ledger, "run": job.tags,
-                               "faults": faults},
-        batch_format="pyarrow",
-        batch_size=sizing.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
-        num_cpus=sizing.cpus_per_tokenizer_actor,
-    )
+    if sizing.tokenizer_actors:
+        ds = ds.map_batches(
+            TokenizeStage,
+            fn_constructor_kwargs={"model_uris": model_uris, "allow_pickle_weights": config.allow_pickle_weights,
+                                   "max_text_chars": config.max_text_chars, "dedupe": not config.no_dedupe,
+                                   "ledger": job.ledger, "run": job.tags, "faults": faults},
+            batch_format="pyarrow",
+            batch_size=sizing.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=sizing.tokenizer_actors),
+            num_cpus=sizing.cpus_per_tokenizer_actor,
+        )
     ds = ds.map_batches(
         ModelStage,
         fn_constructor_kwargs={
@@ -254,6 +254,8 @@ def _stream(job: _Run, sizing: StageSizing, units: list[WorkUnit], writes: Write
             "ledger": job.ledger,
             "run": job.tags,
             "faults": faults,
+            "tokenize": not sizing.tokenizer_actors,
+            "max_text_chars": config.max_text_chars,
         },
         batch_format="pyarrow",
         batch_size=sizing.batch_size,

@@ -1,5 +1,5 @@
-"""How a run is laid out on the cluster: how many tokenizer and model actors, how much of a CPU or GPU
-each reserves, and the batch and forward-pass sizes. Derived from the cluster's resources and, where model
+"""How a run is laid out on the cluster: how many model actors and tokenizer actors (none on CPUs, where
+the model actors tokenize), how much of a CPU or GPU each reserves, and the batch and forward-pass sizes. Derived from the cluster's resources and, where model
 actors need a GPU or a custom resource, from the nodes that offer it (the hosts, which an autoscaler may
 be adding); the ``resources:`` settings win."""
 
@@ -19,10 +19,10 @@ from albert_batch.pipeline.inputs import READ_TASK_CPUS
 log = logging.getLogger(__name__)
 
 # Per CPU, the tokenizer stage is hundreds of times faster than a CPU model actor, while one GPU consumes
-# tokens faster than several CPUs tokenize (BENCHMARKS.md, "Stage sizes"): one tokenizer actor keeps dozens
-# of CPU model cores busy, and a GPU needs several tokenizer actors.
+# tokens faster than several CPUs tokenize (BENCHMARKS.md, "Stage sizes"): a CPU model actor tokenizes its
+# own batches (a fraction of a percent of its time, and no tokenizer actors to start: BENCHMARKS.md,
+# "Start-up"), and a GPU needs several tokenizer actors, so that it never waits for a CPU.
 CPUS_PER_MODEL_ACTOR = 8
-CPUS_PER_TOKENIZER_ACTOR = 64
 TOKENIZER_ACTORS_PER_GPU = 6
 # Each batch is sorted by length and cut into forward passes, so larger batches pad less, and a batch of
 # short texts is still small. On CPUs, forward passes of ~2k tokens keep the activations in cache; a GPU
@@ -60,8 +60,8 @@ def size_stages(config: RunConfig, cluster: dict[str, float], node_cpus: float |
     leave one CPU free or the pipeline would deadlock; settings that would not raise ConfigError. Logical
     reservations only schedule: a CPU model actor runs torch on its whole share of the cores (tokenizing
     and I/O take little).
-    CPU clusters: one model actor per 8 CPUs, one tokenizer actor per 64 CPUs; an actor's share fits one
-    node and leaves it a CPU (a share of the whole cluster larger than any node would never be scheduled).
+    CPU clusters: one model actor per 8 CPUs, each tokenizing its own batches (no tokenizer actors); an
+    actor's share fits one node and leaves it a CPU (a share of the whole cluster larger than any node would never be scheduled).
     GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
     it, several tokenizer actors per GPU on the CPUs left, and GPU-sized forward passes.
     Model actors on hosts: as many per host as its GPUs or custom resources hold, sharing its CPUs (a CPU
@@ -99,7 +99,7 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float, node_cpus: fl
                      host: Mapping[str, float] | None) -> StageSizing:
     res = config.resources
     actors, most = _actors(res, max(1, int(cpus // CPUS_PER_MODEL_ACTOR)))
-    tokenizers = res.tokenizer_actors or math.ceil(cpus / CPUS_PER_TOKENIZER_ACTOR)
+    tokenizers = res.tokenizer_actors or 0
     if host is not None and not res.num_cpus_per_actor:  # dedicated hosts: their CPUs, shared by their actors
         sharing = per_host(host, dict(res.model_actor_resources))
         # ... but a quarter CPU per tokenizer actor stays free where the hosts are most of the cluster
@@ -134,7 +134,8 @@ def _size_gpu_stages(config: RunConfig, spare: float, gpus: float, host: Mapping
     else:
         cpus_per_actor = res.num_cpus_per_actor or min(1.0, spare / (2 * actors))
     left = spare - cpus_per_actor * actors
-    tokenizers = res.tokenizer_actors or max(1, min(math.ceil(TOKENIZER_ACTORS_PER_GPU * max(gpus, 1.0)), int(left)))
+    tokenizers = res.tokenizer_actors if res.tokenizer_actors is not None else max(
+        1, min(math.ceil(TOKENIZER_ACTORS_PER_GPU * max(gpus, 1.0)), int(left)))
     batch_size = res.batch_size or BATCH_ROWS
     return StageSizing(
         model_actors=actors,
@@ -184,5 +185,5 @@ def _rows_ahead(batch_size: int, model_actors: int) -> int:
 
 def _tokenizer_share(left: float, tokenizers: int) -> float:
     """Each tokenizer actor's logical CPUs: an even split of what the model actors left, at most one CPU
-    (a tokenizer actor runs one batch at a time), and a token 0.05 when nothing is left."""
-    return round(min(1.0, max(0.05, left / tokenizers)), 3)
+    (a tokenizer actor runs one batch at a time), and a token 0.05 when nothing is left; 0 without any."""
+    return round(min(1.0, max(0.05, left / tokenizers)), 3) if tokenizers else 0.0

@@ -5,6 +5,9 @@ on a small table, without a cluster.
     TokenizeStage  id, text  ->  id, text, reject_reason, tokens, <task>.<feature>...      (CPU)
     ModelStage     ...       ->  id, reject_reason, tokens, <task>.<result>..., processed_at (GPU or CPU)
 
+A model stage told to ``tokenize`` takes the read's ``id, text`` batches and tokenizes them itself (what a
+CPU run does: `albert_batch.pipeline.sizing`), with its models' own tokenizers.
+
 Both pass on each row's position (its unit and row number, `albert_batch.pipeline.columns.POSITION`), the input
 columns the run carries (`albert_batch.pipeline.columns.KEPT`) and its reject reason's detail. A row a stage
 raises an error for is rejected, not its batch (`albert_batch.pipeline.isolation`).
@@ -101,35 +104,43 @@ class TokenizeStage:
         return isolated(self.tokenize, batch, stage="tokenize")
 
     def tokenize(self, batch: pa.Table) -> pa.Table:
-        ids = batch.column("id")
-        texts = batch.column("text").cast(pa.large_string()).to_pylist()
-        reasons = reject_reasons(ids, texts, earlier_reasons(batch), max_chars=self.max_text_chars)
-        accepted = np.array([r is None for r in reasons], dtype=bool)
-        accepted_texts = [t for t, ok in zip(texts, accepted, strict=True) if ok]
-        check_faults("tokenize", self.faults, ids, accepted)
-        columns: dict[str, pa.Array] = {
-            "id": ids,
-            **_positions(batch),
-            "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
-            REASON: pa.array(reasons, pa.string()),
-            DETAIL: details(batch),
-        }
-        unique, index = dedupe_module.distinct(accepted_texts) if self.dedupe else (accepted_texts, None)
-        for number, (task, predictor) in enumerate(self.predictors.items()):
-            features = predictor.preprocess(unique) if unique else {}
-            if index is not None:  # each distinct text tokenized once, its features copied to its repeats
-                features = dedupe_module.expand(features, index)
-            if number == 0:  # lengths by the first task's tokenizer
-                counts = predictor.text_tokens(features) if accepted_texts else []
-                columns[TOKENS] = pa.array(_scatter(counts, accepted, len(texts), None), pa.int32())
-            for name, arrow_type in predictor.features.items():
-                if pa.types.is_list(arrow_type):
-                    values = _scatter(features.get(name, []), accepted, len(texts), np.empty(0))
-                    columns[task_column(task, name)] = to_list_array(values, arrow_type.value_type)
-                else:
-                    values = _scatter([v.item() for v in features.get(name, [])], accepted, len(texts), None)
-                    columns[task_column(task, name)] = pa.array(values, arrow_type)
-        return pa.table(columns)
+        return tokenize_batch(batch, self.predictors, max_text_chars=self.max_text_chars, dedupe=self.dedupe,
+                        faults=self.faults)
+
+
+def tokenize_batch(batch: pa.Table, predictors: dict[Task, Predictor], *, max_text_chars: int | None = None,
+             dedupe: bool = True, faults: dict[str, frozenset[object]] | None = None) -> pa.Table:
+    """``batch`` (``id``, ``text``) validated and tokenized by each task's ``predictors``: the tokenize stage's
+    work, wherever it runs."""
+    ids = batch.column("id")
+    texts = batch.column("text").cast(pa.large_string()).to_pylist()
+    reasons = reject_reasons(ids, texts, earlier_reasons(batch), max_chars=max_text_chars)
+    accepted = np.array([r is None for r in reasons], dtype=bool)
+    accepted_texts = [t for t, ok in zip(texts, accepted, strict=True) if ok]
+    check_faults("tokenize", faults, ids, accepted)
+    columns: dict[str, pa.Array] = {
+        "id": ids,
+        **_positions(batch),
+        "text": pa.array([t if ok else None for t, ok in zip(texts, accepted, strict=True)], pa.large_string()),
+        REASON: pa.array(reasons, pa.string()),
+        DETAIL: details(batch),
+    }
+    unique, index = dedupe_module.distinct(accepted_texts) if dedupe else (accepted_texts, None)
+    for number, (task, predictor) in enumerate(predictors.items()):
+        features = predictor.preprocess(unique) if unique else {}
+        if index is not None:  # each distinct text tokenized once, its features copied to its repeats
+            features = dedupe_module.expand(features, index)
+        if number == 0:  # lengths by the first task's tokenizer
+            counts = predictor.text_tokens(features) if accepted_texts else []
+            columns[TOKENS] = pa.array(_scatter(counts, accepted, len(texts), None), pa.int32())
+        for name, arrow_type in predictor.features.items():
+            if pa.types.is_list(arrow_type):
+                values = _scatter(features.get(name, []), accepted, len(texts), np.empty(0))
+                columns[task_column(task, name)] = to_list_array(values, arrow_type.value_type)
+            else:
+                values = _scatter([v.item() for v in features.get(name, [])], accepted, len(texts), None)
+                columns[task_column(task, name)] = pa.array(values, arrow_type)
+    return pa.table(columns)
 
 
 def _load_predictors(omp_threads: int, ledger: ledger_module.RunLedger | None, *args: Any,
@@ -164,16 +175,24 @@ class ModelStage:
         ledger: ledger_module.RunLedger | None = None,
         run: metrics.RunTags | None = None,
         faults: dict[str, frozenset[object]] | None = None,
+        tokenize: bool = False,
+        max_text_chars: int | None = None,
     ):
         """``ledger``, the run's `albert_batch.pipeline.ledger.RunLedger`, hears that this actor lives and of every
         finished batch and its forward passes; ``run``: the tags of the metrics it records; ``faults``: the
-        test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`)."""
+        test-only fault hook's rows (`albert_batch.pipeline.isolation.FAULTS_ENV`). With ``tokenize``, each batch
+        is the read's (``id``, ``text``), validated (``max_text_chars``) and tokenized here, as `TokenizeStage`
+        would, on one thread of the actor: a batch's tokens take a fraction of a percent of its forward passes
+        on CPUs (BENCHMARKS.md, "Start-up"), and a run needs no tokenizer actors, nor their processes' start."""
         ledger_module.heartbeat(ledger, ledger_module.MODEL)
         if run is not None:
             metrics.bind(run)
         heap.use_the_system_allocator_for_arrow()
         self.ledger = ledger
         self.faults = faults
+        self.tokenize, self.max_text_chars = tokenize, max_text_chars
+        if tokenize:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the cores are torch's
         # Identical texts run once per batch, and once per actor while their results stay cached (see dedupe).
         self.cache = dedupe_module.ResultCache() if dedupe else None
         self._rows = self._computed = 0  # accepted rows since the last report, and how many of them were run
@@ -211,10 +230,16 @@ class ModelStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         arrived = time.time()
+        if self.tokenize:
+            batch = isolated(self._tokenize, batch, stage="tokenize")
         output = isolated(self.predict, batch, stage="model")
         heap.return_freed_heap_pages()
         self._report(batch.num_rows, began=max(arrived, self._loading.result()[1]))
         return output
+
+    def _tokenize(self, batch: pa.Table) -> pa.Table:
+        return tokenize_batch(batch, self.predictors, max_text_chars=self.max_text_chars, dedupe=self.cache is not None,
+                              faults=self.faults)
 
     def _to_run(self, texts: list[str]) -> tuple[list[bytes] | None, list[int] | None]:
         """Each text's digest, and the positions of the texts to run: the first copy of each text that the

@@ -27,7 +27,7 @@ class RunSummary:
     units: dict[str, Any] = field(default_factory=dict)
     storage_retries: dict[str, int] = field(default_factory=dict)  # storage operations retried, by kind
     # seconds each step took (checks_s, ray_s, reuse_s, process_s, publish_s, total_s), and when, after the run's
-    # call, its start-up reached each milestone (`ledger.start_up`: tokenizer_actor_s, ..., first_forward_s, first_batch_s)
+    # call, its start-up reached each milestone (`ledger.start_up`: model_actor_s, ..., first_forward_s, first_batch_s)
     timings: dict[str, float] = field(default_factory=dict)
     report: str = ""  # the partition's report (`albert_batch.quality`), in its first table
     shifted: list[str] = field(default_factory=list)  # the drift checks that fired against the previous partition

@@ -111,6 +111,31 @@ def test_a_model_stage_counts_as_started_before_its_models_load_and_fails_its_fi
     assert good(batch).column("classify.label").to_pylist()[0] in ("negative", "neutral", "positive")
 
 
+def test_a_model_stage_that_tokenizes_gives_what_the_tokenize_stage_then_the_model_stage_give(tiny_models,
+                                                                                                 monkeypatch):
+    """A CPU run's model actors tokenize their own batches: rows rejected (null, blank, too long) and results
+    are those of the two stages in a row, column for column."""
+    import pyarrow as pa
+
+    from albert_batch.config import Precision
+    from albert_batch.pipeline.stages import ModelStage, TokenizeStage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the stage sets it for its process; restored afterwards
+    uris = {Task.CLASSIFY: tiny_models["classifier"], Task.NER: tiny_models["ner"]}
+    digests = {task: models.inspect(uri, task).weights_sha256 for task, uri in uris.items()}
+    texts = ["Anna flew to Berlin.", None, "   ", "x" * 200, "Anna flew to Berlin.", "Paris in May, said Marie."]
+    batch = pa.table({"id": list(range(len(texts))), "text": texts})
+
+    def model(**tokenizing):
+        return ModelStage(model_uris=uris, weights_sha256=digests, precision=Precision.FP32, use_gpu=False,
+                          torch_threads=1, max_tokens_per_forward=512, window_overlap=0, **tokenizing)
+
+    apart = model()(TokenizeStage(model_uris=uris, max_text_chars=100)(batch)).drop_columns(["processed_at"])
+    together = model(tokenize=True, max_text_chars=100)(batch).drop_columns(["processed_at"])
+    assert together.equals(apart), (together.to_pylist(), apart.to_pylist())
+    assert together.column("reject_reason").to_pylist() == [None, "null_text", "blank_text", "too_long", None, None]
+
+
 def test_a_sharded_model_missing_a_shard_or_with_a_broken_index_is_named(tiny_models, tmp_path):
     folder = tmp_path / "sharded"
     shutil.copytree(tiny_models["classifier"], folder)

@@ -4,8 +4,8 @@ does not grow with its corpus.
 Ray Data 2.60 holds an operator back only when the run's object-store budget fills (a share of the
 object store that grows with the machine's memory). Below that budget each stage runs as far ahead as it
 can: the read and the tokenizer are far faster than a model stage on CPUs, so most of the corpus, or its
-features, would wait in the object store for the model stage (BENCHMARKS.md, "Memory"). Capping that budget instead
-stalls the model stage, whose outputs count against it too.
+features, would wait in the object store for the model stage (BENCHMARKS.md, "Memory"). Capping that
+budget instead stalls the model stage, whose outputs count against it too.
 
 ``RowsAhead`` is a Ray Data backpressure policy: an operator may start a new task only while fewer than
 ``QueueLimits.rows`` of its rows, or less than ``QueueLimits.bytes`` of its output, wait for a task of the

@@ -291,9 +291,9 @@ def over_time(spans: list[list[float]]) -> dict[str, Any]:
 
 
 def start_up(snapshot: Mapping[str, Any], since: float) -> dict[str, float]:
-    """When, in seconds after ``since`` (the run's call, epoch seconds), the first tokenizer actor (where the run
-    has them) and the first model actor started, a model actor had loaded its models, and the model stage began and finished its first batch's
-    forward work; each that happened."""
+    """When, in seconds after ``since`` (the run's call, epoch seconds), the first tokenizer actor (where the
+    run has them) and the first model actor started, a model actor had loaded its models, and the model stage
+    began and finished its first batch's forward work; each that happened."""
     started = snapshot.get("started_at", {})
     moments = {"tokenizer_actor_s": started.get(TOKENIZE), "model_actor_s": started.get(MODEL),
                "models_loaded_s": snapshot.get("models_loaded_at"), "first_forward_s": snapshot.get("first_forward_at"),

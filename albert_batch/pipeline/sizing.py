@@ -1,7 +1,7 @@
 """How a run is laid out on the cluster: how many model actors and tokenizer actors (none on CPUs, where
-the model actors tokenize), how much of a CPU or GPU each reserves, and the batch and forward-pass sizes. Derived from the cluster's resources and, where model
-actors need a GPU or a custom resource, from the nodes that offer it (the hosts, which an autoscaler may
-be adding); the ``resources:`` settings win."""
+the model actors tokenize), how much of a CPU or GPU each reserves, and the batch and forward-pass sizes.
+Derived from the cluster's resources and, where model actors need a GPU or a custom resource, from the
+nodes that offer it (the hosts, which an autoscaler may be adding); the ``resources:`` settings win."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def size_stages(config: RunConfig, cluster: dict[str, float], node_cpus: float |
     reservations only schedule: a CPU model actor runs torch on its whole share of the cores (tokenizing
     and I/O take little).
     CPU clusters: one model actor per 8 CPUs, each tokenizing its own batches (no tokenizer actors); an
-    actor's share fits one node and leaves it a CPU (a share of the whole cluster larger than any node would never be scheduled).
+    actor's share fits one node and leaves it a CPU (a share of the whole cluster larger than any node
+    would never be scheduled).
     GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
     it, several tokenizer actors per GPU on the CPUs left, and GPU-sized forward passes.
     Model actors on hosts: as many per host as its GPUs or custom resources hold, sharing its CPUs (a CPU
@@ -102,7 +103,7 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float, node_cpus: fl
     tokenizers = res.tokenizer_actors or 0
     if host is not None and not res.num_cpus_per_actor:  # dedicated hosts: their CPUs, shared by their actors
         sharing = per_host(host, dict(res.model_actor_resources))
-        # ... but a quarter CPU per tokenizer actor stays free where the hosts are most of the cluster
+        # ... but a quarter CPU per tokenizer actor (where set) stays free where the hosts are most of the cluster
         cpus_per_actor = max(0.5, min((host.get("CPU", 1.0) - 1) / sharing, (spare - 0.25 * tokenizers) / actors))
         threads = int(max(1.0, host.get("CPU", 1.0) // sharing))
     else:

@@ -105,11 +105,11 @@ class TokenizeStage:
 
     def tokenize(self, batch: pa.Table) -> pa.Table:
         return tokenize_batch(batch, self.predictors, max_text_chars=self.max_text_chars, dedupe=self.dedupe,
-                        faults=self.faults)
+                              faults=self.faults)
 
 
 def tokenize_batch(batch: pa.Table, predictors: dict[Task, Predictor], *, max_text_chars: int | None = None,
-             dedupe: bool = True, faults: dict[str, frozenset[object]] | None = None) -> pa.Table:
+                   dedupe: bool = True, faults: dict[str, frozenset[object]] | None = None) -> pa.Table:
     """``batch`` (``id``, ``text``) validated and tokenized by each task's ``predictors``: the tokenize stage's
     work, wherever it runs."""
     ids = batch.column("id")

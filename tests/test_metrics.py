@@ -179,6 +179,7 @@ def test_a_run_s_metrics_scraped_while_it_runs_and_after_equal_its_summary_and_t
         assert manifest(tmp_path / "output", "classifications", "dt=2026-12-01")["cost"] == cost
         report = (tmp_path / "output/classifications/dt=2026-12-01/_report.html").read_text()
         assert "<h3>Cost</h3>" in report and f"{cost['cpu_seconds']:,.1f}" in report
+        assert "<td>model actors</td>" in report and "tokenizer actors" not in report, "only the workers it had"
         assert "CPU-seconds" in output
     finally:
         head.stop()

@@ -25,7 +25,7 @@ def test_cpu_clusters_leave_a_whole_cpu_for_io_tasks(cpus):
 def test_on_a_cluster_of_small_nodes_a_model_actor_fits_one_node_and_leaves_it_a_cpu():
     sizing = size_stages(RunConfig(**BASE), {"CPU": 4}, node_cpus=2)  # two nodes of two CPUs
     assert sizing.model_actors == 1 and sizing.cpus_per_model_actor == 1 and sizing.torch_threads == 2
-    assert size_stages(RunConfig(**BASE), {"CPU": 4}).cpus_per_model_actor == 2.25  # one node of four
+    assert size_stages(RunConfig(**BASE), {"CPU": 4}).cpus_per_model_actor == 3  # one node of four
 
 
 def test_fractional_gpus_put_several_replicas_on_each_gpu():
@@ -61,6 +61,7 @@ def test_cpu_model_actors_tokenize_their_own_batches(cpus):
     sizing = size_stages(RunConfig(**BASE), {"CPU": cpus})
     assert (sizing.tokenizer_actors, sizing.cpus_per_tokenizer_actor) == (0, 0)
     assert sizing.torch_threads == cpus // sizing.model_actors
+    assert sizing.model_actors * sizing.cpus_per_model_actor == cpus - 1, "every CPU but the one for I/O tasks"
     assert (sizing.batch_size, sizing.max_tokens_per_forward) == (4096, 2048), "big batches pad less"
 
 

@@ -60,9 +60,9 @@ def size_stages(config: RunConfig, cluster: dict[str, float], node_cpus: float |
     leave one CPU free or the pipeline would deadlock; settings that would not raise ConfigError. Logical
     reservations only schedule: a CPU model actor runs torch on its whole share of the cores (tokenizing
     and I/O take little).
-    CPU clusters: one model actor per 8 CPUs, each tokenizing its own batches (no tokenizer actors); an
-    actor's share fits one node and leaves it a CPU (a share of the whole cluster larger than any node
-    would never be scheduled).
+    CPU clusters: one model actor per 8 CPUs, each tokenizing its own batches (no tokenizer actors), the
+    actors reserving every CPU but the one for I/O tasks; an actor's share fits one node and leaves it a CPU
+    (a share of the whole cluster larger than any node would never be scheduled).
     GPU clusters: one model actor per ``num_gpus_per_actor`` share of each GPU with up to one CPU to drive
     it, several tokenizer actors per GPU on the CPUs left, and GPU-sized forward passes.
     Model actors on hosts: as many per host as its GPUs or custom resources hold, sharing its CPUs (a CPU
@@ -107,7 +107,9 @@ def _size_cpu_stages(config: RunConfig, cpus: float, spare: float, node_cpus: fl
         cpus_per_actor = max(0.5, min((host.get("CPU", 1.0) - 1) / sharing, (spare - 0.25 * tokenizers) / actors))
         threads = int(max(1.0, host.get("CPU", 1.0) // sharing))
     else:
-        cpus_per_actor = res.num_cpus_per_actor or min(spare * 0.75 / actors, max(0.5, node_cpus - 1))
+        # the spare CPUs, but a quarter of them for tokenizer actors (where set)
+        share = spare * 0.75 if tokenizers else spare
+        cpus_per_actor = res.num_cpus_per_actor or min(share / actors, max(0.5, node_cpus - 1))
         threads = int(res.num_cpus_per_actor) if res.num_cpus_per_actor else int(min(cpus // actors, node_cpus))
     batch_size = res.batch_size or BATCH_ROWS
     return StageSizing(

@@ -115,12 +115,14 @@ def _run(f: QualityFigures) -> str:
 
 
 def _cost(cost: dict[str, Any] | None) -> str:
-    """What the run held: each stage's workers, their seconds and CPU- and GPU-seconds, and per million rows."""
+    """What the run held: each stage's workers (those it had: a CPU run has no tokenizer actors), their seconds
+    and CPU- and GPU-seconds, and per million rows."""
     if not cost:
         return ""
     workers = [[name.replace("_", " "), f"{cost[name]['count']:,}", f"{cost[name]['seconds']:,.1f}",
                 f"{cost[name]['cpu_seconds']:,.1f}", f"{cost[name]['gpu_seconds']:,.1f}"]
-               for name in ("model_actors", "tokenizer_actors", "read_tasks", "write_tasks") if name in cost]
+               for name in ("model_actors", "tokenizer_actors", "read_tasks", "write_tasks")
+               if cost.get(name, {}).get("count")]
     workers.append(["all", "", "", f"{cost['cpu_seconds']:,.1f}", f"{cost['gpu_seconds']:,.1f}"])
     per_million = ", ".join(f"{cost[key]:,.4f} {kind}-hours" for key, kind in (
         ("cpu_hours_per_million_rows", "CPU"), ("gpu_hours_per_million_rows", "GPU")) if cost.get(key))

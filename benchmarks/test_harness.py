@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,6 +78,20 @@ def test_the_sampler_sees_the_whole_process_tree():
     assert sampler.usage.rss > 300 << 20
     assert sampler.usage.pss > 280 << 20
     assert sampler.usage.cpu_s > 0
+
+
+def test_the_sampler_reads_pss_at_new_highs_and_every_pss_interval_not_at_every_sample():
+    """PSS costs the kernel a walk of every page table: a tree whose memory holds still gets its RSS and CPU
+    time at every sample, and its PSS once per ``pss_interval_s``; memory that grows gets its PSS read."""
+    code = "import sys, time; print(flush=True); time.sleep(1.0); x = bytearray(300 << 20); time.sleep(0.6)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    child.stdout.readline()  # started: its memory holds still for a second
+    with TreeSampler(child.pid, interval_s=0.05, pss_interval_s=60) as sampler:
+        time.sleep(0.8)
+        still = len(sampler.usage.samples)
+        child.wait()
+    assert still == 1, sampler.usage.samples
+    assert sampler.usage.pss > 280 << 20, "the growth was read"
 
 
 def test_the_machine_wide_figure_is_memory_in_use_above_the_start(monkeypatch):

@@ -355,9 +355,19 @@ def test_an_embedded_ray_starts_only_the_processes_a_run_needs(ray_cluster):
     node = ray_cluster._private.worker._global_node
     assert set(node.all_processes) == {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET}
     session = node.get_session_dir_path()  # this Ray's processes name it; another Ray of this process's would not
-    commands = [" ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)]
-    assert not [command for command in commands if "dashboard.py" in command and session in command]
+
+    def commands(processes: list[psutil.Process]) -> list[str]:
+        found = []
+        for process in processes:
+            try:
+                found.append(" ".join(process.cmdline()))
+            except psutil.Error:  # exited meanwhile, or exited and not yet reaped (an earlier test's child)
+                continue
+        return found
+
+    children = commands(psutil.Process().children(recursive=True))
+    assert not [command for command in children if "dashboard.py" in command and session in command]
     raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
-    agents = [" ".join(child.cmdline()) for child in raylet.children()]
+    agents = commands(raylet.children())
     assert any(command.startswith("ray::DashboardAgent") for command in agents)
     assert any(command.startswith("ray::RuntimeEnvAgent") for command in agents)

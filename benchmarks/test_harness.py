@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -83,15 +84,29 @@ def test_the_sampler_sees_the_whole_process_tree():
 def test_the_sampler_reads_pss_at_new_highs_and_every_pss_interval_not_at_every_sample():
     """PSS costs the kernel a walk of every page table: a tree whose memory holds still gets its RSS and CPU
     time at every sample, and its PSS once per ``pss_interval_s``; memory that grows gets its PSS read."""
-    code = "import sys, time; print(flush=True); time.sleep(1.0); x = bytearray(300 << 20); time.sleep(0.6)"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    child.stdout.readline()  # started: its memory holds still for a second
+    # The child holds still until told to grow, then until told to exit: no step depends on the machine's pace.
+    code = ("import sys; print(flush=True); sys.stdin.readline(); x = bytearray(300 << 20); print(flush=True); "
+            "sys.stdin.readline()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()  # started
     with TreeSampler(child.pid, interval_s=0.05, pss_interval_s=60) as sampler:
-        time.sleep(0.8)
+        _wait_for(lambda: sampler.usage.rss > 0)
+        time.sleep(0.5)  # samples of a tree whose memory holds still
         still = len(sampler.usage.samples)
-        child.wait()
+        child.stdin.write("\n")
+        child.stdin.flush()
+        child.stdout.readline()  # grown
+        _wait_for(lambda: sampler.usage.pss > 280 << 20)
+        child.communicate("\n")
     assert still == 1, sampler.usage.samples
     assert sampler.usage.pss > 280 << 20, "the growth was read"
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the sampler did not get there"
+        time.sleep(0.02)
 
 
 def test_the_machine_wide_figure_is_memory_in_use_above_the_start(monkeypatch):

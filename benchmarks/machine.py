@@ -106,6 +106,26 @@ def ceilings(model_dir: str, mean_tokens: float, *, seconds: float = 2.0) -> dic
             "tokens_per_s": {dtype: round(g * 1e9 / flops, 1) for dtype, g in gflops.items()}}
 
 
+def averaged(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ceilings measured more than once in a run (at its start and its end) as one: each dtype's and kernel's
+    mean rate. On a shared host the ceiling moves by 10-20% within an hour, so a run of many minutes is held
+    against the mean of the rates around it rather than those of its first seconds. Each measurement's tokens/s
+    stays under ``measured_tokens_per_s``."""
+    first = measured[0]
+    if len(measured) == 1:
+        return first
+
+    def mean(values: list[float]) -> float:
+        return round(sum(values) / len(values), 1)
+
+    per_kernel = {dtype: {kernel: mean([c["gflops_per_kernel"][dtype][kernel] for c in measured])
+                          for kernel in rates} for dtype, rates in first["gflops_per_kernel"].items()}
+    return {**first, "gflops": {dtype: mean([c["gflops"][dtype] for c in measured]) for dtype in first["gflops"]},
+            "gflops_per_kernel": per_kernel,
+            "tokens_per_s": {dtype: mean([c["tokens_per_s"][dtype] for c in measured]) for dtype in first["tokens_per_s"]},
+            "measured_tokens_per_s": {dtype: [c["tokens_per_s"][dtype] for c in measured] for dtype in first["tokens_per_s"]}}
+
+
 def compute_dtype(details: dict[str, Any]) -> str:
     """Whose ceiling a measurement is held against: bf16's for runs that multiply in bf16, else fp32's (int8
     runs too: there is no int8 ceiling, and theirs may exceed 100%)."""

@@ -103,9 +103,17 @@ def _ceilings(c: dict[str, Any]) -> list[str]:
             f"{c['mflops_per_token']:.0f} MFLOP per token:", "",
             "| dtype | GFLOP/s | per kernel | ceiling tokens/s |", "| --- | ---: | --- | ---: |",
             *[f"| {d} | {c['gflops'][d]:.1f} | {_kernels(c.get('gflops_per_kernel', {}).get(d, {}))} | "
-              f"{c['tokens_per_s'][d]:,.0f} |" for d in DTYPES], "",
+              f"{c['tokens_per_s'][d]:,.0f} |" for d in DTYPES], "", *_measured(c),
             "Shares below are of the ceiling of the dtype a contender multiplies in (bf16 where it runs bf16, fp32 "
             "otherwise, int8 included: an int8 run may pass 100%).", ""]
+
+
+def _measured(c: dict[str, Any]) -> list[str]:
+    if "measured_tokens_per_s" not in c:
+        return []
+    return ["The mean of the ceiling measured at the start and at the end of the runs (tokens/s: "
+            + "; ".join(f"{d} {' and '.join(f'{v:,.0f}' for v in c['measured_tokens_per_s'][d])}" for d in DTYPES)
+            + ").", ""]
 
 
 def _kernels(rates: dict[str, float]) -> str:

@@ -164,7 +164,7 @@ def machine() -> dict[str, Any]:
 def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str, Any]:
     models = custom_models(args) or workload.build_models(work, args.size)
     ceilings = measure_ceilings(models, args)
-    measurements: list[Measurement] = []
+    done: list[tuple[str, str, workload.Corpus, list[tuple[dict[str, Any], TreeUsage]]]] = []
     corpora, agreements = [], []
     runs = [(docs, args.contenders) for docs in args.docs]
     steady = [c for c in args.contenders if c in STEADY_CONTENDERS]
@@ -190,16 +190,18 @@ def benchmark(args: argparse.Namespace, work: Path, log_file: Path) -> dict[str,
                     if "output" in params:  # a fresh output: a run would reuse what the one before it published
                         shutil.rmtree(params["output"], ignore_errors=True)
                     runs[contender].append(run_and_print(name, contender, task, corpus, params, log_file, ceilings))
-            measurements += [measure(contender, task, corpus, done, log_file, ceilings)
-                             for contender, done in runs.items()]
-    results = [m.to_json() for m in measurements]
+            done += [(contender, task, corpus, contender_runs) for contender, contender_runs in runs.items()]
+    if done:  # the ceiling again, after the runs: their shares are of the mean of the two
+        ceilings = machine_ceilings.averaged([ceilings, measure_ceilings(models, args, when="at the end")])
+    results = [measure(contender, task, corpus, contender_runs, log_file, ceilings).to_json()
+               for contender, task, corpus, contender_runs in done]
     return {"models": models.__dict__, "ceilings": ceilings, "corpora": corpora, "measurements": results,
             "ratios": ratios(results, ceilings), "agreement": agreements}
 
 
-def measure_ceilings(models: workload.Models, args: argparse.Namespace) -> dict[str, Any]:
+def measure_ceilings(models: workload.Models, args: argparse.Namespace, *, when: str = "") -> dict[str, Any]:
     """The machine's fp32 and bf16 matrix throughput, and the tokens/s they allow the benchmark's model."""
-    print("ceilings: matrix products in fp32 and bf16 ...", end=" ", flush=True)
+    print(f"ceilings{' ' + when if when else ''}: matrix products in fp32 and bf16 ...", end=" ", flush=True)
     ceilings = machine_ceilings.ceilings(models.classifier, workload.MEAN_TOKENS, seconds=1.0 if args.quick else 3.0)
     features = ", ".join(name for name, present in ceilings["features"].items() if present) or "none of them"
     print(f"{ceilings['cpu']} ({ceilings['cpu_class']}; {features}): "

@@ -150,6 +150,26 @@ def test_a_matrix_product_s_rate_is_measured_in_gflops_for_each_kernel():
     assert machine.cpu_class() in ("AMX", "AVX-512-BF16", "AVX-512", "AVX2", "older than AVX2")
 
 
+def test_a_run_is_held_against_the_mean_of_the_ceilings_measured_at_its_start_and_end():
+    def measured(fp32: float) -> dict:
+        return {"matmul_shape": [256, 768, 3072], "threads": 2, "mflops_per_token": 172.4,
+                "gflops": {"fp32": fp32 * 0.1724, "bf16": 0.8}, "tokens_per_s": {"fp32": fp32, "bf16": 4.6},
+                "gflops_per_kernel": {"fp32": {"mm": fp32 * 0.1724}, "bf16": {"mm": 0.8}}}
+
+    start, end = measured(1000.0), measured(800.0)
+    ceilings = machine.averaged([start, end])
+    assert ceilings["tokens_per_s"]["fp32"] == 900.0 and ceilings["gflops_per_kernel"]["fp32"]["mm"] == 155.2
+    assert ceilings["measured_tokens_per_s"]["fp32"] == [1000.0, 800.0]
+    assert machine.share(720.0, "fp32", ceilings) == 0.8
+    assert machine.averaged([start]) is start, "one measurement is its own mean"
+    text = report.markdown({"started_at": "now", "machine": {"cpu": "AMD EPYC", "cpu_class": "AVX2", "cpus": 2,
+                                                             "memory_gib": 23.5, "features": {"avx2": True}},
+                            "load_average_at_start": [0.5], "load_average_at_end": [0.7], "models": {"size": "base"},
+                            "ceilings": ceilings})
+    assert "| fp32 | 155.2 | mm 155.2 | 900 |" in text
+    assert "measured at the start and at the end of the runs (tokens/s: fp32 1,000 and 800; bf16 5 and 5)" in text
+
+
 def test_each_albert_batch_precision_gets_its_own_ratios_and_share_of_the_ceiling():
     batches = [[0.0, 1, 100], [1.0, 1, 400], [2.0, 1, 400]]
     rows = report.ratios([measurement("hf_default", 300.0),

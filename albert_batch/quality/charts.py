@@ -40,7 +40,7 @@ def bars(title: str, categories: Sequence[str], series: Sequence[Series], *, yla
             x0, x1 = frame.x(position + 0.5 + offset - width / 2), frame.x(position + 0.5 + offset + width / 2)
             y = frame.y(value)
             shapes.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{x1 - x0:.1f}" height="{frame.y(0) - y:.1f}" '
-                          f'fill="{one.color}"><title>{_e(categories[position])}: {value:g}</title></rect>')
+                          f'fill="{one.color}"><title>{escape(categories[position])}: {value:g}</title></rect>')
     ticks = [(position + 0.5, name) for position, name in enumerate(categories)]
     return _chart(title, frame, shapes, ticks, rotate=rotate, xlabel=xlabel, ylabel=ylabel,
                   legend=series if legend else ())
@@ -100,7 +100,7 @@ class _Frame:
 def _chart(title: str, frame: _Frame, shapes: list[str], xticks: Sequence[tuple[float, str]], *, rotate: bool,
            xlabel: str, ylabel: str, legend: Sequence[Series]) -> str:
     base, left, right = frame.y(0), LEFT, WIDTH - RIGHT
-    parts = [f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="13" font-weight="600">{_e(title)}</text>']
+    parts = [f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="13" font-weight="600">{escape(title)}</text>']
     for value, step in _ticks(0.0, frame.y_high):
         y = frame.y(value)
         parts.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>'
@@ -113,20 +113,20 @@ def _chart(title: str, frame: _Frame, shapes: list[str], xticks: Sequence[tuple[
         x = frame.x(value)
         anchor = (f'text-anchor="end" transform="rotate(-40 {x:.1f} {base + 14:.1f})"' if rotate
                   else 'text-anchor="middle"')
-        parts.append(f'<text x="{x:.1f}" y="{base + 14:.1f}" {anchor} font-size="10" fill="{AXIS}">{_e(label)}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{base + 14:.1f}" {anchor} font-size="10" fill="{AXIS}">{escape(label)}</text>')
     if xlabel:
         parts.append(f'<text x="{(left + right) / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle" font-size="11" '
-                     f'fill="{AXIS}">{_e(xlabel)}</text>')
+                     f'fill="{AXIS}">{escape(xlabel)}</text>')
     middle = (TOP + base) / 2
     parts.append(f'<text x="14" y="{middle:.1f}" text-anchor="middle" font-size="11" fill="{AXIS}" '
-                 f'transform="rotate(-90 14 {middle:.1f})">{_e(ylabel)}</text>')
+                 f'transform="rotate(-90 14 {middle:.1f})">{escape(ylabel)}</text>')
     for number, one in enumerate(legend):
         y = TOP + 4 + 15 * number
         parts.append(f'<rect x="{right - 130}" y="{y}" width="10" height="10" fill="{one.color}"/>'
-                     f'<text x="{right - 115}" y="{y + 9}" font-size="10">{_e(one.label)}</text>')
+                     f'<text x="{right - 115}" y="{y + 9}" font-size="10">{escape(one.label)}</text>')
     return (f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
-            f'height="{HEIGHT}" role="img" aria-label="{_e(title)}" font-family="{FONT}" fill="{TEXT}">'
-            f"<title>{_e(title)}</title>{''.join(parts)}</svg>")
+            f'height="{HEIGHT}" role="img" aria-label="{escape(title)}" font-family="{FONT}" fill="{TEXT}">'
+            f"<title>{escape(title)}</title>{''.join(parts)}</svg>")
 
 
 def _bottom(categories: Sequence[str], rotate: bool, xlabel: str) -> float:
@@ -153,5 +153,6 @@ def _number(value: float, step: float) -> str:
     return f"{value:,.{decimals}f}"
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
+    """Any value as text safe inside HTML and SVG elements and attributes."""
     return html.escape(str(value))

@@ -4,13 +4,13 @@ network), readable at a glance at the top and detailed below."""
 from __future__ import annotations
 
 import datetime as dt
-import html
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from albert_batch.quality import charts
 from albert_batch.quality.charts import Series
+from albert_batch.quality.charts import escape as _e
 from albert_batch.quality.figures import DRIFT_CHECKS, QualityFigures
 
 CURRENT, PREVIOUS = charts.PALETTE[0], "#b9c4d4"
@@ -210,6 +210,3 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: set
         for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))

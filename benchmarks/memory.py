@@ -35,7 +35,7 @@ class TreeUsage:
     machine_used: int = 0  # the machine's memory in use above its level when sampling started
     processes: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)
-    cpu_by_process: dict[tuple[int, float], float] = field(default_factory=dict)  # (pid, start time) -> CPU s
+    cpu_by_process: dict[tuple[int, int], float] = field(default_factory=dict)  # `process_key` -> CPU s
 
     @property
     def cpu_s(self) -> float:
@@ -53,6 +53,18 @@ class TreeUsage:
 def machine_memory_in_use() -> int:
     memory = psutil.virtual_memory()
     return memory.total - memory.available
+
+
+def process_key(process: psutil.Process) -> tuple[int, int]:
+    """A process's pid and start (clock ticks since boot, ``/proc/PID/stat``'s 22nd field): a key that stays
+    the same for the process's life and differs for a later process given its pid. psutil's ``create_time``
+    would not do: it adds the boot time, which moves by a second whenever the machine's clock is adjusted
+    across one, and a process keyed twice had its CPU time counted twice."""
+    try:
+        with open(f"/proc/{process.pid}/stat", "rb") as stat:
+            return process.pid, int(stat.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError) as exc:
+        raise psutil.NoSuchProcess(process.pid) from exc
 
 
 def read_tree(root: psutil.Process, read: Callable[[psutil.Process], T]) -> list[T]:
@@ -78,9 +90,9 @@ def sample_tree(root: psutil.Process, usage: TreeUsage, elapsed: float, machine_
     (their CPU time counts up to their last sample). The machine-wide figure is ``memory_in_use()`` above
     ``machine_baseline``. Without ``pss``, RSS and CPU time only: reading PSS has the kernel walk each
     process's page tables, ~40 ms of CPU for a run's tree with a base model loaded (RSS: ~3 ms)."""
-    def read(process: psutil.Process) -> tuple[Any, Any, tuple[int, float]]:
+    def read(process: psutil.Process) -> tuple[Any, Any, tuple[int, int]]:
         memory = process.memory_full_info() if pss else process.memory_info()
-        return memory, process.cpu_times(), (process.pid, process.create_time())
+        return memory, process.cpu_times(), process_key(process)
 
     total_pss = rss = count = 0
     for info, times, key in read_tree(root, read):

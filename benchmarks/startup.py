@@ -36,7 +36,7 @@ import psutil
 
 from benchmarks import workload
 from benchmarks.machine import cpu_class, cpu_model
-from benchmarks.memory import read_tree
+from benchmarks.memory import process_key, read_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITION = "dt=2026-12-06"
@@ -102,12 +102,12 @@ class TreeTimeline:
     """Every process of a tree, sampled until stopped, and the machine's busy cores over time."""
 
     launched: float
-    processes: dict[tuple[int, float], Sampled] = field(default_factory=dict)
+    processes: dict[tuple[int, int], Sampled] = field(default_factory=dict)
     machine: list[tuple[float, float, float]] = field(default_factory=list)  # (at, busy CPU-s, all CPU-s) so far
 
     def sample(self, root: psutil.Process, at: float) -> None:
-        def read(process: psutil.Process) -> tuple[tuple[int, float], Any, str]:
-            return ((process.pid, process.create_time()), process.cpu_times(),
+        def read(process: psutil.Process) -> tuple[tuple[int, int], Any, str]:
+            return (process_key(process), process.cpu_times(),
                     process_name(process.cmdline() or [process.name()]))
 
         for key, times, name in read_tree(root, read):

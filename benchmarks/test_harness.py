@@ -81,6 +81,23 @@ def test_the_sampler_sees_the_whole_process_tree():
     assert sampler.usage.cpu_s > 0
 
 
+def test_a_process_s_cpu_time_counts_once_when_the_machine_s_clock_is_adjusted(monkeypatch):
+    """The kernel's boot time in epoch seconds moves when the clock is set: a process is still one process."""
+    from psutil import _pslinux
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        usage = TreeUsage()
+        sample_tree(psutil.Process(child.pid), usage, 0.0, pss=False)
+        boot = _pslinux.boot_time()
+        monkeypatch.setattr(_pslinux, "boot_time", lambda: boot + 1.0)
+        sample_tree(psutil.Process(child.pid), usage, 1.0, pss=False)
+        assert len(usage.cpu_by_process) == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_the_sampler_reads_pss_at_new_highs_and_every_pss_interval_not_at_every_sample():
     """PSS costs the kernel a walk of every page table: a tree whose memory holds still gets its RSS and CPU
     time at every sample, and its PSS once per ``pss_interval_s``; memory that grows gets its PSS read."""
